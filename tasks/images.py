@@ -1,0 +1,126 @@
+"""Image decoding shared by every stage: header probing without decoding, full decoding with
+orientation and mode normalization, and conversion to fixed-size uint8 arrays."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# Formats PIL decodes that users actually keep in image folders (upper/lower case both accepted).
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+# We enforce our own pixel limit from the header; PIL's own bomb check must not fire first with a
+# traceback-shaped error, so it is disabled and replaced by `Header.pixels` checks in the callers.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(Exception):
+    """The bytes are not a fully decodable image; the message is one line for a report."""
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(src: str | Path | bytes) -> Image.Image:
+    return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+
+
+def probe(src: str | Path | bytes) -> Header:
+    """Read only the header: format, size and mode. Never allocates the pixel buffer."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(src) as img:
+                return Header(img.format or "", int(img.width), int(img.height), img.mode)
+    except Exception as exc:  # PIL raises many types for garbage input
+        raise DecodeError(_describe(exc)) from None
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparency onto white: what a person sees in a viewer."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def normalize_mode(img: Image.Image) -> Image.Image:
+    """Every decoded image becomes 'L' (grayscale) or 'RGB', whatever it was stored as."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        # 16-bit and float images: scale their actual range to 0..255 instead of clipping at 255
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if mode == "LA" or (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "PA", "La", "RGBa"):
+        flat = _flatten_alpha(img)
+        return flat.convert("L") if mode in ("LA", "La") else flat
+    if mode == "P":
+        return img.convert("RGB")
+    # CMYK, YCbCr, LAB, HSV, ...
+    return img.convert("RGB")
+
+
+def decode(src: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode, apply EXIF orientation and normalize the mode to L or RGB.
+
+    Raises DecodeError for anything that is not a complete image, and for images over `max_pixels`
+    (checked from the header before any pixel is allocated)."""
+    header = probe(src)
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise DecodeError(f"{header.width}x{header.height} exceeds the pixel limit {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(src) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return normalize_mode(img)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(_describe(exc)) from None
+
+
+def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Resize to size x size and return uint8 HxWxC with C = channels (1 or 3)."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if channels == 1 else arr

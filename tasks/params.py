@@ -1,0 +1,102 @@
+"""One loader for params.yaml, used by `python -m tasks.<stage>`, by DVC (same command) and by the
+Prefect flow. Every section is a pydantic model with extra="forbid"; a bad key or value becomes one
+`ParamsError` line naming the file and the dotted key."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+DEFAULT_PARAMS = Path("params.yaml")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ParamsError(Exception):
+    """A configuration problem, reported as a single line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Paths(Strict):
+    """Where every stage reads and writes, relative to the project root (the working directory)."""
+
+    inbox: str = "data/inbox"
+    store: str = "data/store"
+    ingested: str = "data/manifests/ingested.parquet"
+    cleaned: str = "data/manifests/cleaned.parquet"
+    validated: str = "data/manifests/validated.parquet"
+    split: str = "data/manifests/split.parquet"
+    prepared: str = "data/prepared"
+    train_dir: str = "artifacts/train"
+    reports: str = "reports"
+    cache: str = ".imgcls/cache"
+
+    def report_dir(self, stage: str) -> Path:
+        return Path(self.reports) / stage
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def _one_line(exc: ValidationError, file: Path, section: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in (section, *err["loc"]))
+    got = err.get("input")
+    got_txt = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{file}: {key}: {err['msg']}{got_txt}{more}"
+
+
+def parse_section(data: dict[str, Any], section: str, model: type[M], file: str | Path = DEFAULT_PARAMS) -> M:
+    raw = data.get(section) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{file}: {section}: must be a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_one_line(exc, Path(file), section)) from None
+
+
+def stage_params_model(stage: str) -> type[BaseModel]:
+    return importlib.import_module(f"tasks.{stage}").Params
+
+
+def load_stage(stage: str, params_path: str | Path = DEFAULT_PARAMS) -> tuple[Any, Paths]:
+    """Params of one stage plus the shared paths, validated. The whole file is checked so that a typo
+    in another stage's section is caught before hours of training, not after."""
+    data = validate_file(params_path)
+    return parse_section(data, stage, stage_params_model(stage), params_path), parse_section(
+        data, "paths", Paths, params_path
+    )
+
+
+def validate_file(params_path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    from tasks import STAGES
+
+    data = read_yaml(params_path)
+    known = {"paths", *STAGES}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ParamsError(f"{params_path}: {unknown[0]}: unknown section (expected one of {', '.join(sorted(known))})")
+    parse_section(data, "paths", Paths, params_path)
+    for stage in STAGES:
+        if stage in data:
+            parse_section(data, stage, stage_params_model(stage), params_path)
+    return data
