@@ -1,0 +1,22 @@
+"""Images the tests make themselves: nothing is downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def pattern(seed: int, size: int = 32, channels: int = 1) -> np.ndarray:
+    """A random but structured picture (blocky shapes), distinct per seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(4, 4, channels), dtype=np.uint8)
+    img = np.kron(small, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
+    return img[:, :, 0] if channels == 1 else img
+
+
+def write_png(path: str | Path, pixels: np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
