@@ -1,0 +1,1 @@
+"""Benchmarks and planted-fault data sets; outside CI (see BENCHMARKS.md)."""

@@ -1,0 +1,253 @@
+"""clean: ingested manifest -> cleaned manifest + reports/clean/.
+
+Every stored image is decoded once (in a worker pool), then each manifest row is either kept or set
+aside with one reason code: corrupt, too_large (decided from the header, never decoded), too_small,
+low_information, duplicate / near_duplicate (one copy kept, the report names it), label_conflict (the
+same or a near-identical picture under different labels: every copy), outlier (nothing like the rest
+of its class). Awkward-but-valid files (CMYK, 16-bit, palette with transparency, EXIF-rotated, ...)
+are normalized by tasks.images and kept. Nothing is deleted from the store or the user's source."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import multiprocessing
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from tqdm import tqdm
+
+from tasks.atomic import write_parquet
+from tasks.entry import stage_main
+from tasks.errors import UserError
+from tasks.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
+from tasks.params import Paths, Strict
+from tasks.phash import as_int64, radius_pairs
+from tasks.quality import FEATURE_SIDE, Inspection, inspect_chunk
+from tasks.reports import flagged_frame, write_stage_reports
+
+# row position in the sorted manifest -> (reason, detail, kept_image_id)
+Flags = dict[int, tuple[str, str, str]]
+
+
+class Params(Strict):
+    max_pixels: int = Field(40_000_000, gt=0)
+    min_side: int = Field(8, ge=1)
+    min_std: float = Field(3.0, ge=0)
+    max_dominant_fraction: float = Field(0.98, gt=0, le=1)
+    near_duplicate_distance: int = Field(4, ge=0, le=32)
+    near_duplicate_min_correlation: float = Field(0.99, ge=-1, le=1)
+    outlier_zscore: float = Field(5.0, gt=0)
+    outlier_min_class_size: int = Field(10, ge=3)
+    workers: int = Field(2, ge=1)
+
+
+def run(params: Params, paths: Paths) -> dict:
+    started = time.perf_counter()
+    # sorted by source_path: every "keep one copy" choice below takes the lowest path, so reruns agree
+    rows = read_manifest(paths.ingested, "ingest").sort_values("source_path", kind="stable").reset_index(drop=True)
+    if rows.empty:
+        raise UserError(f"{paths.ingested} has no images: nothing to clean")
+    inspections = inspect_all(sorted(set(rows["image_id"])), paths.store, params)
+
+    flags: Flags = {}
+    flag_unusable(rows, inspections, params, flags)
+    flag_duplicates(rows, inspections, flags)
+    flag_near_duplicates(rows, inspections, params, flags)
+    outlier_classes = flag_outliers(rows, inspections, params, flags)
+
+    kept = rows.drop(index=list(flags)).reset_index(drop=True)
+    kept["pixel_hash"] = [inspections[i].pixel_hash for i in kept["image_id"]]
+    kept["phash"] = np.array([as_int64(inspections[i].phash) for i in kept["image_id"]], dtype=np.int64)
+    flagged = flagged_frame([
+        {"source_path": rows.at[pos, "source_path"], "image_id": rows.at[pos, "image_id"],
+         "label": rows.at[pos, "label"], "reason": reason, "detail": detail, "kept_image_id": kept_id}
+        for pos, (reason, detail, kept_id) in flags.items()
+    ])
+    notes = [
+        f"too_large above {params.max_pixels} pixels (from the header); too_small below {params.min_side} px",
+        f"low_information: grayscale std < {params.min_std} or over {params.max_dominant_fraction:.0%} of pixels one value",
+        f"near_duplicate: 64-bit DCT hash within {params.near_duplicate_distance} bits and thumbnail "
+        f"correlation >= {params.near_duplicate_min_correlation}",
+        f"outlier: robust z > {params.outlier_zscore} in {outlier_classes} class(es) with "
+        f">= {params.outlier_min_class_size} images",
+    ]
+    write_stage_reports("clean", paths.report_dir("clean"), flagged, kept, len(rows),
+                        lambda image_id: store_path(paths.store, image_id), notes)
+    # the manifest goes last: downstream stages only ever see it next to matching reports
+    write_parquet(kept[INGESTED_COLUMNS + CLEAN_COLUMNS], paths.cleaned)
+    return {
+        "images": len(rows),
+        "kept": len(kept),
+        "flagged": {reason: int(n) for reason, n in flagged["reason"].value_counts().sort_index().items()},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def inspect_all(image_ids: list[str], store: str, params: Params) -> dict[str, Inspection]:
+    """Decode every distinct file once, in `params.workers` processes, in chunks."""
+    items = [(image_id, str(store_path(store, image_id))) for image_id in image_ids]
+    missing = [image_id for image_id, path in items if not Path(path).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of the ingested manifest are missing from the store "
+                        f"{store} (first: {missing[0]}): run the `ingest` stage again")
+    size = max(1, min(256, math.ceil(len(items) / (params.workers * 8))))
+    chunks = [items[k:k + size] for k in range(0, len(items), size)]
+    work = functools.partial(inspect_chunk, max_pixels=params.max_pixels)
+    results: dict[str, Inspection] = {}
+    with contextlib.ExitStack() as stack, tqdm(total=len(items), desc="clean", unit="img", disable=None) as bar:
+        mapper = map
+        if params.workers > 1 and len(chunks) > 1:
+            # spawn, not fork: the caller may be a threaded process (Prefect, a notebook)
+            pool = ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
+            mapper = stack.enter_context(pool).map
+        for done in mapper(work, chunks):
+            results.update(done)
+            bar.update(len(done))
+    return results
+
+
+def flag_unusable(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
+    for pos, image_id in enumerate(rows["image_id"]):
+        insp = inspections[image_id]
+        if insp.status != "ok":
+            flags[pos] = (insp.status, insp.detail, "")
+        elif min(insp.width, insp.height) < params.min_side:
+            flags[pos] = ("too_small", f"{insp.width}x{insp.height}, smaller side under {params.min_side}", "")
+        elif insp.gray_std < params.min_std:
+            flags[pos] = ("low_information", f"grayscale std {insp.gray_std:.2f} < {params.min_std}", "")
+        elif insp.dominant_fraction > params.max_dominant_fraction:
+            flags[pos] = ("low_information", f"{insp.dominant_fraction:.1%} of pixels have one value", "")
+
+
+def _alive(rows: pd.DataFrame, flags: Flags) -> list[int]:
+    return [pos for pos in range(len(rows)) if pos not in flags]
+
+
+def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flags: Flags) -> None:
+    """Same decoded pixels (byte-identical files, or one picture in two containers): keep the lowest
+    source_path; if the copies carry different labels none of them can be trusted."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for pos in _alive(rows, flags):
+        groups[inspections[rows.at[pos, "image_id"]].pixel_hash].append(pos)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        labels = sorted(set(rows.loc[members, "label"].astype(str)))
+        if len(labels) > 1:
+            for pos in members:
+                flags[pos] = ("label_conflict", f"same pixels as {len(members) - 1} other file(s); labels {', '.join(labels)}", "")
+            continue
+        keep = members[0]
+        for pos in members[1:]:
+            same_file = rows.at[pos, "image_id"] == rows.at[keep, "image_id"]
+            detail = f"{'byte-identical to' if same_file else 'same pixels as'} {rows.at[keep, 'source_path']}"
+            flags[pos] = ("duplicate", detail, rows.at[keep, "image_id"])
+
+
+def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, radius: int, min_correlation: float) -> np.ndarray:
+    """Pairs whose perceptual hashes are within `radius` bits AND whose thumbnails correlate at least
+    `min_correlation`. The hash finds candidates fast, but on small, similar pictures (digits,
+    sneakers) distinct images often land within a few bits; the correlation (like the hash, blind
+    to brightness and contrast) tells a re-encoded copy (~1.0) from a look-alike (~0.95)."""
+    pairs = radius_pairs(hashes, radius)
+    centred = thumbs - thumbs.mean(axis=1, keepdims=True)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-9)
+    correlation = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
+    return pairs[correlation >= min_correlation]
+
+
+def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
+    """Near pairs (see near_pairs) with different labels are a label_conflict for both; otherwise,
+    in source_path order, an image not yet set aside is kept and its same-label neighbours are
+    flagged naming it (so every flagged one is a near pair of its kept one)."""
+    alive = _alive(rows, flags)
+    found = [inspections[rows.at[pos, "image_id"]] for pos in alive]
+    hashes = np.array([insp.phash for insp in found], dtype=np.uint64)
+    thumbs = np.stack([insp.features[:FEATURE_SIDE * FEATURE_SIDE] for insp in found]) if found else np.zeros((0, 1))
+    labels = rows.loc[alive, "label"].astype(str).to_numpy()
+    neighbours: dict[int, list[int]] = defaultdict(list)
+    for a, b in near_pairs(hashes, thumbs, params.near_duplicate_distance, params.near_duplicate_min_correlation):
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+
+    def bits(a: int, b: int) -> int:
+        return int(hashes[a] ^ hashes[b]).bit_count()
+
+    conflicted = {a for a, near in neighbours.items() if any(labels[b] != labels[a] for b in near)}
+    for a in sorted(conflicted):
+        b = min(n for n in neighbours[a] if labels[n] != labels[a])
+        flags[alive[a]] = ("label_conflict", f"{bits(a, b)} bits from {rows.at[alive[b], 'source_path']} "
+                                             f"labelled {labels[b]}", "")
+    set_aside: set[int] = set(conflicted)
+    for a in range(len(alive)):
+        if a in set_aside:
+            continue
+        for b in sorted(neighbours.get(a, ())):
+            if b not in set_aside:
+                set_aside.add(b)
+                flags[alive[b]] = ("near_duplicate", f"{bits(a, b)} bits from {rows.at[alive[a], 'source_path']}",
+                                   rows.at[alive[a], "image_id"])
+
+
+OUTLIER_NEIGHBOURS = 5
+OUTLIER_REFERENCES = 2000  # per class; bounds the neighbour search at n x 2000 distances
+
+
+def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int) -> np.ndarray:
+    """Robust z-score, within each class, of the log mean distance to the image's 5 nearest class
+    mates (NaN for classes too small).
+
+    Features are scaled globally (the thumbnail by one common scale so that flat borders do not
+    blow up, each statistic by its own) and the thumbnail and the statistics weigh equally. Nearest
+    neighbours rather than the distance to a class centre: an odd-looking but real member (a coat
+    photographed open) still has look-alikes in its class, pure noise or a gradient has none. The
+    log tames the long right tail of distances, the median/MAD keep the odd ones from hiding."""
+    thumb_cols = FEATURE_SIDE * FEATURE_SIDE
+    scale = np.r_[np.full(thumb_cols, features[:, :thumb_cols].std()), features[:, thumb_cols:].std(axis=0)]
+    # equal weight per block: each block's squared distance is averaged over its own columns
+    weights = np.r_[np.full(thumb_cols, 1 / thumb_cols), np.full(features.shape[1] - thumb_cols,
+                                                                 1 / max(features.shape[1] - thumb_cols, 1))]
+    scaled = features / np.maximum(scale, 1e-6) * np.sqrt(weights)
+    scores = np.full(len(features), np.nan)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < min_class_size:
+            continue
+        refs = members[np.linspace(0, len(members) - 1, min(len(members), OUTLIER_REFERENCES)).astype(int)]
+        x, r = scaled[members], scaled[refs]
+        sq = (x ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2 * x @ r.T
+        sq[members[:, None] == refs[None, :]] = np.inf  # an image is not its own neighbour
+        k = min(OUTLIER_NEIGHBOURS, len(refs) - 1)
+        nearest = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, :k], 0)).mean(axis=1)
+        dist = np.log(np.maximum(nearest, 1e-6))
+        centre = np.median(dist)
+        spread = 1.4826 * np.median(np.abs(dist - centre))
+        scores[members] = (dist - centre) / max(spread, 1e-6)
+    return scores
+
+
+def flag_outliers(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> int:
+    """Returns the number of classes large enough to be checked."""
+    alive = _alive(rows, flags)
+    if not alive:
+        return 0
+    labels = rows.loc[alive, "label"].astype(str).to_numpy()
+    feats = np.stack([inspections[rows.at[pos, "image_id"]].features for pos in alive])
+    scores = outlier_scores(feats, labels, params.outlier_min_class_size)
+    for a in np.flatnonzero(scores > params.outlier_zscore):
+        flags[alive[a]] = ("outlier", f"robust z {scores[a]:.1f}: unlike its nearest {labels[a]} images", "")
+    return int(sum(n >= params.outlier_min_class_size for n in pd.Series(labels).value_counts()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("clean", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""64-bit DCT perceptual hash and a radius search over many hashes without comparing all pairs."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.fft import dctn
+
+HASH_BITS = 64
+_LOW = 8  # the hash keeps the 8x8 lowest frequencies of a 32x32 DCT
+
+
+def dct32(gray32: np.ndarray) -> np.ndarray:
+    """2-D orthonormal DCT-II of a 32x32 grayscale image (float)."""
+    return dctn(np.asarray(gray32, dtype=np.float64), type=2, norm="ortho")
+
+
+def phash_from_dct(coeffs: np.ndarray) -> int:
+    """Bit i is set when low-frequency coefficient i is above their median. A brightness change moves
+    only the DC term, which stays above the median either way, so it leaves the hash unchanged."""
+    low = coeffs[:_LOW, :_LOW].ravel()
+    bits = low > np.median(low)
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def as_int64(value: int) -> int:
+    """The same 64 bits as a signed int64 (Parquet has no uint64 everyone reads)."""
+    return int(np.array(value, dtype=np.uint64).view(np.int64))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(np.bitwise_xor(a.astype(np.uint64), b.astype(np.uint64))).astype(np.int64)
+
+
+def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
+    """All index pairs (i < j) whose hashes differ in at most `radius` bits, as an int64 array [k, 2].
+
+    Multi-index hashing: split the 64 bits into radius+1 disjoint chunks. Two hashes within `radius`
+    bits must agree exactly on at least one chunk (pigeonhole), so only hashes sharing a chunk value
+    are compared; the candidates are then checked with the full Hamming distance."""
+    hashes = np.asarray(hashes).astype(np.uint64)
+    n = len(hashes)
+    if n < 2 or radius < 0:
+        return np.empty((0, 2), dtype=np.int64)
+    chunks = min(radius + 1, HASH_BITS)
+    bounds = np.linspace(0, HASH_BITS, chunks + 1).astype(np.uint64)
+    candidates = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        keys = (hashes >> lo) & mask
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+            members = order[start:start + size]
+            i, j = np.triu_indices(size, k=1)
+            candidates.append(np.stack([members[i], members[j]], axis=1))
+    if not candidates:
+        return np.empty((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(candidates), axis=1).astype(np.int64)
+    pairs = np.unique(pairs, axis=0)
+    close = hamming(hashes[pairs[:, 0]], hashes[pairs[:, 1]]) <= radius
+    return pairs[close]

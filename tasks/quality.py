@@ -1,0 +1,92 @@
+"""What clean needs to know about one image, computed in a worker process: whether it decodes, its
+size, how much information it carries, an exact pixel hash, a perceptual hash and cheap features for
+the outlier check. Kept apart from tasks/clean.py so workers import only numpy, PIL and scipy."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tasks.images import DecodeError, decode, probe
+from tasks.phash import dct32, phash_from_dct
+
+FEATURE_SIDE = 16  # outlier features: the image as 16x16 grayscale, plus a few statistics
+SCALAR_FEATURES = ("mean", "std", "gradient", "high_frequency", "dominant_fraction", "entropy")
+
+
+@dataclass
+class Inspection:
+    status: str                 # "ok", "corrupt" or "too_large"
+    detail: str = ""
+    width: int = 0              # decoded size (after EXIF orientation)
+    height: int = 0
+    gray_std: float = 0.0
+    dominant_fraction: float = 0.0  # share of pixels holding the most common gray value
+    pixel_hash: str = ""
+    phash: int = 0              # unsigned 64-bit
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def pixel_hash(img: Image.Image) -> str:
+    """sha256 of the decoded pixels and their shape. An RGB picture whose channels are all equal is
+    hashed as grayscale, so the same picture stored as gray PNG and as 24-bit BMP hashes the same."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 3 and (arr == arr[:, :, :1]).all():
+        arr = arr[:, :, 0]
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    digest = hashlib.sha256(f"{arr.shape[0]}x{arr.shape[1]}x{channels}:".encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def features(gray32: np.ndarray, coeffs: np.ndarray, histogram: np.ndarray) -> np.ndarray:
+    """Cheap description of what an image looks like: a 16x16 thumbnail (layout) plus brightness,
+    contrast, edge strength, the share of high-frequency energy (noise scores high, a flat gradient
+    almost zero) and how the gray levels are spread (a photo or drawing has a background level
+    and a peaked histogram; noise and gradients spread evenly over all levels)."""
+    p = histogram[histogram > 0] / histogram.sum()
+    g = gray32 / 255.0
+    thumb = g.reshape(FEATURE_SIDE, 2, FEATURE_SIDE, 2).mean(axis=(1, 3)).ravel()
+    gradient = (np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2
+    energy = coeffs ** 2
+    ac = energy.sum() - energy[0, 0]
+    high = energy.sum() - energy[:8, :8].sum()
+    scalars = [g.mean(), g.std(), gradient, high / ac if ac > 0 else 0.0, p.max(), -(p * np.log2(p)).sum() / 8]
+    return np.concatenate([thumb, scalars]).astype(np.float32)
+
+
+def inspect(path: str | Path, max_pixels: int) -> Inspection:
+    """Header first: an image declaring more than `max_pixels` is never decoded (nor allocated)."""
+    try:
+        header = probe(path)
+    except DecodeError as exc:
+        return Inspection("corrupt", str(exc))
+    if header.pixels > max_pixels:
+        return Inspection("too_large", f"{header.width}x{header.height} = {header.pixels} pixels > {max_pixels}")
+    try:
+        img = decode(path, max_pixels=max_pixels)
+    except DecodeError as exc:
+        return Inspection("corrupt", str(exc))
+    gray = img.convert("L")
+    gray_arr = np.asarray(gray)
+    counts = np.bincount(gray_arr.ravel(), minlength=256)
+    gray32 = np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    coeffs = dct32(gray32)
+    return Inspection(
+        "ok",
+        width=img.width,
+        height=img.height,
+        gray_std=float(gray_arr.std()),
+        dominant_fraction=float(counts.max() / gray_arr.size),
+        pixel_hash=pixel_hash(img),
+        phash=phash_from_dct(coeffs),
+        features=features(gray32, coeffs, counts),
+    )
+
+
+def inspect_chunk(items: list[tuple[str, str]], max_pixels: int) -> list[tuple[str, Inspection]]:
+    """Worker entry point: (image_id, path) pairs in, (image_id, Inspection) pairs out."""
+    return [(image_id, inspect(path, max_pixels)) for image_id, path in items]
