@@ -169,7 +169,7 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
     alive = _alive(rows, flags)
     found = [inspections[rows.at[pos, "image_id"]] for pos in alive]
     hashes = np.array([insp.phash for insp in found], dtype=np.uint64)
-    thumbs = np.stack([insp.features[:FEATURE_SIDE * FEATURE_SIDE] for insp in found]) if found else np.zeros((0, 1))
+    thumbs = np.stack([insp.thumbnail for insp in found]) if found else np.zeros((0, 1))
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
     neighbours: dict[int, list[int]] = defaultdict(list)
     for a, b in near_pairs(hashes, thumbs, params.near_duplicate_distance, params.near_duplicate_min_correlation):
@@ -203,8 +203,8 @@ def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int
     """Robust z-score, within each class, of the log mean distance to the image's 5 nearest class
     mates (NaN for classes too small).
 
-    Features are scaled globally (the thumbnail by one common scale so that flat borders do not
-    blow up, each statistic by its own) and the thumbnail and the statistics weigh equally. Nearest
+    Features (tasks.quality.features) are scaled globally, the thumbnail by one common scale and
+    each statistic by its own, and the thumbnail and the statistics weigh equally. Nearest
     neighbours rather than the distance to a class centre: an odd-looking but real member (a coat
     photographed open) still has look-alikes in its class, pure noise or a gradient has none. The
     log tames the long right tail of distances, the median/MAD keep the odd ones from hiding."""

@@ -11,10 +11,12 @@ import numpy as np
 from PIL import Image
 
 from tasks.images import DecodeError, decode, probe
+from scipy.fft import dctn
+
 from tasks.phash import dct32, phash_from_dct
 
-FEATURE_SIDE = 16  # outlier features: the image as 16x16 grayscale, plus a few statistics
-SCALAR_FEATURES = ("mean", "std", "gradient", "high_frequency", "dominant_fraction", "entropy")
+FEATURE_SIDE = 8     # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
+THUMBNAIL_SIDE = 16  # near-duplicate check: finer, to tell a re-encoded copy from a look-alike
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Inspection:
     dominant_fraction: float = 0.0  # share of pixels holding the most common gray value
     pixel_hash: str = ""
     phash: int = 0              # unsigned 64-bit
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # THUMBNAIL_SIDE**2
     features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -42,20 +45,24 @@ def pixel_hash(img: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def features(gray32: np.ndarray, coeffs: np.ndarray, histogram: np.ndarray) -> np.ndarray:
-    """Cheap description of what an image looks like: a 16x16 thumbnail (layout) plus brightness,
-    contrast, edge strength, the share of high-frequency energy (noise scores high, a flat gradient
-    almost zero) and how the gray levels are spread (a photo or drawing has a background level
-    and a peaked histogram; noise and gradients spread evenly over all levels)."""
-    p = histogram[histogram > 0] / histogram.sum()
-    g = gray32 / 255.0
-    thumb = g.reshape(FEATURE_SIDE, 2, FEATURE_SIDE, 2).mean(axis=(1, 3)).ravel()
-    gradient = (np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2
-    energy = coeffs ** 2
+def thumbnail(gray32: np.ndarray, side: int) -> np.ndarray:
+    """side x side block means, standardized (zero mean, unit std): layout without brightness/contrast."""
+    block = gray32.shape[0] // side
+    thumb = gray32.reshape(side, block, side, block).mean(axis=(1, 3))
+    return (thumb - thumb.mean()) / max(thumb.std(), 1e-6)
+
+
+def features(gray32: np.ndarray) -> np.ndarray:
+    """Cheap description of what an image shows: its 8x8 thumbnail, standardized (zero mean, unit
+    std) so that brightness, contrast and how the picture is stored (1-bit, 16-bit, JPEG) matter
+    less than its layout, plus edge strength and the share of high-frequency energy (noise scores
+    high, a flat gradient almost zero)."""
+    thumb = thumbnail(gray32, FEATURE_SIDE)
+    gradient = (np.abs(np.diff(thumb, axis=0)).mean() + np.abs(np.diff(thumb, axis=1)).mean()) / 2
+    energy = dctn(thumb, norm="ortho") ** 2
     ac = energy.sum() - energy[0, 0]
-    high = energy.sum() - energy[:8, :8].sum()
-    scalars = [g.mean(), g.std(), gradient, high / ac if ac > 0 else 0.0, p.max(), -(p * np.log2(p)).sum() / 8]
-    return np.concatenate([thumb, scalars]).astype(np.float32)
+    high = energy.sum() - energy[:4, :4].sum()
+    return np.concatenate([thumb.ravel(), [gradient, high / ac if ac > 0 else 0.0]]).astype(np.float32)
 
 
 def inspect(path: str | Path, max_pixels: int) -> Inspection:
@@ -83,7 +90,8 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         dominant_fraction=float(counts.max() / gray_arr.size),
         pixel_hash=pixel_hash(img),
         phash=phash_from_dct(coeffs),
-        features=features(gray32, coeffs, counts),
+        thumbnail=thumbnail(gray32, THUMBNAIL_SIDE).ravel().astype(np.float32),
+        features=features(gray32),
     )
 
 

@@ -1,0 +1,159 @@
+"""clean on folders the tests plant: every reason code, awkward files kept, determinism, the MIH
+search against brute force, atomic outputs."""
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.planted import VALID_AWKWARD, giant_png, plant, score
+from tasks import clean, ingest
+from tasks.errors import UserError
+from tasks.manifest import INGESTED_COLUMNS, store_path
+from tasks.params import Paths
+from tasks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
+from tasks.quality import inspect
+
+CLEAN_REASONS = ["corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
+                 "label_conflict", "outlier"]
+
+
+def _digits(per_class: int = 80, classes: tuple[int, ...] = (0, 1)) -> list[tuple[np.ndarray, str]]:
+    """Real pictures of consistent classes: scikit-learn's bundled digits (offline), 32x32."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    base = []
+    for digit in classes:
+        for image in digits.images[digits.target == digit][:per_class]:
+            small = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
+            base.append((np.asarray(small.resize((32, 32), Image.Resampling.BICUBIC)), f"digit_{digit}"))
+    return base
+
+
+def _ingest(source) -> None:
+    ingest.run(ingest.Params(source=str(source)), Paths())
+
+
+@pytest.fixture
+def planted(project):
+    # no label flips: they are validate's to find (clean may call a "1" among "0"s an outlier)
+    truth = plant(_digits(), project.root / "planted", seed=1, per_fault=1, flip_fraction=0)
+    _ingest(project.root / "planted" / "images")
+    return truth
+
+
+def test_every_planted_fault_is_found_and_awkward_files_kept(planted):
+    summary = clean.run(clean.Params(workers=2), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False)
+    scores = score(planted, flagged, CLEAN_REASONS).set_index("reason")
+    assert (scores["recall"] == 1).all() and (scores["precision"] == 1).all(), scores
+
+    kept = pd.read_parquet("data/manifests/cleaned.parquet")
+    should_keep = planted[~planted["planted_reason"].isin(CLEAN_REASONS)]["source_path"]
+    assert set(kept["source_path"]) == set(should_keep)
+    assert set(planted.loc[planted["planted_reason"] == VALID_AWKWARD, "source_path"]) <= set(kept["source_path"])
+    assert list(kept.columns) == INGESTED_COLUMNS + ["pixel_hash", "phash"]
+    assert kept["phash"].dtype == np.int64 and kept["pixel_hash"].str.len().eq(64).all()
+    assert kept["source_path"].is_unique
+    assert summary["kept"] == len(kept) and sum(summary["flagged"].values()) == len(flagged)
+
+    # duplicates name the kept copy, which is the original (lowest source_path)
+    dups = flagged[flagged["reason"].isin(["duplicate", "near_duplicate"])]
+    by_path = kept.set_index("source_path")["image_id"]
+    for row in dups.itertuples():
+        original = row.source_path.rsplit("_", 1)[0] + ".png"
+        assert row.kept_image_id == by_path[original]
+    assert (flagged.loc[flagged["reason"] == "label_conflict", "kept_image_id"] == "").all()
+
+    for name in ("flagged.csv", "summary.md", "flagged.png", "class_distribution.png"):
+            assert (Paths().report_dir("clean") / name).stat().st_size > 0
+    summary_md = (Paths().report_dir("clean") / "summary.md").read_text()
+    assert "| too_large | 1 |" in summary_md
+
+
+def test_nothing_is_deleted_from_store_or_source(planted, project):
+    before_store = sorted(p.name for p in (project.root / "data/store").glob("*/*"))
+    before_source = sorted(p.name for p in (project.root / "planted/images").rglob("*") if p.is_file())
+    clean.run(clean.Params(workers=1), Paths())
+    assert sorted(p.name for p in (project.root / "data/store").glob("*/*")) == before_store
+    assert sorted(p.name for p in (project.root / "planted/images").rglob("*") if p.is_file()) == before_source
+
+
+def test_kept_copy_does_not_depend_on_manifest_order(planted):
+    clean.run(clean.Params(workers=1), Paths())
+    first = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False)
+    ingested = pd.read_parquet("data/manifests/ingested.parquet")
+    ingested.sample(frac=1, random_state=3).to_parquet("data/manifests/ingested.parquet", index=False)
+    clean.run(clean.Params(workers=1), Paths())
+    second = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_giant_header_is_flagged_without_allocating(project):
+    folder = project.root / "src"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "huge.png").write_bytes(giant_png(60000, 60000))
+    _ingest(folder)
+    image_id = pd.read_parquet("data/manifests/ingested.parquet")["image_id"][0]
+    tracemalloc.start()
+    try:
+        found = inspect(store_path("data/store", image_id), max_pixels=40_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.status == "too_large" and "60000x60000" in found.detail
+    assert peak < 5_000_000
+
+
+def test_radius_search_equals_brute_force():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=400, dtype=np.int64).astype(np.uint64)
+    # plant close neighbours so that there is something to find at every radius
+    flips = rng.integers(0, 64, size=(150, 6))
+    for n, k in enumerate(rng.integers(0, 400, size=150)):
+        hashes[400 - 1 - n] = hashes[k]
+        for bit in flips[n, : n % 7]:
+            hashes[400 - 1 - n] ^= np.uint64(1 << int(bit))
+    i, j = np.triu_indices(len(hashes), k=1)
+    distance = hamming(hashes[i], hashes[j])
+    for radius in (0, 1, 3, 4, 8):
+        brute = {(a, b) for a, b, d in zip(i, j, distance) if d <= radius}
+        found = {tuple(p) for p in radius_pairs(hashes, radius).tolist()}
+        assert found == brute and brute, radius
+
+
+def test_phash_ignores_brightness_and_keeps_64_bits():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 200, size=(32, 32)).astype(float)
+    assert phash_from_dct(dct32(img)) == phash_from_dct(dct32(img + 40))
+    top = 2**64 - 1
+    assert as_int64(top) == -1 and np.array(as_int64(top), np.int64).view(np.uint64) == top
+
+
+def test_failed_run_keeps_previous_outputs(planted):
+    clean.run(clean.Params(workers=1), Paths())
+    before = pd.read_parquet("data/manifests/cleaned.parquet")
+    flagged_before = (Paths().report_dir("clean") / "flagged.csv").read_bytes()
+    victim = before["image_id"].iloc[0]
+    store_path("data/store", victim).unlink()
+    with pytest.raises(UserError, match="missing from the store"):
+        clean.run(clean.Params(workers=1), Paths())
+    pd.testing.assert_frame_equal(pd.read_parquet("data/manifests/cleaned.parquet"), before)
+    assert (Paths().report_dir("clean") / "flagged.csv").read_bytes() == flagged_before
+    leftovers = [p for p in Paths().report_dir("clean").parent.parent.rglob(".*") if p.is_file()]
+    assert not [p for p in leftovers if p.parent.name in ("manifests", "clean")]
+
+
+def test_cli_reports_missing_input_in_one_line(project, capsys):
+    params = project.write_params(clean={"workers": 1})
+    assert clean.main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "ingest" in err and "\n" not in err
+
+
+def test_bad_param_is_one_line(project, capsys):
+    params = project.write_params(clean={"near_duplicate_distance": -1})
+    assert clean.main(["--params", str(params)]) == 2
+    assert "clean.near_duplicate_distance" in capsys.readouterr().err
