@@ -9,8 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp/mkdtemp create 0600/0700, outputs should get the usual modes
+
+
+def _usual_mode(bits: int) -> int:
+    """mkstemp/mkdtemp create 0600/0700; outputs should get the modes the user's umask gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
 
 
 @contextlib.contextmanager
@@ -23,7 +28,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.chmod(tmp_path, _usual_mode(0o666))
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -37,7 +42,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.chmod(tmp, _usual_mode(0o777))
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
