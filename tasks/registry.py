@@ -55,11 +55,12 @@ def registry_lock(path: str | Path) -> Iterator[None]:
 
 
 def aliases(client, name: str) -> dict[str, str]:
-    """alias -> version of a registered model; UserError when the model is not registered."""
+    """alias -> version (as str, like ModelVersion.version) of a registered model; UserError when the
+    model is not registered."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(client.get_registered_model(name).aliases)
+        return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise UserError(f"no registered model named {name!r} in {tracking_uri()}") from None
