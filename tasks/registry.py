@@ -13,22 +13,22 @@ from typing import Iterator
 from tasks.errors import UserError
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working directory: exactly
+    what the fluent calls used here (register_model, pyfunc.load_model) resolve, so client and fluent
+    calls always talk to the same store. Never set process-wide, so nothing leaks into callers."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def connect():
-    """Point MLflow (tracking and registry, process-wide: pyfunc loading reads them) at our store."""
     import mlflow
     from mlflow import MlflowClient
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=mlflow.get_registry_uri())
 
 
 def lock_path(cache: str | Path, uri: str | None = None) -> Path:
