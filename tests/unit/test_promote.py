@@ -22,7 +22,7 @@ NAME = "imgcls"
 # floor low enough that deliberately imperfect models can become champion
 PARAMS = Params(model_name=NAME, floor=0.6, min_improvement=0.02, max_class_recall_drop=0.1, score_batch_size=16)
 ALL_CLASSES = {"dark": 30, "mid": 30, "bright": 30}
-pytestmark = pytest.mark.filterwarnings("ignore:Add type hints to the `predict` method")
+pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 
 
 @pytest.fixture
