@@ -153,6 +153,8 @@ def _apply(client, decision: dict) -> None:
             registry.move_alias(client, name, CHALLENGER, None)
     elif decision["decision"] == "rejected":
         registry.move_alias(client, name, CHALLENGER, candidate)
+    else:  # kept: the champion's record of how it got there stays as it was
+        return
     metric = decision["metric"]
     registry.set_tags(client, name, candidate, {
         "promotion_decision": decision["decision"],

@@ -37,6 +37,7 @@ def load_test_set(split_manifest: str | Path, store: str | Path) -> HeldOut:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise UserError(f"{len(missing)} test images missing from the store, e.g. {missing[0]}: run `ingest` again")
+    log.info("scoring on %d test images from %s", len(paths), split_manifest)
     return HeldOut(paths, test["label"].astype(str).tolist())
 
 

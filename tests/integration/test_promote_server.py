@@ -15,7 +15,6 @@ from tasks.promote import Params, run
 from tests.registry_models import train_run, write_split
 
 PARAMS = Params(model_name="imgcls", floor=0.6, min_improvement=0.02, score_batch_size=16)
-pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 
 
 def free_port() -> int:

@@ -22,7 +22,6 @@ NAME = "imgcls"
 # floor low enough that deliberately imperfect models can become champion
 PARAMS = Params(model_name=NAME, floor=0.6, min_improvement=0.02, max_class_recall_drop=0.1, score_batch_size=16)
 ALL_CLASSES = {"dark": 30, "mid": 30, "bright": 30}
-pytestmark = pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 
 
 @pytest.fixture
@@ -86,6 +85,7 @@ def test_first_good_model_becomes_champion_with_its_record(paths):
     again = run(PARAMS, train)
     assert again["decision"] == "kept" and again["candidate_version"] == "1"
     assert len(client().search_model_versions(f"name='{NAME}'")) == 1
+    assert client().get_model_version(NAME, "1").tags["promotion_decision"] == "promoted"
 
 
 def test_worse_second_model_becomes_challenger_and_champion_stays(paths):
