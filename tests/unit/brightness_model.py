@@ -15,6 +15,9 @@ from PIL import Image
 
 
 class BrightnessModel(mlflow.pyfunc.PythonModel):
+    def __init__(self, strict: bool = False):
+        self.strict = strict  # strict: a bad image fails the whole call, like a careless third-party model
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = []
         for value in model_input["image"]:
@@ -23,6 +26,8 @@ class BrightnessModel(mlflow.pyfunc.PythonModel):
                 with Image.open(src) as img:
                     bright = float(np.asarray(img.convert("L"), dtype=np.float64).mean()) / 255.0
             except (OSError, ValueError, binascii.Error) as exc:
+                if self.strict:
+                    raise
                 rows.append({"label": "", "score": float("nan"), "top_k": "[]", "error": f"{type(exc).__name__}: {exc}"})
                 continue
             ranked = sorted([("bright", bright), ("dark", 1.0 - bright)], key=lambda t: -t[1])
@@ -30,8 +35,8 @@ class BrightnessModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["label", "score", "top_k", "error"])
 
 
-def save(path) -> str:
-    mlflow.pyfunc.save_model(path=str(path), python_model=BrightnessModel())
+def save(path, strict: bool = False) -> str:
+    mlflow.pyfunc.save_model(path=str(path), python_model=BrightnessModel(strict))
     return str(path)
 
 
