@@ -51,6 +51,11 @@ def model_version(model_uri: str) -> str | None:
         return None
 
 
+def _reason(exc: DecodeError) -> str:
+    # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): noise to an API client
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", str(exc))
+
+
 def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> tuple[bytes, Header]:
     data = upload.file.read(max_upload_bytes + 1)
     if len(data) > max_upload_bytes:
@@ -60,13 +65,13 @@ def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> 
     try:
         header = probe(data)
     except DecodeError as exc:
-        raise HTTPException(400, f"not an image: {exc}") from None
+        raise HTTPException(400, f"not an image: {_reason(exc)}") from None
     if header.pixels > max_pixels:
         raise HTTPException(413, f"{header.width}x{header.height} image exceeds the pixel limit {max_pixels}")
     try:
         decode(data, max_pixels=max_pixels)
     except DecodeError as exc:
-        raise HTTPException(400, f"corrupt image: {exc}") from None
+        raise HTTPException(400, f"corrupt image: {_reason(exc)}") from None
     return data, header
 
 
