@@ -51,12 +51,12 @@ def cmd_run(args) -> int:
 
 def cmd_schedule(args) -> int:
     validate_file(args.params)
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's temporary API has no scheduler: the cron would never fire
+        raise UserError("schedule needs a running Prefect server: start `prefect server start` and "
+                        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again")
     from flows.pipeline import imgcls_pipeline
 
-    if not os.environ.get("PREFECT_API_URL"):
-        print("warning: PREFECT_API_URL is not set, so the schedule lives on a temporary API that ends with this "
-              "process and no UI sees it. Run `prefect server start` in another shell and "
-              "`export PREFECT_API_URL=http://127.0.0.1:4200/api` first.", file=sys.stderr)
     # the served process runs the flow in its own working directory: pin the params file absolutely
     imgcls_pipeline.serve(name=args.name, cron=args.cron,
                           parameters={"params_path": str(Path(args.params).resolve()), "force": False})

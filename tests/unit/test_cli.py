@@ -30,6 +30,15 @@ def test_bad_params_is_one_line_and_exit_2(tmp_path, capsys, command, text, mess
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_schedule_without_a_prefect_server_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("paths: {}\n")
+    assert main(["schedule", "--cron", "0 3 * * *", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: schedule needs a running Prefect server") and err.count("\n") == 1
+
+
 def test_no_traceback_from_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--params", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True)
