@@ -98,14 +98,17 @@ def cmd_serve(args) -> int:
 def cmd_promote(args) -> int:
     from tasks.promote import promote_version
 
-    print(json.dumps(promote_version(_model_name(args), args.version, args.reason), indent=2, default=str))
+    # the same lock file as the flow's promote stage, so a manual move cannot race an automatic one
+    result = promote_version(_model_name(args), args.version, args.reason, cache=_paths(args.params).cache)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def cmd_rollback(args) -> int:
     from tasks.promote import rollback
 
-    print(json.dumps(rollback(_model_name(args)), indent=2, default=str))
+    result = rollback(_model_name(args), args.reason, cache=_paths(args.params).cache)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-name", default=None, help="registered model (default: promote.model_name from params)")
         if name == "promote":
             p.add_argument("--version", required=True, type=int, help="registered model version")
-            p.add_argument("--reason", required=True, help="why, recorded on the version")
+        p.add_argument("--reason", required=name == "promote", default="", help="why, recorded in the registry")
     return parser
 
 

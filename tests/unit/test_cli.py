@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from brightness_model import png_bytes, save
+from tests.unit.brightness_model import png_bytes, save
 from flows.cli import main
 
 

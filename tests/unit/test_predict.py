@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from brightness_model import png_bytes, save
+from tests.unit.brightness_model import png_bytes, save
 from tasks.errors import UserError
 from tasks.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
 

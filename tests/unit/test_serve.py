@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from brightness_model import png_bytes, save
+from tests.unit.brightness_model import png_bytes, save
 from flows.serve import create_app
 
 
