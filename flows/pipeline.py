@@ -98,10 +98,11 @@ def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False) -> di
     version = dataset_version(paths)
     config = model_config_digest(data)
     summary["dataset_version"] = version
-    note = skip_note(read_last_run(paths), version, config, force)
+    last = read_last_run(paths)
+    note = skip_note(last, version, config, force)
     if note:
         print(f"skipping {', '.join(MODEL_STAGES)}: {note}")
-        summary["skipped"], summary["note"] = list(MODEL_STAGES), note
+        summary["skipped"], summary["note"], summary["last_run"] = list(MODEL_STAGES), note, last
         artifacts.publish_skip(note)
     else:
         for stage in MODEL_STAGES:

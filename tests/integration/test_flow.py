@@ -85,7 +85,7 @@ def test_flow_trains_then_skips_until_new_data(tmp_path, monkeypatch):
         second = pipeline.imgcls_pipeline("params.yaml")
         assert second["skipped"] == list(pipeline.MODEL_STAGES)
         assert f"no new data since run {first['flow_run_name']}" in second["note"]
-        assert "train" not in second["stages"]
+        assert "train" not in second["stages"] and second["last_run"]["mlflow_run_id"] == first["mlflow_run_id"]
         assert "imgcls-skipped" in asyncio.run(artifact_keys(second["flow_run_id"]))
 
         write_images(tmp_path / "data" / "inbox", per_class=2, seed=1)  # new labelled images arrive
