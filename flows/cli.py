@@ -6,7 +6,7 @@
     imgcls predict PATH... [--out CSV]         batch prediction to a CSV
     imgcls serve [--host H --port N]           HTTP prediction + feedback server
     imgcls promote --version N --reason TEXT   manual promotion to champion
-    imgcls rollback                            champion <- previous
+    imgcls rollback [--reason TEXT]            champion <- previous
 
 A ParamsError or UserError prints one line `error: ...` and exits 2."""
 from __future__ import annotations
