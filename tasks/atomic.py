@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+
+def _usual_mode(bits: int) -> int:
+    """mkstemp/mkdtemp create 0600/0700; outputs should get the modes the user's umask gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path beside `target`; on success it replaces `target` in one rename."""
@@ -20,6 +28,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _usual_mode(0o666))
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -33,6 +42,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _usual_mode(0o777))
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():

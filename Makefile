@@ -1,0 +1,25 @@
+# Quickstart targets (README): `make run` and `make test` on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup run test test-all
+setup: $(STAMP)
+
+$(STAMP): constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+# The whole pipeline on the bundled sample (sample:digits), sqlite MLflow, Prefect's ephemeral API.
+run: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/imgcls run
+
+# The default suite (what CI runs); `make test-all` adds the slow tests.
+test: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not gpu" -q

@@ -1,0 +1,169 @@
+"""`imgcls`: one command for the pipeline, its schedule, prediction, serving and the registry.
+
+    imgcls run [--params P] [--force]          the whole pipeline as a Prefect flow
+    imgcls schedule --cron "0 3 * * *"        serve the flow on a cron schedule
+    imgcls stage NAME [--params P]             one stage, as `python -m tasks.NAME`
+    imgcls predict PATH... [--out CSV]         batch prediction to a CSV
+    imgcls serve [--host H --port N]           HTTP prediction + feedback server
+    imgcls promote --version N --reason TEXT   manual promotion to champion
+    imgcls rollback [--reason TEXT]            champion <- previous
+
+A ParamsError or UserError prints one line `error: ...` and exits 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tasks import STAGES
+from tasks.errors import UserError
+from tasks.params import DEFAULT_PARAMS, ParamsError, Paths, parse_section, read_yaml, validate_file
+
+DEFAULT_MODEL = "models:/imgcls@champion"
+DEFAULT_DEPLOYMENT = "imgcls-scheduled"
+
+
+def _paths(params_path: str) -> Paths:
+    return parse_section(read_yaml(params_path), "paths", Paths, params_path)
+
+
+def _model_name(args) -> str:
+    if args.model_name:
+        return args.model_name
+    from tasks.promote import Params as PromoteParams
+
+    return parse_section(read_yaml(args.params), "promote", PromoteParams, args.params).model_name
+
+
+def cmd_run(args) -> int:
+    validate_file(args.params)  # bad params: one line before Prefect starts anything
+    from flows.pipeline import imgcls_pipeline
+
+    if not os.environ.get("PREFECT_API_URL"):
+        print("PREFECT_API_URL is not set: running on a temporary local Prefect API "
+              "(start `prefect server start` and export PREFECT_API_URL to keep runs in the UI)", file=sys.stderr)
+    summary = imgcls_pipeline(params_path=args.params, force=args.force)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    validate_file(args.params)
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's temporary API has no scheduler: the cron would never fire
+        raise UserError("schedule needs a running Prefect server: start `prefect server start` and "
+                        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again")
+    from flows.pipeline import imgcls_pipeline
+
+    # the served process runs the flow in its own working directory: pin the params file absolutely
+    imgcls_pipeline.serve(name=args.name, cron=args.cron,
+                          parameters={"params_path": str(Path(args.params).resolve()), "force": False})
+    return 0
+
+
+def cmd_stage(args) -> int:
+    import importlib
+
+    from tasks.entry import stage_main
+
+    module = importlib.import_module(f"tasks.{args.name}")
+    return stage_main(args.name, module.run, ["--params", args.params])
+
+
+def cmd_predict(args) -> int:
+    from tasks.predict import expand_inputs, load_model, predict_paths, write_predictions
+
+    inputs = expand_inputs(args.paths)
+    model = load_model(args.model)
+    out = predict_paths(model, inputs, batch_size=args.batch_size)
+    write_predictions(out, args.out)
+    failed = int((out["error"] != "").sum())
+    print(f"{len(out)} images, {failed} could not be predicted -> {args.out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from flows.serve import create_app
+
+    app = create_app(args.model, args.inbox or _paths(args.params).inbox,
+                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tasks.promote import promote_version
+
+    # the same lock file as the flow's promote stage, so a manual move cannot race an automatic one
+    result = promote_version(_model_name(args), args.version, args.reason, cache=_paths(args.params).cache)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks.promote import rollback
+
+    result = rollback(_model_name(args), args.reason, cache=_paths(args.params).cache)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="declarative image-classification pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("run", cmd_run, "run the whole pipeline as a Prefect flow")
+    p.add_argument("--force", action="store_true", help="retrain even when the data has not changed")
+
+    p = command("schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)")
+    p.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
+    p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help=f"deployment name (default {DEFAULT_DEPLOYMENT})")
+
+    p = command("stage", cmd_stage, "run one stage, as `python -m tasks.NAME`")
+    p.add_argument("name", choices=STAGES)
+
+    p = command("predict", cmd_predict, "predict files, folders and globs into a CSV")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"MLflow model URI or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--out", default="predictions.csv", help="CSV written atomically (default predictions.csv)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+    p = command("serve", cmd_serve, "HTTP server: POST /predict, POST /feedback, GET /health")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--inbox", default=None, help="where feedback goes (default: paths.inbox from params)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+
+    for name, func, help_ in (("promote", cmd_promote, "make a registered version the champion by hand"),
+                              ("rollback", cmd_rollback, "give the champion alias back to the previous model")):
+        p = command(name, func, help_)
+        p.add_argument("--model-name", default=None, help="registered model (default: promote.model_name from params)")
+        if name == "promote":
+            p.add_argument("--version", required=True, type=int, help="registered model version")
+        p.add_argument("--reason", required=name == "promote", default="", help="why, recorded in the registry")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ParamsError, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The production driver: the eight stages as Prefect tasks, chained, then recorded in DVC.
+
+Each task is `tasks.<stage>.run` with the stage's params from params.yaml: the same code and params
+`python -m tasks.<stage>` and `dvc repro` use. Only stages that talk to MLflow (tracking and registry
+I/O) retry, and never on a UserError/ParamsError: those do not fix themselves."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import artifacts, dvc_record
+from tasks import STAGES
+from tasks.atomic import write_json
+from tasks.errors import UserError
+from tasks.params import ParamsError, Paths, load_stage, parse_section, validate_file
+from tasks.versioning import dataset_version
+
+MODEL_STAGES = ("augment", "train", "evaluate", "promote")
+DATA_STAGES = tuple(s for s in STAGES if s not in MODEL_STAGES)
+RETRYING_STAGES = ("train", "evaluate", "promote")
+RETRIES = 2
+RETRY_DELAY_SECONDS = 10
+LAST_RUN_FILE = ".last_flow.json"  # under paths.reports: what the last successful full run trained on
+
+
+def run_stage(stage: str, params_path: str) -> Any:
+    params, paths = load_stage(stage, params_path)
+    result = importlib.import_module(f"tasks.{stage}").run(params, paths)
+    return result.summary() if hasattr(result, "summary") else result
+
+
+def _transient(task_, task_run, state) -> bool:
+    return not isinstance(state.data, (UserError, ParamsError))
+
+
+def stage_task(stage: str):
+    retries = RETRIES if stage in RETRYING_STAGES else 0
+    return task(
+        run_stage, name=stage, task_run_name=stage, retries=retries, retry_delay_seconds=RETRY_DELAY_SECONDS,
+        retry_condition_fn=_transient,
+        # every run must look at the data afresh: no Prefect caching, no pickled results on disk
+        cache_policy=NO_CACHE, persist_result=False,
+    )
+
+
+@task(name="dvc_record", cache_policy=NO_CACHE, persist_result=False)
+def record_in_dvc(stages: list[str]) -> dict:
+    return dvc_record.record(stages)
+
+
+def model_config_digest(data: dict[str, Any]) -> str:
+    """Params of the model stages: changing them is a reason to retrain even on the same data."""
+    relevant = {stage: data.get(stage) for stage in MODEL_STAGES}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _last_run_path(paths: Paths) -> Path:
+    return Path(paths.reports) / LAST_RUN_FILE
+
+
+def read_last_run(paths: Paths) -> dict | None:
+    path = _last_run_path(paths)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:  # a hand-edited or foreign file: treat as no record, i.e. retrain
+        return None
+
+
+def skip_note(last: dict | None, version: str, config: str, force: bool) -> str | None:
+    """Why the model stages can be skipped, or None when they must run."""
+    if force or not last or last.get("dataset_version") != version or last.get("model_config") != config:
+        return None
+    return (f"no new data since run {last.get('flow_run_name')} ({last.get('flow_run_id')}, "
+            f"finished {last.get('finished_at')}): dataset_version {version[:12]} and the "
+            f"augment/train/evaluate/promote params are unchanged; use --force to retrain anyway")
+
+
+@flow(name="imgcls-pipeline", log_prints=True, persist_result=False)
+def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict:
+    params_path = str(params_path)
+    data = validate_file(params_path)  # a typo anywhere fails now, not after hours of training
+    paths = parse_section(data, "paths", Paths, params_path)
+    summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
+                               "params": params_path, "force": force, "stages": {}, "skipped": [], "note": None}
+
+    for stage in DATA_STAGES:
+        summary["stages"][stage] = stage_task(stage)(stage, params_path)
+    artifacts.publish_data_quality(paths)
+
+    version = dataset_version(paths)
+    config = model_config_digest(data)
+    summary["dataset_version"] = version
+    last = read_last_run(paths)
+    note = skip_note(last, version, config, force)
+    if note:
+        print(f"skipping {', '.join(MODEL_STAGES)}: {note}")
+        summary["skipped"], summary["note"], summary["last_run"] = list(MODEL_STAGES), note, last
+        artifacts.publish_skip(note)
+    else:
+        for stage in MODEL_STAGES:
+            summary["stages"][stage] = stage_task(stage)(stage, params_path)
+        summary.update(artifacts.publish_model_reports(paths))
+
+    summary["dvc"] = record_in_dvc(list(summary["stages"]))
+    if not note:
+        write_json({"dataset_version": version, "model_config": config, "flow_run_id": summary["flow_run_id"],
+                    "flow_run_name": summary["flow_run_name"], "mlflow_run_id": summary.get("mlflow_run_id"),
+                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                   _last_run_path(paths))
+    return summary

@@ -1,0 +1,68 @@
+"""Score a registered model on the current test split through its pyfunc: the same images, the same
+code path for the candidate and for the champion, so neither is judged by numbers from another day."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from tasks.errors import UserError
+from tasks.gates import Scores, score_predictions
+from tasks.manifest import read_manifest, store_path
+
+log = logging.getLogger(__name__)
+LATENCY_WARMUP = 2
+LATENCY_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    image_paths: list[str]
+    labels: list[str]
+
+
+def load_test_set(split_manifest: str | Path, store: str | Path) -> HeldOut:
+    df = read_manifest(split_manifest, produced_by="split")
+    if "split" not in df.columns:
+        raise UserError(f"{split_manifest} has no `split` column: run the `split` stage first")
+    test = df[df["split"] == "test"].sort_values("image_id", kind="stable")
+    if test.empty:
+        raise UserError(f"{split_manifest} has no test rows: promotion needs a test split to score models on")
+    paths = [str(store_path(store, i)) for i in test["image_id"]]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} test images missing from the store, e.g. {missing[0]}: run `ingest` again")
+    log.info("scoring on %d test images from %s", len(paths), split_manifest)
+    return HeldOut(paths, test["label"].astype(str).tolist())
+
+
+def score_model(model_uri: str, test: HeldOut, batch_size: int, measure_latency: bool) -> Scores:
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    predicted, confidence = [], []
+    starts = range(0, len(test.image_paths), batch_size)
+    for start in tqdm(starts, desc=f"scoring {model_uri}", unit="batch", disable=None):
+        out = model.predict(pd.DataFrame({"image": test.image_paths[start:start + batch_size]}))
+        predicted += out["label"].astype(str).tolist()
+        confidence += out["score"].astype(float).tolist()
+    latency = single_image_p50_ms(model, test.image_paths) if measure_latency else None
+    return score_predictions(test.labels, predicted, confidence, latency)
+
+
+def single_image_p50_ms(model, image_paths: list[str]) -> float:
+    """Median wall time of one-image predict calls, after a warm-up (first calls pay lazy init)."""
+    sample = image_paths[:LATENCY_SAMPLES]
+    for path in sample[:LATENCY_WARMUP]:
+        model.predict(pd.DataFrame({"image": [path]}))
+    times = []
+    for path in sample:
+        t0 = time.perf_counter()
+        model.predict(pd.DataFrame({"image": [path]}))
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
