@@ -16,7 +16,7 @@ def as_unsigned(value: int) -> int:
 
 
 def hamming(a: int, b: int) -> int:
-    return ((a ^ b) & MASK64).bit_count()
+    return (as_unsigned(a) ^ as_unsigned(b)).bit_count()
 
 
 class BKTree:
@@ -33,7 +33,7 @@ class BKTree:
             return
         node = self._root
         while True:
-            d = hamming(value, node[0])
+            d = (value ^ node[0]).bit_count()
             if d == 0:
                 node[1].append(key)
                 return
@@ -50,7 +50,7 @@ class BKTree:
         stack = [self._root] if self._root is not None else []
         while stack:
             node = stack.pop()
-            d = hamming(value, node[0])
+            d = (value ^ node[0]).bit_count()
             if d <= radius:
                 found.extend(node[1])
             # triangle inequality: only children at distance d-radius..d+radius can hold a match
