@@ -96,28 +96,40 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: i
     (stratified K-fold). The model is small and fast on purpose: standardize -> whitened PCA -> RBF
     kernel approximation (Nystroem) -> logistic regression; on 16x16 pixels it is about as accurate
     as an RBF SVM on digits at a fraction of the cost. Every class needs at least `folds` examples."""
-    from sklearn.decomposition import PCA
-    from sklearn.kernel_approximation import Nystroem
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train_idx, test_idx in splitter.split(features, labels):
-        n_train = len(train_idx)
-        components = max(1, min(40, features.shape[1], n_train - 1))
-        model = make_pipeline(
-            StandardScaler(),
-            PCA(n_components=components, whiten=True, random_state=seed),
-            # gamma ~ 1 / (2 * dims): whitened points are ~sqrt(2 * dims) apart, so the kernel neither
-            # saturates nor flattens
-            Nystroem(gamma=0.5 / components, n_components=min(400, n_train), random_state=seed),
-            LogisticRegression(C=10.0, max_iter=1000),
-        )
-        model.fit(features[train_idx], labels[train_idx])
-        probs[np.ix_(test_idx, model.classes_)] = model.predict_proba(features[test_idx])
+    # The matrices are small: multi-threaded BLAS only adds overhead, and on a busy machine it made a
+    # 2 s run take 30 s (threads fighting for cores).
+    with threadpool_limits(limits=1):
+        for train_idx, test_idx in splitter.split(features, labels):
+            probs[test_idx] = _fit_predict(features, labels, train_idx, test_idx, k, seed)
+    return probs
+
+
+def _fit_predict(features, labels, train_idx, test_idx, k, seed) -> np.ndarray:
+    """Fit on train_idx, return probabilities [len(test_idx), k] (0 for a class the fold never saw)."""
+    from sklearn.decomposition import PCA
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n_train = len(train_idx)
+    components = max(1, min(40, features.shape[1], n_train - 1))
+    model = make_pipeline(
+        StandardScaler(),
+        PCA(n_components=components, whiten=True, random_state=seed),
+        # gamma ~ 1 / (2 * dims): whitened points are ~sqrt(2 * dims) apart, so the kernel neither
+        # saturates nor flattens
+        Nystroem(gamma=0.5 / components, n_components=min(400, n_train), random_state=seed),
+        LogisticRegression(C=10.0, max_iter=1000),
+    )
+    model.fit(features[train_idx], labels[train_idx])
+    probs = np.zeros((len(test_idx), k))
+    probs[:, model.classes_] = model.predict_proba(features[test_idx])
     return probs
