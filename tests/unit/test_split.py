@@ -1,5 +1,4 @@
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +149,10 @@ def test_main_runs_from_params_file(tmp_path, capsys):
     manifest(30).to_parquet(tmp_path / "validated.parquet", index=False)
     assert split.main(["--params", str(params)]) == 0
     assert len(pd.read_parquet(tmp_path / "split.parquet")) == 30
+
+
+def test_params_yaml_section_equals_the_defaults():
+    from tasks.params import parse_section, read_yaml
+
+    data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert parse_section(data, "split", split.Params) == split.Params()

@@ -224,3 +224,12 @@ def test_main_fail_policy_is_one_line_exit_2(tmp_path, capsys):
     params.write_text(params.read_text().replace("unknown_label: fail", "unknown_label: drop"))
     assert validate.main(["--params", str(params)]) == 0
     assert len(validated(paths)) == 36
+
+
+def test_params_yaml_section_equals_the_defaults():
+    from pathlib import Path
+
+    from tasks.params import parse_section, read_yaml
+
+    data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert parse_section(data, "validate", validate.Params) == validate.Params()
