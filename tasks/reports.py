@@ -29,24 +29,29 @@ def write_flagged(flagged: pd.DataFrame, out_dir: str | Path) -> Path:
 
 
 def summary_markdown(stage: str, flagged: pd.DataFrame, kept: pd.DataFrame, total: int, notes: list[str] = ()) -> str:
-    lines = [f"# {stage}: {len(kept)} of {total} images kept, {flagged['source_path'].nunique()} set aside", ""]
+    # validate's warn policies and suspect labels flag images that stay in the manifest: only flagged
+    # paths missing from `kept` were set aside
+    set_aside = flagged.loc[~flagged["source_path"].isin(kept["source_path"]), "source_path"].nunique()
+    flagged_kept = flagged["source_path"].nunique() - set_aside
+    also = f", {flagged_kept} flagged but kept" if flagged_kept else ""
+    lines = [f"# {stage}: {len(kept)} of {total} images kept, {set_aside} set aside{also}", ""]
     lines += [f"- {n}" for n in notes]
     if notes:
         lines.append("")
     if len(flagged):
-        lines += ["## Set aside, by reason", "", "| reason | images |", "|---|---|"]
+        lines += ["## Flagged, by reason", "", "| reason | images |", "|---|---|"]
         for reason, n in flagged["reason"].value_counts().sort_index().items():
             lines.append(f"| {reason} | {n} |")
-        lines += ["", "## Set aside, by class and reason", ""]
+        lines += ["", "## Flagged, by class and reason", ""]
         table = pd.crosstab(flagged["label"].astype(str), flagged["reason"])
-        lines += [_markdown_table(table.reset_index().rename(columns={"label": "class"})), ""]
+        lines += [markdown_table(table.reset_index().rename(columns={"label": "class"})), ""]
     lines += ["## Kept, by class", "", "| class | images |", "|---|---|"]
     for label, n in kept["label"].astype(str).value_counts().sort_index().items():
         lines.append(f"| {label} | {n} |")
     return "\n".join(lines) + "\n"
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]

@@ -1,0 +1,174 @@
+"""split: train / val / test assignment that is stratified, reproducible and stable under new data.
+
+Each image gets u = sha256(f"{seed}:{image_id}") read as a number in [0, 1); u < train -> train,
+u < train + val -> val, else test. u depends only on the image's own bytes and the seed, so adding
+images never moves an existing one, and because u is uniform and independent of the label, every class
+is split in the given fractions in expectation (binomial noise: a class of n images lands
+within about +-2*sqrt(n*f*(1-f)) of n*f). Exact per-class counts would need ranks within the class,
+and ranks shift whenever an image is added, moving old images: stability wins here.
+
+Near-duplicates that clean kept (perceptual hashes within `group_radius` bits, chained) form a group
+that always shares one split, decided by the u of its smallest image_id. The one way an existing image
+can move: a newly added image joins its group (with a smaller image_id, or bridging two groups) -
+then the move is what keeps near-copies out of different splits.
+
+A split named by the source (`given_split`) is respected; the other members of its near-duplicate
+group follow it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, model_validator
+
+from tasks.atomic import write_parquet, write_text
+from tasks.entry import stage_main
+from tasks.errors import UserError
+from tasks.hashing import near_duplicate_groups
+from tasks.manifest import SPLITS, read_manifest
+from tasks.params import Paths, Strict
+from tasks.reports import markdown_table
+
+log = logging.getLogger(__name__)
+# how sources commonly spell the three splits
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+
+
+class Params(Strict):
+    train: float = Field(0.8, ge=0.0, le=1.0)
+    val: float = Field(0.1, ge=0.0, le=1.0)
+    test: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+    group_radius: int = Field(4, ge=0, le=32)  # keep equal to clean.near_duplicate_distance
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self):
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must sum to 1, got {self.train:g} + {self.val:g} + {self.test:g} = {total:g}")
+        return self
+
+
+def unit_hash(image_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by the image and the seed."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_of(u: float, params: Params) -> str:
+    if u < params.train:
+        return "train"
+    return "val" if u < params.train + params.val else "test"
+
+
+def _given_splits(frame: pd.DataFrame) -> pd.Series:
+    raw = frame["given_split"].fillna("").astype(str).str.strip() if "given_split" in frame else pd.Series("", frame.index)
+    given = raw.str.lower().map(SPLIT_ALIASES)
+    bad = (raw != "") & given.isna()
+    if bad.any():
+        names = sorted(raw[bad].unique())
+        examples = ", ".join(frame.loc[bad, "source_path"].astype(str).head(3))
+        raise UserError(f"{int(bad.sum())} image(s) name an unknown split {names} (expected train, val or test): {examples}")
+    return given.fillna("")
+
+
+def assign_splits(frame: pd.DataFrame, params: Params) -> tuple[pd.Series, dict]:
+    """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split."""
+    if frame["phash"].isna().any():
+        raise UserError("some images have no phash: rerun the clean stage")
+    groups = pd.Series(near_duplicate_groups(frame["phash"].astype("int64").tolist(), params.group_radius), frame.index)
+    given = _given_splits(frame)
+    split = pd.Series("", index=frame.index, dtype=object)
+    straddling = 0
+    for _, members in frame.groupby(groups, sort=False):
+        idx = members.index
+        named = given[idx][given[idx] != ""]
+        if len(named):
+            straddling += named.nunique() > 1
+            # the source's word is kept for each image it names; the rest follow its smallest image_id
+            leader = members.loc[named.index, "image_id"].idxmin()
+            split[idx] = given[leader]
+            split[named.index] = named
+        else:
+            split[idx] = split_of(unit_hash(members["image_id"].min(), params.seed), params)
+    facts = {
+        "given": int((given != "").sum()),
+        "near_duplicate_groups": int((groups.value_counts() > 1).sum()),
+        "images_in_groups": int(groups.map(groups.value_counts()).gt(1).sum()),
+        "given_groups_straddling": int(straddling),
+    }
+    return split, facts
+
+
+def _chart(table: pd.DataFrame, target) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.atomic import save_figure
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(table) + 2), 3.5))
+    bottom = np.zeros(len(table))
+    for name, colour in zip(SPLITS, ("#4c72b0", "#dd8452", "#55a868")):
+        ax.bar(table.index.astype(str), table[name], bottom=bottom, label=name, color=colour)
+        bottom += table[name].to_numpy()
+    ax.set_title("split: images per class and split")
+    ax.set_ylabel("images")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    save_figure(fig, target)
+
+
+def _summary(table: pd.DataFrame, params: Params, facts: dict, notes: list[str]) -> str:
+    total = table.to_numpy().sum()
+    lines = [f"# split: {total} images, seed {params.seed}", "",
+             f"- target fractions: train {params.train:g}, val {params.val:g}, test {params.test:g}",
+             *(f"- {split}: {int(table[split].sum())} images ({table[split].sum() / total:.3f})" for split in SPLITS),
+             f"- {facts['given']} images kept the split named by the source",
+             f"- {facts['images_in_groups']} images in {facts['near_duplicate_groups']} near-duplicate groups "
+             f"(phash within {params.group_radius} bits), each group in one split",
+             *(f"- {n}" for n in notes), "", "## Images per class and split", ""]
+    shown = table.assign(total=table.sum(axis=1))
+    for split in SPLITS:
+        shown[f"{split} %"] = (100 * table[split] / shown["total"]).round(1)
+    lines.append(markdown_table(shown.reset_index().rename(columns={"label": "class"})))
+    return "\n".join(lines) + "\n"
+
+
+def run(params: Params, paths: Paths) -> dict:
+    validated = read_manifest(paths.validated, "validate")
+    if validated.empty:
+        raise UserError(f"{paths.validated} has no images: nothing to split")
+    frame = validated.reset_index(drop=True)
+    split, facts = assign_splits(frame, params)
+    result = frame.assign(split=split.to_numpy())
+    notes = []
+    if facts["given_groups_straddling"]:
+        notes.append(f"warning: {facts['given_groups_straddling']} near-duplicate groups span splits named by the "
+                     f"source; the source's splits were kept")
+        log.warning(notes[-1])
+    table = pd.crosstab(result["label"].astype(str), result["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    for name, row in table.iterrows():
+        missing = [s for s in SPLITS if row[s] == 0 and getattr(params, s) > 0]
+        if missing:
+            notes.append(f"warning: class {name!r} has no images in {', '.join(missing)}")
+    write_parquet(result, paths.split)
+    out_dir = paths.report_dir("split")
+    write_text(_summary(table, params, facts, notes), out_dir / "summary.md")
+    _chart(table, out_dir / "class_split.png")
+    return {"images": len(result), **{s: int((result["split"] == s).sum()) for s in SPLITS}, **facts,
+            "warnings": [n for n in notes if n.startswith("warning: ")]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("split", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

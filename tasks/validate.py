@@ -1,0 +1,256 @@
+"""validate: label checks on the cleaned manifest.
+
+- unknown_label: a label outside `classes` (only when classes are listed)        warn | drop | fail
+- rare_class:    a class with fewer than `min_per_class` images                  warn | drop | fail
+- imbalance:     largest / smallest class above `max_imbalance` (not per image)  warn | fail
+- suspect_label: likely mislabels found by confident learning on out-of-fold probabilities of a small
+                 fast model (tasks.confident_learning). They stay in the manifest with
+                 suspect_label=True (augment keeps them out of training) unless action is drop.
+
+`warn` keeps the rows and reports them; `drop` removes them from the validated manifest and reports
+them; `fail` stops with one line naming the files or classes. Every flag lands in
+reports/validate/flagged.csv, every warning in reports/validate/summary.md.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+from tqdm import tqdm
+
+from tasks.atomic import write_parquet
+from tasks.confident_learning import find_label_issues, out_of_fold_probabilities
+from tasks.entry import stage_main
+from tasks.errors import UserError
+from tasks.images import DecodeError, decode, to_array
+from tasks.manifest import read_manifest, store_path
+from tasks.params import Paths, Strict
+from tasks.reports import flagged_frame, write_stage_reports
+
+log = logging.getLogger(__name__)
+Policy = Literal["warn", "drop", "fail"]
+
+
+class SuspectLabelParams(Strict):
+    enabled: bool = True
+    folds: int = Field(5, ge=2)              # stratified K-fold; classes with fewer images are not scored
+    seed: int = 0
+    method: Literal["prune_by_noise_rate", "confident_joint", "both"] = "prune_by_noise_rate"
+    image_size: int = Field(16, ge=4, le=64)  # images are downsampled to image_size^2 RGB pixels
+    # A weak model (hard data, tiny classes) would call a large share "suspect"; flag at most this
+    # fraction, the least self-confident first, and say so in the summary.
+    max_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    action: Literal["keep", "drop"] = "keep"  # keep: suspect_label=True (augment.exclude_suspects decides)
+
+
+class Params(Strict):
+    classes: list[str] | None = None  # null: inferred from the data
+    unknown_label: Policy = "drop"
+    min_per_class: int = Field(10, ge=1)
+    rare_class: Policy = "drop"
+    max_imbalance: float = Field(20.0, ge=1.0)
+    imbalance: Literal["warn", "fail"] = "warn"
+    suspect_label: SuspectLabelParams = SuspectLabelParams()
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_as_text(cls, value):
+        # `classes: [0, 1, 2]` in YAML means the folders "0", "1", "2"
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, value):
+        if value is not None:
+            if not value:
+                raise ValueError("must list at least one class, or be null to infer them")
+            dupes = sorted({c for c in value if value.count(c) > 1})
+            if dupes:
+                raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        return value
+
+
+def _examples(frame: pd.DataFrame, limit: int = 3) -> str:
+    paths = frame["source_path"].astype(str).tolist()
+    more = f", ... {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+class _Findings:
+    """Flags, warnings and the keep-mask built up by the checks, in manifest row order."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.keep = np.ones(len(frame), dtype=bool)
+        self.flagged: list[dict] = []
+        self.notes: list[str] = []
+
+    def flag(self, mask: np.ndarray, reason: str, details: list[str], drop: bool) -> None:
+        for row, detail in zip(self.frame[mask].itertuples(index=False), details):
+            self.flagged.append({"source_path": row.source_path, "image_id": row.image_id, "label": row.label,
+                                 "reason": reason, "detail": detail, "kept_image_id": ""})
+        if drop:
+            self.keep &= ~mask
+
+    def warn(self, text: str) -> None:
+        log.warning(text)
+        self.notes.append(f"warning: {text}")
+
+
+def _check_unknown_labels(params: Params, found: _Findings) -> None:
+    if params.classes is None:
+        return
+    frame = found.frame
+    mask = ~frame["label"].isin(params.classes).to_numpy()
+    if not mask.any():
+        return
+    unknown = sorted(frame.loc[mask, "label"].unique())
+    if params.unknown_label == "fail":
+        raise UserError(
+            f"{int(mask.sum())} image(s) have labels not in validate.classes ({', '.join(map(repr, unknown))}): "
+            f"{_examples(frame[mask])}; fix the labels, add the classes, or set validate.unknown_label to warn or drop"
+        )
+    details = [f"label {lab!r} is not one of validate.classes" for lab in frame.loc[mask, "label"]]
+    found.flag(mask, "unknown_label", details, drop=params.unknown_label == "drop")
+    if params.unknown_label == "warn":
+        found.warn(f"{int(mask.sum())} image(s) with labels outside validate.classes kept as their own classes: "
+                   f"{', '.join(map(repr, unknown))}")
+
+
+def _check_rare_classes(params: Params, found: _Findings) -> None:
+    frame = found.frame
+    counts = frame.loc[found.keep, "label"].value_counts().to_dict()
+    for declared in params.classes or []:
+        counts.setdefault(declared, 0)
+    rare = {name: n for name, n in sorted(counts.items()) if n < params.min_per_class}
+    if not rare:
+        return
+    listing = ", ".join(f"{name!r} ({n})" for name, n in rare.items())
+    if params.rare_class == "fail":
+        raise UserError(
+            f"classes with fewer than validate.min_per_class={params.min_per_class} images: {listing}; "
+            f"add images or set validate.rare_class to warn or drop"
+        )
+    mask = found.keep & frame["label"].isin(list(rare)).to_numpy()
+    details = [f"class {lab!r} has {counts[lab]} images (< min_per_class {params.min_per_class})"
+               for lab in frame.loc[mask, "label"]]
+    found.flag(mask, "rare_class", details, drop=params.rare_class == "drop")
+    empty = [name for name, n in rare.items() if n == 0]
+    if empty:
+        found.warn(f"classes listed in validate.classes without images: {', '.join(map(repr, empty))}")
+    if params.rare_class == "warn":
+        found.warn(f"rare classes kept (fewer than {params.min_per_class} images): {listing}")
+    else:
+        found.notes.append(f"rare classes dropped (fewer than {params.min_per_class} images): {listing}")
+
+
+def _check_balance(params: Params, found: _Findings) -> None:
+    counts = found.frame.loc[found.keep, "label"].value_counts()
+    if len(counts) < 2:
+        left = ", ".join(f"{name!r} ({n})" for name, n in counts.items()) or "none"
+        raise UserError(f"a classifier needs at least 2 classes, {len(counts)} left after validation: {left}")
+    ratio = counts.max() / counts.min()
+    if ratio <= params.max_imbalance:
+        return
+    text = (f"class imbalance {ratio:.1f} exceeds validate.max_imbalance {params.max_imbalance:g} "
+            f"(largest {counts.idxmax()!r} {counts.max()}, smallest {counts.idxmin()!r} {counts.min()})")
+    if params.imbalance == "fail":
+        raise UserError(f"{text}; add images to small classes, or set validate.imbalance: warn")
+    found.warn(text + "; consider augment.balance")
+
+
+def _features(frame: pd.DataFrame, store: str, size: int) -> np.ndarray:
+    rows = []
+    for image_id, source in tqdm(zip(frame["image_id"], frame["source_path"]), total=len(frame),
+                                 desc="validate: decoding", unit="img", disable=None):
+        try:
+            img = decode(store_path(store, image_id))
+        except (DecodeError, OSError) as exc:
+            raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({exc}); rerun clean") from None
+        rows.append(to_array(img, size, 3).reshape(-1))
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (suspect mask, given-label probability) over all rows; NaN where not scored."""
+    cfg = params.suspect_label
+    frame = found.frame
+    suspect = np.zeros(len(frame), dtype=bool)
+    given_p = np.full(len(frame), np.nan)
+    if not cfg.enabled:
+        return suspect, given_p
+    counts = frame.loc[found.keep, "label"].value_counts()
+    scorable = sorted(counts[counts >= cfg.folds].index)
+    if len(scorable) < 2:
+        found.warn(f"suspect-label check skipped: fewer than 2 classes have {cfg.folds} (suspect_label.folds) images")
+        return suspect, given_p
+    scored = np.flatnonzero(found.keep & frame["label"].isin(scorable).to_numpy())
+    if len(scored) < len(np.flatnonzero(found.keep)):
+        found.notes.append(f"classes with fewer than {cfg.folds} images were not checked for suspect labels")
+    labels = frame["label"].to_numpy()[scored]
+    y = np.searchsorted(scorable, labels)
+    probs = out_of_fold_probabilities(_features(frame.iloc[scored], store, cfg.image_size), y, cfg.folds, cfg.seed)
+    given_p[scored] = probs[np.arange(len(y)), y]
+    issues = find_label_issues(probs, y, cfg.method)
+    accuracy = float((probs.argmax(axis=1) == y).mean())
+    found.notes.append(f"suspect-label model: out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
+                       f"({cfg.folds} folds, method {cfg.method})")
+    limit = int(cfg.max_fraction * len(y))
+    if issues.sum() > limit:
+        found.warn(f"confident learning flagged {int(issues.sum())} images ({issues.mean():.1%}), more than "
+                   f"suspect_label.max_fraction {cfg.max_fraction:g}: only the {limit} least self-confident are "
+                   f"flagged (the model may be too weak for these images)")
+        candidates = np.flatnonzero(issues)
+        keep_idx = candidates[np.argsort(probs[candidates, y[candidates]], kind="stable")[:limit]]
+        issues = np.zeros_like(issues)
+        issues[keep_idx] = True
+    hits = np.flatnonzero(issues)
+    suspect[scored[hits]] = True
+    suggested = probs[hits].argmax(axis=1)
+    details = [f"labelled {scorable[y[i]]!r} (p={probs[i, y[i]]:.2f}), looks like {scorable[s]!r} (p={probs[i, s]:.2f})"
+               for i, s in zip(hits, suggested)]
+    found.flag(suspect, "suspect_label", details, drop=cfg.action == "drop")
+    if hits.size:
+        fate = ("dropped" if cfg.action == "drop"
+                else "kept with suspect_label=True (augment.exclude_suspects keeps them out of training)")
+        found.notes.append(f"{hits.size} suspected mislabels {fate}")
+    return suspect, given_p
+
+
+def run(params: Params, paths: Paths) -> dict:
+    cleaned = read_manifest(paths.cleaned, "clean")
+    frame = cleaned.reset_index(drop=True).assign(label=lambda d: d["label"].astype(str))
+    if frame.empty:
+        raise UserError(f"{paths.cleaned} has no images: nothing to validate")
+    found = _Findings(frame)
+    _check_unknown_labels(params, found)
+    _check_rare_classes(params, found)
+    _check_balance(params, found)
+    suspect, given_p = _check_suspect_labels(params, found, paths.store)
+
+    validated = frame.assign(suspect_label=suspect, given_probability=given_p)[found.keep].reset_index(drop=True)
+    flagged = flagged_frame(found.flagged)
+    write_parquet(validated, paths.validated)
+    write_stage_reports("validate", paths.report_dir("validate"), flagged, validated, len(frame),
+                        lambda image_id: store_path(paths.store, image_id), found.notes)
+    return {
+        "images": len(frame),
+        "kept": len(validated),
+        "classes": int(validated["label"].nunique()),
+        "flagged": {reason: int(n) for reason, n in flagged["reason"].value_counts().sort_index().items()},
+        "suspect_label": int(validated["suspect_label"].sum()),
+        "warnings": [n for n in found.notes if n.startswith("warning: ")],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("validate", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from tasks.confident_learning import (
+    calibrate_joint,
+    confident_classes,
+    confident_joint,
+    find_label_issues,
+    out_of_fold_probabilities,
+    per_class_thresholds,
+)
+
+
+def noisy_probabilities(n=1200, k=4, flip=0.05, seed=0):
+    """Probabilities of a decent classifier for the TRUE classes, and labels with `flip` of them wrong."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), truth] += 4.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = truth.copy()
+    flipped = rng.choice(n, int(flip * n), replace=False)
+    labels[flipped] = (truth[flipped] + rng.integers(1, k, len(flipped))) % k
+    mask = np.zeros(n, dtype=bool)
+    mask[flipped] = True
+    return probs, labels, mask
+
+
+def test_thresholds_are_mean_self_confidence_per_class():
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    labels = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(per_class_thresholds(probs, labels), [0.8, 0.6])
+
+
+def test_class_without_examples_gets_infinite_threshold():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+    assert np.isinf(per_class_thresholds(probs, np.array([0, 1]))[2])
+
+
+def test_confident_joint_by_hand():
+    probs = np.array([[0.9, 0.1], [0.65, 0.35], [0.2, 0.8], [0.55, 0.45], [0.15, 0.85]])
+    labels = np.array([0, 0, 1, 1, 0])
+    thresholds = per_class_thresholds(probs, labels)
+    np.testing.assert_allclose(thresholds, [(0.9 + 0.65 + 0.15) / 3, (0.8 + 0.45) / 2])
+    confident = confident_classes(probs, thresholds)
+    # row 3 reaches neither threshold (0.55 < 0.567, 0.45 < 0.625); row 4 is confidently class 1
+    np.testing.assert_array_equal(confident, [0, 0, 1, -1, 1])
+    np.testing.assert_array_equal(confident_joint(labels, confident, 2), [[2, 1], [0, 1]])
+    np.testing.assert_array_equal(find_label_issues(probs, labels, "confident_joint"), [0, 0, 0, 0, 1])
+    # the argmax is taken among the classes at threshold only
+    assert confident_classes(np.array([[0.55, 0.45]]), np.array([0.6, 0.4]))[0] == 1
+
+
+def test_calibrated_rows_sum_to_class_counts():
+    joint = np.array([[8, 2], [1, 3]])
+    calibrated = calibrate_joint(joint, np.array([20, 8]))
+    np.testing.assert_allclose(calibrated.sum(axis=1), [20, 8])
+    np.testing.assert_allclose(calibrated[0], [16, 4])
+
+
+def test_planted_flips_are_found_by_default_method():
+    probs, labels, flipped = noisy_probabilities()
+    found = find_label_issues(probs, labels)
+    hits = (found & flipped).sum()
+    assert hits / flipped.sum() >= 0.8
+    assert hits / found.sum() >= 0.7
+
+
+@pytest.mark.parametrize("method", ["confident_joint", "both"])
+def test_off_diagonal_methods_trade_recall_for_precision(method):
+    probs, labels, flipped = noisy_probabilities()
+    found = find_label_issues(probs, labels, method)
+    hits = (found & flipped).sum()
+    assert hits / found.sum() >= 0.9
+    assert hits / flipped.sum() >= 0.6
+    assert not (find_label_issues(probs, labels, "both") & ~find_label_issues(probs, labels)).any()
+
+
+def test_clean_labels_give_few_issues():
+    probs, labels, _ = noisy_probabilities(flip=0.0)
+    assert find_label_issues(probs, labels).mean() < 0.01
+
+
+def test_unknown_method_is_rejected():
+    probs, labels, _ = noisy_probabilities(n=40)
+    with pytest.raises(ValueError, match="unknown confident-learning method"):
+        find_label_issues(probs, labels, "majority_vote")
+
+
+def test_out_of_fold_probabilities_on_separable_blobs():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 6, (3, 20))
+    labels = np.repeat(np.arange(3), 40)
+    features = centres[labels] + rng.normal(0, 1, (120, 20))
+    probs = out_of_fold_probabilities(features, labels, folds=4, seed=0)
+    assert probs.shape == (120, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs.argmax(axis=1) == labels).mean() > 0.95
+    # out-of-fold: same seed, same answer
+    np.testing.assert_allclose(probs, out_of_fold_probabilities(features, labels, folds=4, seed=0))
