@@ -20,3 +20,20 @@ def write_png(path: str | Path, pixels: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def store_image(store: str | Path, pixels: np.ndarray, fmt: str = "PNG") -> str:
+    """Write an image into a content-addressed store the way ingest does; returns its image_id."""
+    import hashlib
+    import io
+
+    from tasks.manifest import store_path
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    image_id = hashlib.sha256(data).hexdigest()
+    target = store_path(store, image_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return image_id
