@@ -68,6 +68,9 @@ def select_rows(manifest: pd.DataFrame, exclude_suspects: bool) -> tuple[pd.Data
     missing = {"image_id", "label", "split"} - set(manifest.columns)
     if missing:
         raise UserError(f"split manifest lacks column(s) {', '.join(sorted(missing))}: re-run the `split` stage")
+    unknown = sorted(set(manifest["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise UserError(f"split manifest has split value(s) {', '.join(unknown)}; expected {', '.join(SPLITS)}")
     suspect = manifest["suspect_label"].fillna(False).astype(bool) if "suspect_label" in manifest else False
     dropped = (manifest["split"] == "train") & suspect if exclude_suspects else pd.Series(False, manifest.index)
     kept = manifest.loc[~dropped, ["image_id", "label", "split"]].astype({"label": str})

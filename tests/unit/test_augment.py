@@ -82,6 +82,7 @@ def test_default_params_equal_params_yaml():
     assert augment.Params.model_validate(section) == augment.Params()
 
 
+@pytest.mark.filterwarnings("ignore:The image is already gray")  # ToGray on a 1-channel image: a no-op
 @pytest.mark.parametrize("spec", SPECS, ids=[s["name"] for s in SPECS])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_listed_transform_builds_and_runs(spec, channels):
@@ -230,6 +231,12 @@ def test_worker_pool_gives_the_same_store(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "one" / "prepared" / "images.npy"),
                                   np.load(tmp_path / "two" / "prepared" / "images.npy"))
     assert one["mean"] == two["mean"]
+
+
+def test_unknown_split_value_is_a_user_error(tmp_path):
+    paths = make_project(tmp_path, {"a": {"train": 2, "holdout": 1}})
+    with pytest.raises(UserError, match="split value"):
+        augment.run(augment.Params(image_size=12, workers=1), paths)
 
 
 def test_shape_changing_transform_is_refused(tmp_path):
