@@ -1,187 +1,289 @@
-"""augment: split manifest -> training-ready store. Every image is decoded once here (orientation
-fixed, mode normalized, resized) into one uint8 array that train memory-maps, so an epoch decodes no
-image file. Also writes the augmentation pipeline in albumentations' own format (train loads it),
-the train split's channel statistics, optional class balancing and a preview grid."""
+"""augment: turn the split manifest into a training-ready store. Every image is decoded once here
+(resized, fixed channel count) into images.npy, so an epoch decodes no file; the augmentation
+pipeline from params.yaml is saved beside it as albumentations JSON, ending with Normalize by the
+train statistics. Also writes reports/augment/preview.png (augmented draws) and summary.md."""
 from __future__ import annotations
 
-import json
+import logging
 import math
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.atomic import atomic_dir, atomic_path, write_text
+from tasks import transforms
+from tasks.atomic import atomic_dir, atomic_path, write_json, write_text
 from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.images import DecodeError, decode, to_array
-from tasks.manifest import read_manifest, store_path
+from tasks.manifest import SPLITS, read_manifest, store_path
 from tasks.params import Paths, Strict
-from tasks.transforms import EVAL_SPEC, TRAIN_SPEC, TransformStep, compose, save_spec
+
+log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["row", "image_id", "label", "label_idx", "split", "balance_copy"]
+PREVIEW_SEED = 0  # the preview is a DVC output: the same params must draw the same picture
+MIN_STD = 1e-6    # a constant channel would make Normalize divide by zero
 
 
-def _default_transforms() -> list[TransformStep]:
-    # Mild geometry suits digits and garments alike; no flips (a mirrored 2 is not a 2).
-    return [TransformStep(name="Affine", scale=[0.9, 1.1], translate_percent=[-0.08, 0.08], rotate=[-10, 10], p=0.7)]
+def _default_transforms() -> list[dict[str, Any]]:
+    return [{"name": "Affine", "translate_percent": [-0.08, 0.08], "rotate": [-10, 10], "scale": [0.9, 1.1], "p": 0.5}]
 
 
 class Balance(Strict):
     enabled: bool = False
-    target_ratio: float = Field(0.5, gt=0, le=1)  # each train class topped up to this x the largest
+    target_ratio: float = Field(0.5, gt=0, le=1)
 
 
 class Preview(Strict):
-    images: int = Field(8, ge=1)
-    draws: int = Field(6, ge=1)
+    images: int = Field(8, ge=1, le=64)
+    draws: int = Field(6, ge=1, le=32)
 
 
 class Params(Strict):
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal["auto", 1, 3] = "auto"
-    transforms: list[TransformStep] = Field(default_factory=_default_transforms)
+    transforms: list[dict[str, Any]] = Field(default_factory=_default_transforms)
     balance: Balance = Balance()
     preview: Preview = Preview()
-    exclude_suspects: bool = True  # suspect_label images leave the train split only; val/test unchanged
-    seed: int = 0
+    exclude_suspects: bool = True
+    workers: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check_transforms(self) -> "Params":
+        self.transforms = transforms.check_specs(self.transforms, self.image_size)
+        return self
 
 
-def run(params: Params, paths: Paths) -> dict:
-    manifest = read_manifest(paths.split, "split").reset_index(drop=True)
-    if manifest.empty:
-        raise UserError(f"{paths.split} has no images")
-    images, is_gray = _decode_all(manifest, paths.store, params.image_size)
-    channels = (1 if all(is_gray) else 3) if params.channels == "auto" else params.channels
-    images = _to_channels(images, channels)
+# ---- rows -------------------------------------------------------------------------------------
 
-    classes = sorted(manifest["label"].astype(str).unique())
-    index = _index(manifest, classes, params)
-    train_rows = index.loc[(index["split"] == "train") & ~index["balance_copy"], "row"].to_numpy()
-    if len(train_rows) == 0:
-        raise UserError("the train split is empty: nothing to compute statistics on")
-    mean, std = _channel_stats(images, train_rows)
-
-    with atomic_dir(paths.prepared) as tmp:
-        np.save(tmp / "images.npy", images)
-        index.to_parquet(tmp / "index.parquet", index=False)
-        (tmp / "classes.json").write_text(json.dumps(classes, indent=2))
-        stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std}
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        save_spec(compose(params.transforms, mean, std), tmp / TRAIN_SPEC)
-        save_spec(compose([], mean, std), tmp / EVAL_SPEC)
-
-    report_dir = paths.report_dir("augment")
-    _preview(images, index, classes, params, report_dir / "preview.png")
-    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
-    copies = int(index["balance_copy"].sum())
-    write_text(_summary(counts, copies, stats, params), report_dir / "summary.md")
-    return {"images": int(len(images)), "channels": channels, "image_size": params.image_size,
-            "classes": len(classes), "balance_copies": copies,
-            "train_rows": int((index["split"] == "train").sum()), "mean": mean, "std": std}
+def select_rows(manifest: pd.DataFrame, exclude_suspects: bool) -> tuple[pd.DataFrame, int]:
+    """Rows that go into the store, in a stable order (split, label, image_id), and how many train
+    rows were left out as suspected mislabels. Suspects in val/test stay: they are scored as given."""
+    missing = {"image_id", "label", "split"} - set(manifest.columns)
+    if missing:
+        raise UserError(f"split manifest lacks column(s) {', '.join(sorted(missing))}: re-run the `split` stage")
+    unknown = sorted(set(manifest["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise UserError(f"split manifest has split value(s) {', '.join(unknown)}; expected {', '.join(SPLITS)}")
+    suspect = manifest["suspect_label"].fillna(False).astype(bool) if "suspect_label" in manifest else False
+    dropped = (manifest["split"] == "train") & suspect if exclude_suspects else pd.Series(False, manifest.index)
+    kept = manifest.loc[~dropped, ["image_id", "label", "split"]].astype({"label": str})
+    kept["split"] = pd.Categorical(kept["split"], categories=SPLITS)
+    kept = kept.sort_values(["split", "label", "image_id"], kind="stable").reset_index(drop=True)
+    kept["split"] = kept["split"].astype(str)
+    return kept, int(dropped.sum())
 
 
-def _decode_all(manifest: pd.DataFrame, store: str, size: int) -> tuple[list[np.ndarray], list[bool]]:
-    arrays, gray = [], []
-    for image_id in tqdm(manifest["image_id"], desc="augment: decode", unit="img", disable=None):
-        try:
-            img = decode(store_path(store, image_id))
-        except (DecodeError, OSError) as exc:  # clean decoded it before: the store was changed since
-            raise UserError(f"{image_id}: cannot decode from the store ({exc}); re-run ingest and clean") from None
-        arr = to_array(img, size, 1 if img.mode == "L" else 3)
-        # an RGB file whose channels are identical is a grayscale picture
-        gray.append(arr.shape[2] == 1 or bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()))
-        arrays.append(arr)
-    return arrays, gray
+def build_index(kept: pd.DataFrame, classes: list[str], balance: Balance) -> pd.DataFrame:
+    """index.parquet: one row per stored image, plus (when balancing) copies of minority-class train
+    rows up to ceil(target_ratio x largest class), cycling through the class's images evenly."""
+    label_idx = {label: i for i, label in enumerate(classes)}
+    index = kept.assign(row=np.arange(len(kept)), label_idx=kept["label"].map(label_idx), balance_copy=False)
+    if balance.enabled:
+        train = index[index["split"] == "train"]
+        counts = train["label"].value_counts()
+        target = math.ceil(balance.target_ratio * counts.max()) if len(counts) else 0
+        copies = []
+        for label, n in counts.items():
+            if n < target:
+                rows = train[train["label"] == label]
+                copies.append(rows.iloc[np.arange(target - n) % n].assign(balance_copy=True))
+        index = pd.concat([index, *copies], ignore_index=True)
+    return index[INDEX_COLUMNS].astype({"row": "int64", "label_idx": "int64", "balance_copy": bool})
 
 
-def _to_channels(arrays: list[np.ndarray], channels: int) -> np.ndarray:
-    out = np.empty((len(arrays), *arrays[0].shape[:2], channels), dtype=np.uint8)
-    for i, arr in enumerate(arrays):
-        if arr.shape[2] == channels:
+# ---- decoding ---------------------------------------------------------------------------------
+
+def _load_one(job: tuple[str, int, int]) -> tuple[np.ndarray | None, bool, str]:
+    """(array, is_gray, error) for one stored image; runs in a worker process."""
+    path, size, channels = job
+    try:
+        img = decode(path)
+    except (DecodeError, OSError) as exc:
+        return None, False, str(exc)
+    arr = to_array(img, size, channels)
+    # palette and RGB files whose pixels are all gray count as grayscale: the channel check runs on
+    # the resized pixels, which is what the network will see
+    gray = channels == 1 or img.mode == "L" or bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all())
+    return arr, gray, ""
+
+
+def decode_all(paths: list[Path], size: int, channels: int, out: np.ndarray, workers: int) -> bool:
+    """Decode every image once into `out` (N,H,W,channels); True when every image is grayscale."""
+    jobs = [(str(p), size, channels) for p in paths]
+    all_gray = True
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 64 else None
+    try:
+        results = pool.map(_load_one, jobs, chunksize=32) if pool else map(_load_one, jobs)
+        for i, (arr, gray, error) in enumerate(tqdm(results, total=len(jobs), desc="augment: decode", unit="img", disable=None)):
+            if arr is None:
+                raise UserError(f"{paths[i]}: {error} (the image store changed after `clean`; re-run ingest and clean)")
             out[i] = arr
-        elif channels == 3:
-            out[i] = np.repeat(arr, 3, axis=2)
-        else:  # ITU-R 601 luma, as PIL's convert("L")
-            out[i, ..., 0] = np.round(arr @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-    return out
+            all_gray &= gray
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return all_gray
 
 
-def _index(manifest: pd.DataFrame, classes: list[str], params: Params) -> pd.DataFrame:
-    label_idx = {c: i for i, c in enumerate(classes)}
-    index = pd.DataFrame({
-        "row": np.arange(len(manifest)),
-        "image_id": manifest["image_id"].to_numpy(),
-        "label": manifest["label"].astype(str).to_numpy(),
-        "split": manifest["split"].to_numpy(),
-        "balance_copy": False,
-    })
-    index["label_idx"] = index["label"].map(label_idx).astype(int)
-    if params.exclude_suspects and "suspect_label" in manifest:
-        suspect = manifest["suspect_label"].fillna(False).astype(bool).to_numpy()
-        index = index[~(suspect & (index["split"] == "train").to_numpy())]
-    if params.balance.enabled:
-        index = pd.concat([index, _balance_copies(index, params.balance.target_ratio, params.seed)], ignore_index=True)
-    return index[INDEX_COLUMNS].reset_index(drop=True)
+def write_images(tmp: Path, files: list[Path], params: Params) -> int:
+    """images.npy in `tmp`; returns the channel count. With channels=auto the images are decoded to
+    RGB, and if all of them are gray only the first channel is kept (equal to decoding as L)."""
+    n, size = len(files), params.image_size
+    decode_channels = 3 if params.channels == "auto" else params.channels
+    target = tmp / ("rgb.npy" if params.channels == "auto" else "images.npy")
+    arr = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(n, size, size, decode_channels))
+    all_gray = decode_all(files, size, decode_channels, arr, params.workers)
+    if params.channels != "auto":
+        arr.flush()
+        return decode_channels
+    channels = 1 if all_gray else 3
+    if channels == 1:
+        gray = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
+        gray[:] = arr[..., :1]
+        gray.flush()
+        del arr
+        target.unlink()
+    else:
+        arr.flush()
+        del arr
+        target.rename(tmp / "images.npy")
+    return channels
 
 
-def _balance_copies(index: pd.DataFrame, target_ratio: float, seed: int) -> pd.DataFrame:
-    """Extra train rows for minority classes, repeating their images (augmented anew each epoch)."""
-    train = index[index["split"] == "train"]
-    counts = train["label"].value_counts()
-    target = math.ceil(target_ratio * counts.max())
-    rng = np.random.default_rng(seed)
-    extra = []
-    for label, count in sorted(counts.items()):
-        if count < target:
-            members = train[train["label"] == label]
-            picks = np.resize(rng.permutation(len(members)), target - count)  # cycle through every image
-            extra.append(members.iloc[picks].assign(balance_copy=True))
-    return pd.concat(extra) if extra else index.iloc[0:0]
+def channel_stats(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of `images[rows]` on the 0..1 scale, in chunks."""
+    if not len(rows):
+        raise UserError("no train images to compute normalization statistics from: check the split fractions")
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(rows), chunk):
+        block = images[np.sort(rows[start:start + chunk])].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        squares += np.square(block).sum(axis=(0, 1, 2))
+    count = len(rows) * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return [float(m) for m in mean], [float(max(s, MIN_STD)) for s in std]
 
 
-def _channel_stats(images: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:
-    pixels = images[rows].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    std = pixels.std(axis=0)
-    return [round(float(m), 6) for m in pixels.mean(axis=0)], [round(float(max(s, 1e-6)), 6) for s in std]
+def check_output_shape(params: Params, channels: int) -> None:
+    """A transform that changes the image shape (a crop to another size, ToGray to 1 channel of RGB)
+    would break batching in train: refuse it here, before hours of training."""
+    compose = transforms.build(params.transforms, [0.5] * channels, [0.25] * channels)
+    shape = (params.image_size, params.image_size, channels)
+    out = compose(image=np.zeros(shape, np.uint8))["image"]
+    if out.shape != shape:
+        raise UserError(f"augment.transforms turn a {shape} image into {tuple(out.shape)}: "
+                        f"every transform must keep image_size and channels={channels}")
 
 
-def _preview(images: np.ndarray, index: pd.DataFrame, classes: list[str], params: Params, target: Path) -> None:
-    """N train images (one per class first) x K augmented draws; column 0 is the original."""
+# ---- reports ----------------------------------------------------------------------------------
+
+def preview_rows(index: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to n distinct train images, taking classes in turn so every class shows."""
+    train = index[(index["split"] == "train") & ~index["balance_copy"]]
+    ranked = train.assign(_rank=train.groupby("label").cumcount())
+    return ranked.sort_values(["_rank", "label"], kind="stable").head(n)
+
+
+def preview_grid(images: np.ndarray, rows: list[int], compose, mean: list[float], std: list[float], draws: int) -> np.ndarray:
+    """uint8 RGB mosaic: a row per image, the stored image first, then `draws` augmented draws
+    (normalized output mapped back to pixels). Cells are scaled up to at least 64 px."""
+    size = images.shape[1]
+    scale = max(1, math.ceil(64 / size))
+    cell, pad = size * scale, 2
+    grid = np.full((len(rows) * (cell + pad) + pad, (draws + 1) * (cell + pad) + pad, 3), 255, np.uint8)
+    compose.set_random_seed(PREVIEW_SEED)
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    for r, row in enumerate(rows):
+        original = np.asarray(images[row])
+        cells = [original] + [
+            np.clip((compose(image=original)["image"] * s + m) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            for _ in range(draws)
+        ]
+        for c, img in enumerate(cells):
+            big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+            y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+            grid[y:y + cell, x:x + cell] = big  # a gray cell broadcasts over RGB
+    return grid
+
+
+def save_png(pixels: np.ndarray, target: Path) -> Path:
     from PIL import Image
 
-    train = index[(index["split"] == "train") & ~index["balance_copy"]]
-    picked = train.groupby("label", sort=True).head(1)
-    picked = pd.concat([picked, train.drop(picked.index)]).head(params.preview.images)
-    pipeline = compose(params.transforms, seed=params.seed)
-    tiles = []
-    for row in picked["row"]:
-        original = images[row]
-        draws = [pipeline(image=original)["image"] for _ in range(params.preview.draws)]
-        tiles.append(np.concatenate([original, *[np.broadcast_to(d.reshape(original.shape), original.shape) for d in draws]], axis=1))
-    grid = np.concatenate(tiles, axis=0)
-    if grid.shape[2] == 1:
-        grid = grid[..., 0]
-    scale = max(1, 96 // params.image_size)
-    picture = Image.fromarray(np.ascontiguousarray(grid)).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
     with atomic_path(target, suffix=".png") as tmp:
-        picture.save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return target
 
 
-def _summary(counts: pd.DataFrame, copies: int, stats: dict, params: Params) -> str:
-    from tasks.reports import markdown_table
-
-    steps = ", ".join(f"{s.name}({', '.join(f'{k}={v}' for k, v in s.arguments.items())})" for s in params.transforms) or "none"
+def summary_markdown(index: pd.DataFrame, stats: dict, excluded: int, preview_labels: list[str], seconds: float) -> str:
+    stored = index[~index["balance_copy"]]
+    counts = pd.crosstab(stored["label"], stored["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    copies = index[index["balance_copy"]]["label"].value_counts()
     lines = [
-        f"# augment: {int(counts.values.sum())} index rows, {params.image_size}x{params.image_size}, {stats['channels']} channel(s)",
-        "", f"- train transforms: {steps}", f"- normalize: mean {stats['mean']}, std {stats['std']} (train split)",
-        f"- class balancing: {'on, target ratio ' + str(params.balance.target_ratio) if params.balance.enabled else 'off'}"
-        f" ({copies} extra train rows)", "", markdown_table(counts.reset_index().rename(columns={"label": "class"})),
+        f"# augment: {len(stored)} images prepared ({stats['image_size']}x{stats['image_size']}, "
+        f"{stats['channels']} channel{'s' if stats['channels'] > 1 else ''}) in {seconds:.1f} s", "",
+        f"- normalization (train split, 0..1): mean {', '.join(f'{v:.4f}' for v in stats['mean'])}; "
+        f"std {', '.join(f'{v:.4f}' for v in stats['std'])}",
+        f"- suspected mislabels left out of train: {excluded}",
+        f"- balance copies (extra train rows, augmented differently each epoch): {int(copies.sum())}", "",
+        "## Rows per class and split", "", "| class | train | val | test | balance copies |", "|---|---|---|---|---|",
     ]
+    for label, row in counts.iterrows():
+        lines.append(f"| {label} | {row['train']} | {row['val']} | {row['test']} | {int(copies.get(label, 0))} |")
+    lines.append(f"| **total** | {counts['train'].sum()} | {counts['val'].sum()} | {counts['test'].sum()} | {int(copies.sum())} |")
+    lines += ["", "## preview.png", "",
+              "Each row is one train image: the stored (resized) image first, then augmented draws.",
+              f"Rows, top to bottom: {', '.join(preview_labels)}."]
     return "\n".join(lines) + "\n"
+
+
+# ---- stage ------------------------------------------------------------------------------------
+
+def run(params: Params, paths: Paths) -> dict:
+    started = time.perf_counter()
+    manifest = read_manifest(paths.split, "split")
+    kept, excluded = select_rows(manifest, params.exclude_suspects)
+    if kept.empty:
+        raise UserError(f"{paths.split} has no images to prepare")
+    classes = sorted(kept["label"].unique())
+    index = build_index(kept, classes, params.balance)
+    files = [store_path(paths.store, i) for i in kept["image_id"]]
+    prepared = Path(paths.prepared)
+    with atomic_dir(prepared) as tmp:
+        channels = write_images(tmp, files, params)
+        check_output_shape(params, channels)
+        images = np.load(tmp / "images.npy", mmap_mode="r")
+        train_rows = index.loc[(index["split"] == "train") & ~index["balance_copy"], "row"].to_numpy()
+        mean, std = channel_stats(images, train_rows)
+        stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std}
+        train_tf = transforms.build(params.transforms, mean, std)
+        index.to_parquet(tmp / "index.parquet", index=False)
+        write_json(classes, tmp / "classes.json")
+        write_json(stats, tmp / "stats.json")
+        transforms.save(train_tf, tmp / transforms.TRAIN_SPEC)
+        transforms.save(transforms.build_eval(mean, std), tmp / transforms.EVAL_SPEC)
+        shown = preview_rows(index, params.preview.images)
+        grid = preview_grid(images, shown["row"].tolist(), train_tf, mean, std, params.preview.draws)
+        del images  # release the memory map before the directory is renamed into place
+    seconds = time.perf_counter() - started
+    report_dir = paths.report_dir("augment")
+    save_png(grid, report_dir / "preview.png")
+    write_text(summary_markdown(index, stats, excluded, shown["label"].tolist(), seconds), report_dir / "summary.md")
+    split_counts = index[~index["balance_copy"]]["split"].value_counts()
+    return {
+        "images": len(kept), "classes": len(classes), "channels": channels, "image_size": params.image_size,
+        "rows": {s: int(split_counts.get(s, 0)) for s in SPLITS},
+        "balance_copies": int(index["balance_copy"].sum()), "suspects_excluded": excluded,
+        "mean": mean, "std": std, "seconds": round(seconds, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

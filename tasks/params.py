@@ -57,7 +57,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def _one_line(exc: ValidationError, file: Path, section: str) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in (section, *err["loc"]))
+    # list positions read as in YAML paths: augment.transforms[2].name
+    key = section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
     got = err.get("input")
     got_txt = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""

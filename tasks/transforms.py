@@ -1,106 +1,131 @@
-"""Augmentation pipelines declared in params.yaml as a list of albumentations transforms.
+"""Augmentation specs: params.yaml lists albumentations transforms by class name and arguments; this
+module checks such a list (unknown names and arguments get close-match suggestions), builds the train
+and eval pipelines, saves them as albumentations JSON in the prepared store and loads them back.
 
-Each step is `{name: <albumentations class>, <argument>: value, ...}`. Steps are checked when params
-load: an unknown transform or argument is one line naming it with close matches, so a typo never
-silently does nothing (albumentations itself ignores unknown keyword arguments)."""
+albumentations is imported lazily: importing it phones PyPI for an update check unless
+NO_ALBUMENTATIONS_UPDATE is set, and loading params must neither touch the network nor take seconds."""
 from __future__ import annotations
 
 import difflib
 import inspect
-import warnings
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 TRAIN_SPEC = "augment.json"
 EVAL_SPEC = "eval.json"
+# Transform classes a params list may not name: abstract bases, 3D/volume ops, tensor conversion
+# (the datamodule converts) and Normalize (appended by us from the train statistics). Lambda cannot
+# be serialized to JSON.
+_NOT_USER_TRANSFORMS = {
+    "BasicTransform", "DualTransform", "ImageOnlyTransform", "NoOp", "Transform3D", "Lambda",
+    "ToTensorV2", "ToTensor3D", "Normalize", "FromFloat", "ToFloat",
+}
+
+
+def albumentations():
+    """The albumentations module, imported without its network update check."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+
+    return A
 
 
 @lru_cache(maxsize=1)
-def transform_names() -> dict[str, type]:
-    import albumentations as A
-
+def transform_classes() -> dict[str, type]:
+    A = albumentations()
     return {
-        name: obj for name, obj in vars(A).items()
-        if inspect.isclass(obj) and issubclass(obj, A.BasicTransform) and not name.startswith("_")
-        and not inspect.isabstract(obj) and name not in ("BasicTransform", "DualTransform", "ImageOnlyTransform")
+        name: obj for name in dir(A)
+        if isinstance(obj := getattr(A, name), type) and issubclass(obj, A.BasicTransform)
+        and name not in _NOT_USER_TRANSFORMS and not name.endswith("3D")
     }
 
 
-def _close(word: str, options: list[str]) -> str:
-    matches = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
+def _arguments(cls: type) -> dict[str, inspect.Parameter]:
+    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _accepted_arguments(cls: type) -> list[str]:
-    params = inspect.signature(cls.__init__).parameters
-    return [p for p in params if p not in ("self", "args", "kwargs", "always_apply")]
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-class TransformStep(BaseModel):
-    """One albumentations transform: its class name plus its keyword arguments."""
+def _error(loc: tuple, message: str, entry: Any) -> ValidationError:
+    # a ValidationError raised inside a pydantic validator is merged into the outer one with its own
+    # loc, so the params loader can name `augment.transforms[2].name` exactly
+    return ValidationError.from_exception_data(
+        "transforms", [InitErrorDetails(type=PydanticCustomError("transform", message), loc=loc, input=entry)]
+    )
 
-    model_config = ConfigDict(extra="allow")
-    name: str
 
-    @property
-    def arguments(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @model_validator(mode="after")
-    def _known_transform_and_arguments(self) -> "TransformStep":
-        classes = transform_names()
-        cls = classes.get(self.name)
-        if cls is None:
-            raise ValueError(f"unknown transform {self.name!r}{_close(self.name, sorted(classes))}")
-        accepted = _accepted_arguments(cls)
-        for key in self.arguments:
-            if key not in accepted:
-                raise ValueError(
-                    f"{self.name}: unknown argument {key!r}{_close(key, accepted)}; accepted: {', '.join(accepted)}")
+def check_specs(specs: list[dict[str, Any]], image_size: int, field: str = "transforms") -> list[dict[str, Any]]:
+    """Validate a params list of {name: <class>, <arg>: value}; return it with `size` filled in for
+    crops that need one (RandomResizedCrop) so that changing image_size alone keeps the spec valid."""
+    classes = transform_classes()
+    checked = []
+    for i, entry in enumerate(specs):
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise _error((field, i, "name"), "each transform needs `name: <albumentations class>`", entry)
+        if name not in classes:
+            raise _error((field, i, "name"),
+                         f"unknown transform {name!r}{_suggest(name, classes) or ' (not an albumentations 2 transform)'}",
+                         entry)
+        allowed = _arguments(classes[name])
+        args = {k: v for k, v in entry.items() if k != "name"}
+        for key in args:
+            if key not in allowed:
+                hint = _suggest(key, allowed) or f" (arguments: {', '.join(allowed)})"
+                raise _error((field, i, key), f"unknown argument {key!r} of {name}{hint}", entry)
+        if "size" in allowed and allowed["size"].default is inspect.Parameter.empty and "size" not in args:
+            args["size"] = [image_size, image_size]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cls(**self.arguments)
-        except Exception as exc:  # albumentations validates values with its own pydantic schemas
-            first = str(exc).strip().splitlines()
-            raise ValueError(f"{self.name}: {first[-1] if first else type(exc).__name__}") from None
-        return self
-
-    def build(self):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return transform_names()[self.name](**self.arguments)
+            classes[name](**args)
+        except Exception as exc:  # albumentations validates its arguments with its own pydantic schema
+            raise _error(*_construction_error(field, i, name, exc), entry) from None
+        checked.append({"name": name, **args})
+    return checked
 
 
-def compose(steps: list[TransformStep], mean: list[float] | None = None, std: list[float] | None = None, seed: int | None = None):
-    """The steps, then Normalize when mean/std are given (that is how train and the model see pixels)."""
-    import albumentations as A
+def _construction_error(field: str, i: int, name: str, exc: Exception) -> tuple[tuple, str]:
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError) and cause.errors():
+        err = cause.errors()[0]
+        arg = str(err["loc"][0]) if err["loc"] else "name"
+        return (field, i, arg), f"{name}: {err['msg']} (got {err.get('input')!r})"
+    return (field, i, "name"), f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
-    transforms = [step.build() for step in steps]
-    if mean is not None:
-        transforms.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
-    return A.Compose(transforms, seed=seed)
+
+def build(specs: list[dict[str, Any]], mean: list[float], std: list[float]):
+    """Train pipeline: the user's transforms, then Normalize with the train statistics (0..1 scale)."""
+    A = albumentations()
+    classes = transform_classes()
+    steps = [classes[s["name"]](**{k: v for k, v in s.items() if k != "name"}) for s in specs]
+    return A.Compose([*steps, _normalize(mean, std)])
 
 
-def save_spec(pipeline, target: str | Path) -> None:
-    """albumentations' own JSON format, written atomically."""
-    import albumentations as A
+def build_eval(mean: list[float], std: list[float]):
+    return albumentations().Compose([_normalize(mean, std)])
 
-    from tasks.atomic import atomic_path
 
-    with atomic_path(target, suffix=".json") as tmp:
-        A.save(pipeline, str(tmp), data_format="json")
+def _normalize(mean: list[float], std: list[float]):
+    return albumentations().Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0)
+
+
+def save(compose, target: str | Path) -> Path:
+    albumentations().save(compose, str(target), data_format="json")
+    return Path(target)
 
 
 def load_transforms(prepared_dir: str | Path):
-    """(train, eval) pipelines exactly as augment wrote them: train can never disagree with augment."""
-    import albumentations as A
-
+    """(train_tf, eval_tf) of a prepared store: albumentations Composes taking uint8 HxWxC and giving
+    float32 HxWxC normalized with the train statistics. Used by the datamodule and the pyfunc model."""
+    A = albumentations()
     prepared_dir = Path(prepared_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return (A.load(str(prepared_dir / TRAIN_SPEC), data_format="json"),
-                A.load(str(prepared_dir / EVAL_SPEC), data_format="json"))
+    return (A.load(str(prepared_dir / TRAIN_SPEC), data_format="json"),
+            A.load(str(prepared_dir / EVAL_SPEC), data_format="json"))
