@@ -196,40 +196,74 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
 
 
 OUTLIER_NEIGHBOURS = 5
-OUTLIER_REFERENCES = 2000  # per class; bounds the neighbour search at n x 2000 distances
+OUTLIER_REFERENCES = 2000  # per group; bounds the neighbour search at n x 2000 distances
+SPECTRAL_STRICTNESS = 2.0  # a single statistic's MAD is tight on a uniform class: ask for twice the z
 
 
-def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int) -> np.ndarray:
-    """Robust z-score, within each class, of the log mean distance to the image's 5 nearest class
-    mates (NaN for classes too small).
+def _robust_z(values: np.ndarray, groups: np.ndarray, min_size: int) -> np.ndarray:
+    """(value - group median) / (1.4826 MAD of the group); NaN in groups smaller than min_size."""
+    z = np.full(len(values), np.nan)
+    for group in np.unique(groups):
+        members = groups == group
+        if members.sum() < min_size:
+            continue
+        centre = np.median(values[members])
+        spread = 1.4826 * np.median(np.abs(values[members] - centre))
+        z[members] = (values[members] - centre) / max(spread, 1e-6)
+    return z
 
-    Features (tasks.quality.features) are scaled globally, the thumbnail by one common scale and
-    each statistic by its own, and the thumbnail and the statistics weigh equally. Nearest
-    neighbours rather than the distance to a class centre: an odd-looking but real member (a coat
-    photographed open) still has look-alikes in its class, pure noise or a gradient has none. The
-    log tames the long right tail of distances, the median/MAD keep the odd ones from hiding."""
-    thumb_cols = FEATURE_SIDE * FEATURE_SIDE
-    scale = np.r_[np.full(thumb_cols, features[:, :thumb_cols].std()), features[:, thumb_cols:].std(axis=0)]
-    # equal weight per block: each block's squared distance is averaged over its own columns
-    weights = np.r_[np.full(thumb_cols, 1 / thumb_cols), np.full(features.shape[1] - thumb_cols,
-                                                                 1 / max(features.shape[1] - thumb_cols, 1))]
-    scaled = features / np.maximum(scale, 1e-6) * np.sqrt(weights)
-    scores = np.full(len(features), np.nan)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) < min_class_size:
+
+def _log_neighbour_distance(thumbs: np.ndarray, groups: np.ndarray, min_size: int) -> np.ndarray:
+    """Log mean distance to the 5 nearest other images of the same group (NaN for small groups)."""
+    out = np.full(len(thumbs), np.nan)
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        if len(members) < min_size:
             continue
         refs = members[np.linspace(0, len(members) - 1, min(len(members), OUTLIER_REFERENCES)).astype(int)]
-        x, r = scaled[members], scaled[refs]
+        x, r = thumbs[members], thumbs[refs]
         sq = (x ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2 * x @ r.T
         sq[members[:, None] == refs[None, :]] = np.inf  # an image is not its own neighbour
         k = min(OUTLIER_NEIGHBOURS, len(refs) - 1)
         nearest = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, :k], 0)).mean(axis=1)
-        dist = np.log(np.maximum(nearest, 1e-6))
-        centre = np.median(dist)
-        spread = 1.4826 * np.median(np.abs(dist - centre))
-        scores[members] = (dist - centre) / max(spread, 1e-6)
-    return scores
+        out[members] = np.log(np.maximum(nearest, 1e-6))
+    return out
+
+
+def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the strongest of three robust z-scores and which test gave it (NaN / "" for
+    classes too small):
+
+    - layout: log mean distance to the 5 nearest look-alikes (standardized 8x8 thumbnails). Nearest
+      neighbours, not a class centre: an odd but real member (a coat photographed open) still has
+      look-alikes, pure noise has none.
+    - no structure: how little energy sits at large scales (uniform noise);
+    - no detail: how little sits at fine scales (a flat gradient).
+
+    Every test counts only where the image is extreme BOTH within its class and within the whole
+    data set: a mislabelled picture is unlike its class but like plenty of others (that is
+    validate's suspect_label), and a class made of smooth pictures is smooth everywhere but
+    ordinary at home."""
+    thumbs = features[:, :FEATURE_SIDE * FEATURE_SIDE]
+    everyone = np.zeros(len(labels), dtype=np.int8)
+
+    def both(class_values: np.ndarray, overall_values: np.ndarray) -> np.ndarray:
+        return np.fmin(_robust_z(class_values, labels, min_class_size), _robust_z(overall_values, everyone, 1))
+
+    tests = {
+        "unlike its nearest look-alikes": both(_log_neighbour_distance(thumbs, labels, min_class_size),
+                                               _log_neighbour_distance(thumbs, everyone, min_class_size)),
+        "almost no large-scale structure (noise-like)": both(-features[:, -2], -features[:, -2]) / SPECTRAL_STRICTNESS,
+        "almost no fine detail (flat gradient)": both(-features[:, -1], -features[:, -1]) / SPECTRAL_STRICTNESS,
+    }
+    stacked = np.stack(list(tests.values()), axis=1)
+    scores = np.full(len(labels), np.nan)
+    reasons = np.full(len(labels), "", dtype=object)
+    checked = ~np.isnan(stacked).all(axis=1)
+    best = np.nanargmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=1)
+    scores[checked] = stacked[checked, best[checked]]
+    reasons[checked] = np.array(list(tests))[best[checked]]
+    return scores, reasons
 
 
 def flag_outliers(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> int:
@@ -239,9 +273,9 @@ def flag_outliers(rows: pd.DataFrame, inspections: dict[str, Inspection], params
         return 0
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
     feats = np.stack([inspections[rows.at[pos, "image_id"]].features for pos in alive])
-    scores = outlier_scores(feats, labels, params.outlier_min_class_size)
+    scores, reasons = outlier_scores(feats, labels, params.outlier_min_class_size)
     for a in np.flatnonzero(scores > params.outlier_zscore):
-        flags[alive[a]] = ("outlier", f"robust z {scores[a]:.1f}: unlike its nearest {labels[a]} images", "")
+        flags[alive[a]] = ("outlier", f"robust z {scores[a]:.1f}: {reasons[a]}, in class {labels[a]} and overall", "")
     return int(sum(n >= params.outlier_min_class_size for n in pd.Series(labels).value_counts()))
 
 

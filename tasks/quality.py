@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 
 from tasks.images import DecodeError, decode, probe
-from scipy.fft import dctn
-
 from tasks.phash import dct32, phash_from_dct
 
 FEATURE_SIDE = 8     # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
+STRUCTURE_BAND = 6   # DCT frequencies (of 32) that carry an image's large-scale structure
+DETAIL_BAND = 8      # ...and above which its fine detail lies
 THUMBNAIL_SIDE = 16  # near-duplicate check: finer, to tell a re-encoded copy from a look-alike
 
 
@@ -52,17 +52,24 @@ def thumbnail(gray32: np.ndarray, side: int) -> np.ndarray:
     return (thumb - thumb.mean()) / max(thumb.std(), 1e-6)
 
 
-def features(gray32: np.ndarray) -> np.ndarray:
+def spectral_shares(coeffs: np.ndarray) -> tuple[float, float]:
+    """Logs of two shares of a 32x32 image's AC energy (DCT coefficients `coeffs`): below 6 cycles
+    per side (large-scale structure: every real picture has a shape, uniform noise spreads its
+    energy evenly and keeps ~3% there) and above 8 (fine detail: edges put a few percent there, a
+    flat gradient ~0.2%)."""
+    energy = coeffs ** 2
+    ac = max(energy.sum() - energy[0, 0], 1e-9)
+    low = (energy[:STRUCTURE_BAND, :STRUCTURE_BAND].sum() - energy[0, 0]) / ac
+    high = (energy.sum() - energy[:DETAIL_BAND, :DETAIL_BAND].sum()) / ac
+    return float(np.log(max(low, 1e-9))), float(np.log(max(high, 1e-9)))
+
+
+def features(gray32: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """Cheap description of what an image shows: its 8x8 thumbnail, standardized (zero mean, unit
     std) so that brightness, contrast and how the picture is stored (1-bit, 16-bit, JPEG) matter
-    less than its layout, plus edge strength and the share of high-frequency energy (noise scores
-    high, a flat gradient almost zero)."""
+    less than its layout, then the two spectral shares (see spectral_shares)."""
     thumb = thumbnail(gray32, FEATURE_SIDE)
-    gradient = (np.abs(np.diff(thumb, axis=0)).mean() + np.abs(np.diff(thumb, axis=1)).mean()) / 2
-    energy = dctn(thumb, norm="ortho") ** 2
-    ac = energy.sum() - energy[0, 0]
-    high = energy.sum() - energy[:4, :4].sum()
-    return np.concatenate([thumb.ravel(), [gradient, high / ac if ac > 0 else 0.0]]).astype(np.float32)
+    return np.concatenate([thumb.ravel(), spectral_shares(coeffs)]).astype(np.float32)
 
 
 def inspect(path: str | Path, max_pixels: int) -> Inspection:
@@ -91,7 +98,7 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         pixel_hash=pixel_hash(img),
         phash=phash_from_dct(coeffs),
         thumbnail=thumbnail(gray32, THUMBNAIL_SIDE).ravel().astype(np.float32),
-        features=features(gray32),
+        features=features(gray32, coeffs),
     )
 
 
