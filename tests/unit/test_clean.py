@@ -157,3 +157,37 @@ def test_bad_param_is_one_line(project, capsys):
     params = project.write_params(clean={"near_duplicate_distance": -1})
     assert clean.main(["--params", str(params)]) == 2
     assert "clean.near_duplicate_distance" in capsys.readouterr().err
+
+
+def _ramp(angle: float, size: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    ramp = np.cos(angle) * xx + np.sin(angle) * yy
+    return np.round(255 * (ramp - ramp.min()) / (ramp.max() - ramp.min())).astype(np.uint8)
+
+
+def test_noise_and_gradient_inside_structured_classes_are_outliers():
+    rng = np.random.default_rng(0)
+    base = _digits(per_class=60, classes=(0, 1, 7))
+    images = [arr for arr, _ in base] + [rng.integers(0, 256, (32, 32), dtype=np.uint8), _ramp(0.6)]
+    labels = np.array([label for _, label in base] + ["digit_0", "digit_1"])
+    feats = np.stack([_features(arr) for arr in images])
+    scores, reasons = clean.outlier_scores(feats, labels, min_class_size=10)
+    flagged = np.flatnonzero(scores > clean.Params().outlier_zscore)
+    assert list(flagged) == [len(base), len(base) + 1], scores[np.argsort(scores)[-4:]]
+    assert "noise" in reasons[len(base)]
+
+
+def test_a_class_of_smooth_pictures_is_not_flagged():
+    base = _digits(per_class=60, classes=(0, 1))
+    smooth = [_ramp(angle) for angle in np.linspace(0, 2 * np.pi, 40, endpoint=False)]
+    labels = np.array([label for _, label in base] + ["sky"] * len(smooth))
+    feats = np.stack([_features(arr) for arr in [arr for arr, _ in base] + smooth])
+    scores, _ = clean.outlier_scores(feats, labels, min_class_size=10)
+    assert not (scores > clean.Params().outlier_zscore).any(), np.nanmax(scores)
+
+
+def _features(arr: np.ndarray) -> np.ndarray:
+    from tasks.quality import features
+
+    gray32 = arr.astype(np.float64)
+    return features(gray32, dct32(gray32))
