@@ -74,8 +74,8 @@ def run(params: Params, paths: Paths) -> dict:
         f"low_information: grayscale std < {params.min_std} or over {params.max_dominant_fraction:.0%} of pixels one value",
         f"near_duplicate: 64-bit DCT hash within {params.near_duplicate_distance} bits and thumbnail "
         f"correlation >= {params.near_duplicate_min_correlation}",
-        f"outlier: robust z > {params.outlier_zscore} in {outlier_classes} class(es) with "
-        f">= {params.outlier_min_class_size} images",
+        f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
+        f"structure, fine detail), in {outlier_classes} class(es) with >= {params.outlier_min_class_size} images",
     ]
     write_stage_reports("clean", paths.report_dir("clean"), flagged, kept, len(rows),
                         lambda image_id: store_path(paths.store, image_id), notes)
