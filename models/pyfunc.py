@@ -11,6 +11,7 @@ import binascii
 import io
 import json
 import os
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class ImgclsModel(PythonModel):
                 errors.append("")
             except (DecodeError, ValueError, OSError) as exc:
                 arrays.append(None)
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                errors.append(_message(exc))
         good = [i for i, a in enumerate(arrays) if a is not None]
         proba = predictor.predict_proba(np.stack([arrays[i] for i in good])) if good else np.zeros((0, len(predictor.classes)))
         rows = [{"label": "", "score": float("nan"), "top_k": "[]", "error": e} for e in errors]
@@ -56,6 +57,12 @@ class ImgclsModel(PythonModel):
             ranked = [[predictor.classes[j], round(float(p[j]), 6)] for j in order]
             rows[i].update(label=ranked[0][0], score=float(p[order[0]]), top_k=json.dumps(ranked))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def _message(exc: Exception) -> str:
+    # PIL names the BytesIO it read from; that address means nothing to the caller
+    text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _source(value) -> str | bytes:
