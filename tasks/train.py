@@ -204,6 +204,8 @@ def run(params: Params, paths: Paths) -> dict:
         fit_started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            # resume.json and run.json live beside the checkpoints by design
+            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
         epochs_run = max(1, trainer.current_epoch - first_epoch)
         seconds_per_epoch = (time.perf_counter() - fit_started) / epochs_run
