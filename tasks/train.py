@@ -105,7 +105,7 @@ def device_settings(params: Params) -> tuple[bool, str, bool]:
     return gpu, precision, channels_last
 
 
-def class_weights(params: Params, counts) -> list[float] | None:
+def loss_weights(params: Params, counts) -> list[float] | None:
     if params.class_weights is None:
         return None
     if params.class_weights == "balanced":
@@ -167,7 +167,7 @@ def run(params: Params, paths: Paths) -> dict:
         module = ImageClassifier(
             params.network, data.classes, data.stats, optimizer=params.optimizer, lr=params.lr,
             weight_decay=params.weight_decay, scheduler=params.scheduler, warmup_epochs=params.warmup_epochs,
-            label_smoothing=params.label_smoothing, class_weights=class_weights(params, data.class_counts()),
+            label_smoothing=params.label_smoothing, class_weights=loss_weights(params, data.class_counts()),
             channels_last=channels_last,
         )
         reinitialised = load_pretrained(module.network, params.pretrained_path) if params.pretrained_path else []
