@@ -115,17 +115,47 @@ def loss_weights(params: Params, counts) -> list[float] | None:
     return list(params.class_weights)
 
 
+def make_callbacks(params: Params, train_dir: Path) -> tuple:
+    """(the best-checkpoint callback, all callbacks)."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from models.networks import FreezeBackbone
+
+    best = ModelCheckpoint(dirpath=train_dir, filename="best", monitor="val/acc", mode="max", save_top_k=1,
+                           enable_version_counter=False, auto_insert_metric_name=False)
+    # two writers of last.ckpt: every N steps (a kill mid-epoch loses little) and every epoch end
+    step_last = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_train_steps=params.checkpoint_every_n_steps,
+                                save_top_k=1, enable_version_counter=False)
+    epoch_last = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                                 enable_version_counter=False)
+    callbacks = [best, step_last, epoch_last, LearningRateMonitor(logging_interval="epoch")]
+    if params.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=params.early_stopping_patience))
+    if params.freeze_backbone_epochs:
+        callbacks.append(FreezeBackbone(params.freeze_backbone_epochs))
+    return best, callbacks
+
+
+def run_exists(run_id: str | None) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return bool(run_id) and mlflow.MlflowClient().get_run(run_id) is not None
+    except MlflowException:
+        return False
+
+
 def run(params: Params, paths: Paths) -> dict:
     import lightning as L
     import mlflow
     import numpy as np
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
     from models.data import PreparedDataModule
     from models.module import ImageClassifier
-    from models.networks import FreezeBackbone, load_pretrained
+    from models.networks import load_pretrained
     from models.predictor import save_model_files
     from models.pyfunc import log_pyfunc, save_pyfunc
 
@@ -135,14 +165,15 @@ def run(params: Params, paths: Paths) -> dict:
     version = dataset_version(paths)
     config_hash = fingerprint(params, version, prepared)
 
-    state, last = read_state(train_dir), train_dir / "last.ckpt"
-    resume = last.is_file() and not state.get("completed", True) and state.get("fingerprint") == config_hash
-    if not resume:  # checkpoints of another configuration must not be resumed or exported
-        for stale in ("last.ckpt", "best.ckpt"):
-            (train_dir / stale).unlink(missing_ok=True)
-
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     mlflow.set_tracking_uri(tracking_uri)
+
+    state, last = read_state(train_dir), train_dir / "last.ckpt"
+    resume = (last.is_file() and not state.get("completed", True) and state.get("fingerprint") == config_hash
+              and run_exists(state.get("run_id")))
+    if not resume:  # checkpoints of another configuration (or run) must not be resumed or exported
+        for stale in ("last.ckpt", "best.ckpt"):
+            (train_dir / stale).unlink(missing_ok=True)
     experiment_id = mlflow.set_experiment(params.experiment).experiment_id
     L.seed_everything(params.seed, workers=True, verbose=False)
     started = time.perf_counter()
@@ -170,23 +201,12 @@ def run(params: Params, paths: Paths) -> dict:
             label_smoothing=params.label_smoothing, class_weights=loss_weights(params, data.class_counts()),
             channels_last=channels_last,
         )
-        reinitialised = load_pretrained(module.network, params.pretrained_path) if params.pretrained_path else []
-        if params.pretrained_path:
+        reinitialised: list[str] = []
+        if params.pretrained_path and not resume:  # a resumed run takes every weight from last.ckpt
+            reinitialised = load_pretrained(module.network, params.pretrained_path)
             mlflow.log_dict({"pretrained_path": params.pretrained_path, "reinitialised": reinitialised}, "pretrained.json")
 
-        best = ModelCheckpoint(dirpath=train_dir, filename="best", monitor="val/acc", mode="max", save_top_k=1,
-                               enable_version_counter=False, auto_insert_metric_name=False)
-        # two writers of last.ckpt: every N steps (a kill mid-epoch loses little) and every epoch end
-        steps = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_train_steps=params.checkpoint_every_n_steps,
-                                save_top_k=1, enable_version_counter=False)
-        epochs = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_epochs=1, save_top_k=1,
-                                 enable_version_counter=False)
-        callbacks = [best, steps, epochs, LearningRateMonitor(logging_interval="epoch")]
-        if params.early_stopping_patience:
-            callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=params.early_stopping_patience))
-        if params.freeze_backbone_epochs:
-            callbacks.append(FreezeBackbone(params.freeze_backbone_epochs))
-
+        best, callbacks = make_callbacks(params, train_dir)
         trainer = L.Trainer(
             max_epochs=params.epochs, accelerator=params.accelerator, devices=params.devices, precision=precision,
             deterministic=params.deterministic, callbacks=callbacks, default_root_dir=train_dir,

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from models.networks import build_network
 from models.predictor import load_predictor
 from tasks.errors import UserError
-from tasks.train import Params, run
+from tasks.train import Params, device_settings, loss_weights, run
 from tests.unit.train_data import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,3 +142,12 @@ def test_killed_run_resumes_in_the_same_mlflow_run(tmp_path, tracking):
     third = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
     assert _last_json(third.stdout)["run_id"] != run_id and _last_json(third.stdout)["resumed_from"] is None
+
+
+def test_balanced_class_weights_and_cpu_resolution():
+    counts = np.array([30, 10, 0])
+    assert loss_weights(Params(class_weights="balanced"), counts) == pytest.approx([40 / 90, 40 / 30, 40 / 3])
+    assert loss_weights(Params(), counts) is None
+    with pytest.raises(UserError, match="2 values for 3 classes"):
+        loss_weights(Params(class_weights=[1.0, 2.0]), counts)
+    assert device_settings(Params(accelerator="cpu")) == (False, "32-true", False)
