@@ -1,0 +1,2 @@
+"""Model code: networks (timm factory + our small nets), the LightningModule and DataModule, the
+predictor used for scoring, and the MLflow pyfunc wrapper."""

@@ -1,0 +1,90 @@
+"""The LightningModule: a network from models.networks, cross-entropy with label smoothing and
+optional class weights, AdamW or SGD, a per-step OneCycle or warmup+cosine schedule, accuracy and
+macro-F1. Hyperparameters hold everything needed to rebuild the network for inference (name, class
+names, input stats), so a checkpoint alone is enough for models.predictor."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from models.networks import build_network
+
+
+class ImageClassifier(L.LightningModule):
+    def __init__(self, network: str, classes: list[str], stats: dict, optimizer: str = "adamw", lr: float = 3e-3,
+                 weight_decay: float = 0.05, scheduler: str = "onecycle", warmup_epochs: float = 1.0,
+                 label_smoothing: float = 0.1, class_weights: list[float] | None = None, channels_last: bool = False):
+        super().__init__()
+        # logged by tasks.train itself, flattened; the class list would not fit an MLflow param
+        self.save_hyperparameters(logger=False)
+        num_classes = len(classes)
+        self.network = build_network(network, num_classes, int(stats["channels"]))
+        if class_weights is not None:
+            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+        else:
+            self.class_weights = None
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.val_f1(logits, y)
+        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/macro_f1", self.val_f1, on_epoch=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, int(total * hp.warmup_epochs / epochs))
+        if hp.scheduler == "onecycle":
+            pct = min(0.5, max(warmup / total, 1.0 / total))
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct)
+        else:
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,121 @@
+"""The MLflow pyfunc model: DataFrame column `image` (a file path or base64 of the file bytes) in,
+`label`, `score`, `top_k` (JSON [[label, score], ...]) and `error` out. Decoding, EXIF orientation,
+mode normalization, resizing, normalization and class names all live inside the model.
+
+Saved as MLflow "models from code" (models/pyfunc_entry.py) with our `models` and `tasks` packages
+as code_paths: loading never unpickles anything and works from a plain Python session."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import re
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from models.predictor import Predictor, predictor_from_files
+from tasks.images import DecodeError, decode, to_array
+
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+CODE_PATHS = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tasks")]
+OUTPUT_COLUMNS = ["label", "score", "top_k", "error"]
+MAX_PIXELS = 40_000_000  # refuse decompression bombs before allocating them (clean's default limit)
+TOP_K = 5
+REQUIREMENTS = ("mlflow", "torch", "timm", "safetensors", "numpy", "pandas", "pillow")
+
+
+class ImgclsModel(PythonModel):
+    predictor: Predictor
+
+    def load_context(self, context) -> None:
+        self.predictor = predictor_from_files(**{k: context.artifacts[k] for k in ("weights", "stats", "classes", "network")})
+
+    def predict(self, context, model_input, params=None):
+        # no type hints: MLflow would read them as a second, competing signature
+        predictor = self.predictor
+        arrays, errors = [], []
+        for value in model_input["image"]:
+            try:
+                img = decode(_source(value), max_pixels=MAX_PIXELS)
+                arrays.append(to_array(img, predictor.image_size, predictor.channels))
+                errors.append("")
+            except (DecodeError, ValueError, OSError) as exc:
+                arrays.append(None)
+                errors.append(_message(exc))
+        good = [i for i, a in enumerate(arrays) if a is not None]
+        proba = predictor.predict_proba(np.stack([arrays[i] for i in good])) if good else np.zeros((0, len(predictor.classes)))
+        rows = [{"label": "", "score": float("nan"), "top_k": "[]", "error": e} for e in errors]
+        k = min(TOP_K, len(predictor.classes))
+        for i, p in zip(good, proba):
+            order = np.argsort(-p)[:k]
+            ranked = [[predictor.classes[j], round(float(p[j]), 6)] for j in order]
+            rows[i].update(label=ranked[0][0], score=float(p[order[0]]), top_k=json.dumps(ranked))
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def _message(exc: Exception) -> str:
+    # PIL names the BytesIO it read from; that address means nothing to the caller
+    text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _source(value) -> str | bytes:
+    """A path that exists is read from disk; anything else must be base64 of the image file."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError("empty image value: expected a file path or base64 image bytes")
+    if len(value) < 4096 and os.path.isfile(value):
+        return value
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"not an existing file and not base64 image bytes: {value[:80]!r}") from None
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score"), ColSpec("string", "top_k"),
+                        ColSpec("string", "error")]),
+    )
+
+
+def _input_example(image: np.ndarray) -> pd.DataFrame:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
+
+
+def _model_kwargs(files: dict[str, Path], example_image: np.ndarray) -> dict:
+    return dict(
+        python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=CODE_PATHS,
+        signature=_signature(), input_example=_input_example(example_image),
+        # pinned from this environment; inferring them would load the model in a subprocess
+        pip_requirements=[f"{name}=={metadata.version(name)}" for name in REQUIREMENTS],
+    )
+
+
+def save_pyfunc(path: str | Path, files: dict[str, Path], example_image: np.ndarray) -> None:
+    """Save the model to an empty or missing directory `path` (files from predictor.save_model_files)."""
+    import mlflow.pyfunc
+
+    mlflow.pyfunc.save_model(path=str(path), **_model_kwargs(files, example_image))
+
+
+def log_pyfunc(files: dict[str, Path], example_image: np.ndarray):
+    """Log the model to the active run as artifact path "model"; returns MLflow's ModelInfo."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.log_model(name="model", **_model_kwargs(files, example_image))

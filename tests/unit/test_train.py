@@ -1,0 +1,153 @@
+"""The train stage end to end on CPU: it learns, records itself in MLflow, exports a predictor, starts
+from a local safetensors file, and a run killed mid-epoch resumes in the same MLflow run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from models.networks import build_network
+from models.predictor import load_predictor
+from tasks.errors import UserError
+from tasks.train import Params, device_settings, loss_weights, run
+from tests.unit.train_data import make_project
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = dict(epochs=2, batch_size=8, lr=0.01, num_workers=0, checkpoint_every_n_steps=3, early_stopping_patience=None)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_defaults_match_params_yaml():
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    assert Params.model_validate(section) == Params()
+    assert set(section) == set(Params.model_fields)
+
+
+def test_training_learns_and_records_the_run(tmp_path, tracking):
+    paths = make_project(tmp_path)
+    summary = run(Params(**FAST), paths)
+
+    train_dir = Path(paths.train_dir)
+    info = json.loads((train_dir / "run.json").read_text())
+    assert info["run_id"] == summary["run_id"] and info["model_uri"] == f"runs:/{info['run_id']}/model"
+    assert info["tracking_uri"] == tracking and len(info["dataset_version"]) == 64
+    assert {"last.ckpt", "best.ckpt", "model"} <= {p.name for p in train_dir.iterdir()}
+    assert summary["best_val_acc"] > 0.5  # three classes: chance is 1/3
+
+    client = mlflow.MlflowClient(tracking)
+    record = client.get_run(info["run_id"])
+    assert record.info.status == "FINISHED"
+    assert record.data.tags["stage"] == "train" and record.data.tags["dataset_version"] == info["dataset_version"]
+    assert record.data.tags["git_commit"]
+    assert record.data.params["train.network"] == "resnet_small" and record.data.params["train.lr"] == "0.01"
+    for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1"):
+        assert len(client.get_metric_history(info["run_id"], name)) == 2, name
+    logged = {a.path for a in client.list_artifacts(info["run_id"])}
+    assert {"augment.json", "classes.json"} <= logged
+
+    # the exported model and the best checkpoint predict the same, and better than chance
+    from tests.unit.train_data import CLASSES
+    import pandas as pd
+
+    index = pd.read_parquet(Path(paths.prepared) / "index.parquet")
+    test = index[index["split"] == "test"]
+    images = np.load(Path(paths.prepared) / "images.npy")[test["row"].to_numpy()]
+    exported = load_predictor(train_dir)
+    assert exported.classes == CLASSES
+    proba = exported.predict_proba(images)
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert (proba.argmax(axis=1) == test["label_idx"].to_numpy()).mean() > 0.5
+    assert np.allclose(load_predictor(train_dir / "best.ckpt").predict_proba(images), proba, atol=1e-5)
+
+
+def test_transfer_from_safetensors_to_another_class_count(tmp_path, tracking):
+    paths = make_project(tmp_path, per_split={"train": 8, "val": 3, "test": 1}, channels=3)
+    source = build_network("resnet_small", num_classes=10, in_chans=3)
+    weights = tmp_path / "imagenet-ish.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+
+    summary = run(Params(**FAST | {"epochs": 1, "pretrained_path": str(weights), "freeze_backbone_epochs": 1}), paths)
+    assert summary["reinitialised"] == ["fc.bias", "fc.weight"]
+    trained = load_predictor(paths.train_dir).network.state_dict()
+    # the backbone was frozen for the only epoch: its convolutions are the source's, the head is new
+    assert torch.equal(trained["stem.0.weight"], source.state_dict()["stem.0.weight"])
+    assert torch.equal(trained["stages.5.conv2.weight"], source.state_dict()["stages.5.conv2.weight"])
+    assert trained["fc.weight"].shape == (3, source.num_features)
+    client = mlflow.MlflowClient(tracking)
+    assert "pretrained.json" in {a.path for a in client.list_artifacts(summary["run_id"])}
+
+
+def test_missing_prepared_store_is_one_clear_error(tmp_path, tracking):
+    paths = make_project(tmp_path)
+    (Path(paths.prepared) / "augment.json").unlink()
+    with pytest.raises(UserError, match="missing augment.json: run the `augment` stage first"):
+        run(Params(**FAST), paths)
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout[stdout.rindex("\n{\n") + 1:])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_the_same_mlflow_run(tmp_path, tracking):
+    paths = make_project(tmp_path, per_split={"train": 40, "val": 4, "test": 1})
+    steps_per_epoch = 120 // 4  # 3 classes x 40 train images (+1 balance copy, dropped as the last partial batch)
+    train = FAST | {"epochs": 3, "batch_size": 4, "checkpoint_every_n_steps": 5}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"paths": paths.model_dump(), "train": train}))
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tasks.train", "--params", str(params_file)]
+    last = Path(paths.train_dir) / "last.ckpt"
+
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    checkpoint = torch.load(last, weights_only=True)
+    assert 0 < checkpoint["global_step"] < 3 * steps_per_epoch
+    run_id = json.loads((Path(paths.train_dir) / "resume.json").read_text())["run_id"]
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = _last_json(second.stdout)
+    assert summary["run_id"] == run_id
+    assert summary["resumed_from"] == {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}
+    assert summary["epochs"] == 3
+    client = mlflow.MlflowClient(tracking)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    assert len(client.get_metric_history(run_id, "val/acc")) == 3  # each epoch once, none repeated
+
+    # a finished run is not resumed: running again starts a new MLflow run
+    third = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert _last_json(third.stdout)["run_id"] != run_id and _last_json(third.stdout)["resumed_from"] is None
+
+
+def test_balanced_class_weights_and_cpu_resolution():
+    counts = np.array([30, 10, 0])
+    assert loss_weights(Params(class_weights="balanced"), counts) == pytest.approx([40 / 90, 40 / 30, 40 / 3])
+    assert loss_weights(Params(), counts) is None
+    with pytest.raises(UserError, match="2 values for 3 classes"):
+        loss_weights(Params(class_weights=[1.0, 2.0]), counts)
+    assert device_settings(Params(accelerator="cpu")) == (False, "32-true", False)
