@@ -78,7 +78,7 @@ def run(params: Params, paths: Paths) -> dict:
     out_dir = paths.report_dir("evaluate")
     with atomic_dir(out_dir) as tmp:
         write_reports(tmp, store, *scored[pictured], metrics, pd.concat(per_class), params)
-    _log_to_training_run(train_run, metrics, out_dir, baseline_run_id)
+    log_to_training_run(train_run, metrics, out_dir, baseline_run_id)
     return {
         "metrics": metrics, "images": {split: len(frame) for split, (frame, _, _) in scored.items()},
         "pictured_split": pictured, "run_id": train_run["run_id"], "baseline_run_id": baseline_run_id,
@@ -137,7 +137,7 @@ def _use_tracking_uri(train_run: dict) -> None:
     mlflow.set_tracking_uri(train_run.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
 
 
-def _log_to_training_run(train_run: dict, metrics: dict[str, float], out_dir: Path, baseline_run_id: str | None) -> None:
+def log_to_training_run(train_run: dict, metrics: dict[str, float], out_dir: Path, baseline_run_id: str | None) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -20,9 +20,10 @@ def stripes(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_prepared_store(root: Path, per_class: dict[str, int] | None = None, size: int = 16,
-                        channels: int = 1, seed: int = 0) -> Path:
+                        channels: int = 1, seed: int = 0, transforms: bool = False) -> Path:
     """Write images.npy / index.parquet / classes.json / stats.json under root; per_class gives the
-    number of images per split and class (default train 12, val 4, test 4). Train gets one balance copy."""
+    number of images per split and class (default train 12, val 4, test 4). Train gets one balance copy.
+    `transforms` also writes augment.json and eval.json (what training needs)."""
     per_class = per_class or {"train": 12, "val": 4, "test": 4}
     rng = np.random.default_rng(seed)
     images, rows = [], []
@@ -43,4 +44,14 @@ def make_prepared_store(root: Path, per_class: dict[str, int] | None = None, siz
     (root / "stats.json").write_text(json.dumps({"image_size": size, "channels": channels,
                                                  "mean": [float(stack.mean())] * channels,
                                                  "std": [float(stack.std())] * channels}))
+    if transforms:
+        _write_transforms(root, [float(stack.mean())] * channels, [float(stack.std())] * channels)
     return root
+
+
+def _write_transforms(root: Path, mean: list[float], std: list[float]) -> None:
+    import albumentations as A
+
+    normalize = A.Normalize(mean=mean, std=std, max_pixel_value=255)
+    A.save(A.Compose([A.RandomBrightnessContrast(p=0.5), normalize]), str(root / "augment.json"), data_format="json")
+    A.save(A.Compose([normalize]), str(root / "eval.json"), data_format="json")
