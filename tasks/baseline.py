@@ -1,0 +1,164 @@
+"""Classical baseline the CNN must beat: histogram-of-oriented-gradients features (Dalal & Triggs)
+with a linear SVM, logistic regression or k-nearest neighbours from scikit-learn, trained on the
+prepared train split and logged as its own MLflow run (tag stage=baseline)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from tasks.errors import UserError
+from tasks.metrics import label_metrics, probability_metrics
+from tasks.params import Strict
+from tasks.prepared import PreparedStore
+
+# Images are turned into features a chunk at a time so that a large memory-mapped store is never
+# materialized whole.
+_CHUNK = 1024
+
+
+class BaselineParams(Strict):
+    enabled: bool = True
+    kind: Literal["hog_svm", "logreg", "knn"] = "hog_svm"   # classifier on the HOG features
+    image_size: int = Field(32, ge=8)                       # images are resized (grayscale) to this first
+    cells: int = Field(4, ge=2)                             # HOG cells per image side
+    orientations: int = Field(9, ge=2)                      # unsigned gradient bins over 0..180 degrees
+
+    @model_validator(mode="after")
+    def _cells_fit(self):
+        if self.cells > self.image_size // 2:
+            raise ValueError(f"cells ({self.cells}) must be at most image_size / 2 ({self.image_size // 2})")
+        return self
+
+
+def hog_features(gray: np.ndarray, cells: int, orientations: int) -> np.ndarray:
+    """HOG of a batch of square grayscale images [N, S, S] (S divisible by `cells`): gradient
+    magnitude voted into `orientations` bins per cell with linear interpolation between bin centres,
+    then 2x2-cell blocks (stride one cell) normalized with L2-Hys. Returns float32 [N, F]."""
+    gray = gray.astype(np.float32)
+    n, size, _ = gray.shape
+    cell = size // cells
+    gx = np.zeros_like(gray)
+    gy = np.zeros_like(gray)
+    gx[:, :, 1:-1] = gray[:, :, 2:] - gray[:, :, :-2]
+    gy[:, 1:-1, :] = gray[:, 2:, :] - gray[:, :-2, :]
+    magnitude = np.hypot(gx, gy)
+    position = (np.arctan2(gy, gx) % np.pi) / (np.pi / orientations) - 0.5  # in units of bins
+    lower = np.floor(position)
+    upper_weight = position - lower
+    lower = lower.astype(int) % orientations
+    histogram = np.zeros((n, cells, cells, orientations), dtype=np.float32)
+    for b in range(orientations):
+        vote = magnitude * ((lower == b) * (1 - upper_weight) + ((lower + 1) % orientations == b) * upper_weight)
+        histogram[..., b] = vote.reshape(n, cells, cell, cells, cell).sum(axis=(2, 4))
+    blocks = np.concatenate(
+        [histogram[:, i:cells - 1 + i, j:cells - 1 + j] for i in (0, 1) for j in (0, 1)], axis=-1
+    )
+    blocks /= np.sqrt((blocks**2).sum(-1, keepdims=True) + 1e-6)
+    blocks = np.minimum(blocks, 0.2)
+    blocks /= np.sqrt((blocks**2).sum(-1, keepdims=True) + 1e-6)
+    return blocks.reshape(n, -1)
+
+
+def _grayscale(batch: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC -> float32 [N, size, size] luminance, resized when the store uses another size."""
+    from PIL import Image
+
+    batch = np.asarray(batch, dtype=np.float32)
+    gray = batch[..., 0] if batch.shape[-1] == 1 else batch @ np.array([0.299, 0.587, 0.114], np.float32)
+    if gray.shape[1:] == (size, size):
+        return gray
+    return np.stack([np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.Resampling.BILINEAR))
+                     for g in gray])
+
+
+def features(images: np.ndarray, rows: np.ndarray, params: BaselineParams) -> np.ndarray:
+    size = params.image_size // params.cells * params.cells  # HOG needs a whole number of pixels per cell
+    chunks = [
+        hog_features(_grayscale(images[rows[i:i + _CHUNK]], size), params.cells, params.orientations)
+        for i in tqdm(range(0, len(rows), _CHUNK), desc="baseline features", unit="chunk", disable=None)
+    ]
+    return np.concatenate(chunks)
+
+
+def make_classifier(kind: str):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    # HOG blocks are already L2-normalized, so the SVM and kNN use them as they are (the SVM converges
+    # in a fraction of the time it needs on standardized features); lbfgs needs standardized inputs.
+    if kind == "hog_svm":
+        return make_pipeline(LinearSVC(C=1.0))
+    if kind == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return make_pipeline(KNeighborsClassifier(n_neighbors=5))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def run_baseline(
+    params: BaselineParams, store: PreparedStore, *, splits: list[str], dataset_version: str,
+    top_k: int, bins: int, experiment_id: str | None = None,
+) -> dict:
+    """Fit on the train split, score `splits`, log everything as one MLflow run (tracking URI and
+    experiment as already configured by the caller). Returns {"run_id", "seconds", "metrics"} with
+    metric keys like "test/acc"; probability metrics only for classifiers that give probabilities."""
+    import mlflow
+    import mlflow.sklearn
+
+    started = time.perf_counter()
+    train = store.split("train")
+    if train["label_idx"].nunique() < 2:
+        raise UserError("baseline: the train split needs images of at least two classes")
+    model = make_classifier(params.kind)
+    model.fit(features(store.images, train["row"].to_numpy(), params), train["label_idx"].to_numpy())
+
+    metrics: dict[str, float] = {}
+    for split in splits:
+        frame = store.split(split)
+        if frame.empty:
+            continue
+        x = features(store.images, frame["row"].to_numpy(), params)
+        y = frame["label_idx"].to_numpy()
+        scores = label_metrics(y, model.predict(x), len(store.classes))
+        if hasattr(model, "predict_proba"):
+            scores |= probability_metrics(y, _full_proba(model, x, len(store.classes)), top_k, bins)
+        metrics |= {f"{split}/{name}": value for name, value in scores.items()}
+    seconds = time.perf_counter() - started
+
+    tags = {"stage": "baseline", "dataset_version": dataset_version, "git_commit": git_commit()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{params.kind}", tags=tags) as run:
+        mlflow.log_params(params.model_dump() | {"n_train": len(train), "n_classes": len(store.classes)})
+        mlflow.log_metrics(metrics | {"seconds": seconds})
+        mlflow.log_dict({"classes": store.classes}, "classes.json")
+        # skops format: loading it never unpickles arbitrary code. Requirements are stated, because
+        # inferring them loads the model in a subprocess and costs ~10 s per run.
+        mlflow.sklearn.log_model(model, name="model", serialization_format="skops", pip_requirements=_requirements())
+    return {"run_id": run.info.run_id, "seconds": seconds, "metrics": metrics}
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy")]
+
+
+def _full_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """predict_proba columns follow the classes seen in training; spread them over all classes."""
+    proba = np.zeros((len(x), n_classes))
+    proba[:, model.classes_] = model.predict_proba(x)
+    # float32 features give float32 probabilities whose rows miss 1 by more than log_loss tolerates
+    return proba / proba.sum(axis=1, keepdims=True)
