@@ -15,6 +15,6 @@ def test_repro_then_noop_then_status_clean(tmp_path):
     assert len(manifest) == 1797
     second = sh(["dvc", "repro", DATA_STAGES[-1]], root)
     assert "Running stage" not in second.stdout, second.stdout
-    assert "up to date" in sh(["dvc", "status"], root).stdout
+    assert "up to date" in sh(["dvc", "status", DATA_STAGES[-1]], root).stdout
     sh(["dvc", "push"], root)
     assert any((tmp_path / "proj-remote").rglob("*")), "dvc push left the local remote empty"

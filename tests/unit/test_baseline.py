@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prepared_fixture import CLASSES, make_prepared_store, stripes
+from tests.unit.prepared_fixture import CLASSES, make_prepared_store, stripes
 from tasks.baseline import BaselineParams, hog_features, run_baseline
 from tasks.prepared import read_prepared
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prepared_fixture import CLASSES, make_prepared_store
+from tests.unit.prepared_fixture import CLASSES, make_prepared_store
 from tasks.errors import UserError
 from tasks.evaluate import Params, log_to_training_run, run, write_reports
 from tasks.metrics import classification_metrics, per_class_table

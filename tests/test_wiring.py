@@ -1,0 +1,108 @@
+"""dvc.yaml, params.yaml and tasks/ must describe the same pipeline."""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import STAGES
+from tasks.params import Paths, validate_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    for candidate in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def project_imports(module: str) -> set[str]:
+    """Project files (tasks/, models/) a module imports, transitively, read from the source."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        file = _module_file(name)
+        if file is None or str(file) in seen:
+            continue
+        seen.add(str(file))
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            todo += [n for n in names if n.split(".")[0] in ("tasks", "models")]
+    return {str(Path(f).relative_to(ROOT)) for f in seen}
+
+
+def test_every_stage_is_a_module_a_dvc_stage_and_a_params_section():
+    for stage in STAGES:
+        module = importlib.import_module(f"tasks.{stage}")
+        assert callable(module.run) and callable(module.main) and module.Params, stage
+        assert stage in DVC, f"dvc.yaml has no stage {stage}"
+        assert stage in PARAMS, f"params.yaml has no section {stage}"
+    assert list(DVC) == list(STAGES), "dvc.yaml stages must be in pipeline order and named like tasks/"
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_dvc_stage_runs_its_module_with_its_params(stage):
+    spec = DVC[stage]
+    assert spec["cmd"] == f"python -m tasks.{stage}"
+    assert {stage, "paths"} <= set(spec["params"])
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_dvc_deps_cover_every_imported_project_module(stage):
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in DVC[stage]["deps"]}
+    needed = {p for p in project_imports(f"tasks.{stage}") if not p.endswith("__init__.py") or p.startswith("models")}
+    missing = {p for p in needed if p not in deps and p.split("/")[0] not in deps}
+    assert not missing, f"dvc.yaml {stage}: deps lack {sorted(missing)}"
+
+
+def test_dvc_paths_come_from_params():
+    text = (ROOT / "dvc.yaml").read_text()
+    used = set(re.findall(r"\$\{paths\.(\w+)\}", text))
+    assert used <= set(Paths.model_fields), used - set(Paths.model_fields)
+    tokens = re.findall(r"[\w./-]+", re.sub(r"\$\{[^}]*\}|#.*", "", text))
+    for value in PARAMS["paths"].values():
+        written = [t for t in tokens if t == value or t.startswith(value + "/")]
+        assert not written, f"{value} is written in dvc.yaml instead of ${{paths.*}}"
+
+
+def test_params_yaml_is_valid():
+    validate_file(ROOT / "params.yaml")
+
+
+def test_tasks_never_import_prefect():
+    for file in (ROOT / "tasks").glob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+prefect", file.read_text(), re.M), file
+
+
+def test_importing_stages_does_no_work(tmp_path):
+    """No folders made, no tracking URI set, no torch loaded by importing a stage. (Validating
+    augment's transforms imports albumentations, which loads torch: that is checking, not import.)"""
+    code = (
+        "import sys, os\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"import tasks.params\n"
+        f"for s in {list(STAGES)!r}: __import__('tasks.' + s)\n"
+        "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
+        "tasks.params.validate_file(sys.argv[1])\n"
+        "assert 'MLFLOW_TRACKING_URI' not in os.environ\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
