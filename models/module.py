@@ -72,8 +72,9 @@ class ImageClassifier(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(total * hp.warmup_epochs / epochs))
-        if hp.scheduler == "onecycle":
-            pct = min(0.5, max(warmup / total, 1.0 / total))
+        # OneCycleLR needs at least two steps in each phase (it divides by their length)
+        if hp.scheduler == "onecycle" and total >= 4:
+            pct = min(0.5, max(warmup / total, 2.0 / total))
             schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct)
         else:
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
