@@ -3,7 +3,6 @@ with a linear SVM, logistic regression or k-nearest neighbours from scikit-learn
 prepared train split and logged as its own MLflow run (tag stage=baseline)."""
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Literal
 
@@ -15,6 +14,7 @@ from tasks.errors import UserError
 from tasks.metrics import label_metrics, probability_metrics
 from tasks.params import Strict
 from tasks.prepared import PreparedStore
+from tasks.versioning import git_commit
 
 # Images are turned into features a chunk at a time so that a large memory-mapped store is never
 # materialized whole.
@@ -99,14 +99,6 @@ def make_classifier(kind: str):
     if kind == "logreg":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     return make_pipeline(KNeighborsClassifier(n_neighbors=5))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def run_baseline(

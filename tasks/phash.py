@@ -60,3 +60,19 @@ def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     pairs = np.unique(pairs, axis=0)
     close = hamming(hashes[pairs[:, 0]], hashes[pairs[:, 1]]) <= radius
     return pairs[close]
+
+
+def near_duplicate_groups(hashes, radius: int) -> np.ndarray:
+    """Group id per hash: i and j share a group when a chain of hashes links them, each step within
+    `radius` bits (connected components of radius_pairs). The id is the position of the group's
+    first member, so it is deterministic."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(hashes)
+    pairs = radius_pairs(np.asarray(hashes, dtype=np.int64), radius)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    first = np.full(n, n, dtype=np.int64)
+    np.minimum.at(first, component, np.arange(n))  # smallest member index of each component
+    return first[component]

@@ -8,24 +8,16 @@ import numpy as np
 import pandas as pd
 
 from tasks.atomic import save_figure
+from tasks.reports import image_grid, pyplot
 
 # Above this many classes the per-cell numbers become unreadable; the colours still tell the story.
 _MAX_ANNOTATED_CLASSES = 25
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def confusion_plot(matrix: np.ndarray, classes: list[str], target: str | Path, title: str) -> Path:
     """Heat map, rows = true class, columns = predicted. Integer matrices are annotated as counts,
     float (row-normalized) ones as shares."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     side = min(20.0, max(4.0, 0.45 * n + 2))
     fig, ax = plt.subplots(figsize=(side + 1, side))
@@ -48,7 +40,7 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], target: str | Path, t
 
 def reliability_plot(table: pd.DataFrame, ece: float, target: str | Path, title: str) -> Path:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with bin counts below."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = table["upper"] - table["lower"]
     filled = table["count"] > 0
@@ -78,16 +70,8 @@ def mistakes_gallery(
 ) -> np.ndarray:
     """Grid of the most confident mistakes, each captioned true / predicted (score). `images` is
     uint8 NHWC aligned with y_true. Returns the positions shown."""
-    plt = _pyplot()
     shown = confident_mistakes(y_true, proba, limit)
-    n = max(1, len(shown))
-    ncols = min(cols, n)
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 2.1 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    if not len(shown):
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig, axes = image_grid(len(shown), cols, (1.8, 2.1), "no mistakes")
     for ax, pos in zip(axes.flat, shown):
         image = np.asarray(images[pos])
         predicted = int(proba[pos].argmax())

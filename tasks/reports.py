@@ -58,12 +58,18 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def class_distribution_chart(labels: pd.Series, target: str | Path, title: str) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (stages run headless), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def class_distribution_chart(labels: pd.Series, target: str | Path, title: str) -> Path:
+    plt = pyplot()
     counts = labels.astype(str).value_counts().sort_index()
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(counts) + 2), 3.5))
     ax.bar(counts.index, counts.values, color="#4c72b0")
@@ -75,14 +81,23 @@ def class_distribution_chart(labels: pd.Series, target: str | Path, title: str) 
     return save_figure(fig, target)
 
 
+def image_grid(count: int, cols: int, cell: tuple[float, float], empty_text: str):
+    """(figure, axes grid) for `count` captioned images, `cols` wide, axes off; says `empty_text` when empty."""
+    n = max(1, count)
+    ncols = min(cols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not count:
+        axes[0, 0].text(0.5, 0.5, empty_text, ha="center", va="center")
+    return fig, axes
+
+
 def contact_sheet(
     flagged: pd.DataFrame, image_path: Callable[[str], Path], target: str | Path, limit: int = 60, cols: int = 10
 ) -> Path:
     """Grid of flagged images, each captioned with its reason and label. Unreadable ones show a cross."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from tasks.images import DecodeError, decode, to_array
@@ -91,14 +106,7 @@ def contact_sheet(
     rows = flagged.drop_duplicates("image_id")
     picked = pd.concat([g.head(limit) for _, g in rows.groupby("reason")]) if len(rows) else rows
     picked = picked.assign(_rank=picked.groupby("reason").cumcount()).sort_values(["_rank", "reason"]).head(limit)
-    n = max(1, len(picked))
-    ncols = min(cols, n)
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.9 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    if not len(picked):
-        axes[0, 0].text(0.5, 0.5, "nothing flagged", ha="center", va="center")
+    fig, axes = image_grid(len(picked), cols, (1.6, 1.9), "nothing flagged")
     for ax, row in zip(axes.flat, picked.itertuples(index=False)):
         try:
             arr = to_array(decode(image_path(row.image_id), max_pixels=4096 * 4096), 64, 3)

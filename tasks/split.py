@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from tasks.atomic import write_parquet, write_text
 from tasks.entry import stage_main
 from tasks.errors import UserError
-from tasks.hashing import near_duplicate_groups
+from tasks.phash import near_duplicate_groups
 from tasks.manifest import SPLITS, read_manifest
 from tasks.params import Paths, Strict
 from tasks.reports import markdown_table

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 import warnings
@@ -27,7 +26,7 @@ from tasks.atomic import atomic_dir, write_json
 from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.params import Paths, Strict
-from tasks.versioning import dataset_version
+from tasks.versioning import dataset_version, git_commit
 
 log = logging.getLogger(__name__)
 STATE_FILE = "resume.json"
@@ -62,14 +61,6 @@ class Params(Strict):
     checkpoint_every_n_steps: int = Field(100, ge=1)
     limit_train_batches: int | float | None = None  # tests and smoke runs: batches (int) or fraction
     limit_val_batches: int | float | None = None
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def flatten(prefix: str, value) -> dict[str, str]:

@@ -1,6 +1,12 @@
 import numpy as np
 
-from tasks.hashing import BKTree, as_unsigned, hamming, near_duplicate_groups
+from tasks.phash import hamming, near_duplicate_groups
+
+MASK64 = (1 << 64) - 1
+
+
+def as_unsigned(value):
+    return int(value) & MASK64
 
 
 def random_hashes(n, seed=0):
@@ -16,24 +22,26 @@ def near(value, bits, rng):
     return flipped - (1 << 64) if flipped >= 1 << 63 else flipped
 
 
-def test_hamming_on_int64_uses_all_64_bits():
-    assert hamming(-1, 0) == 64
-    assert hamming(np.int64(-(2**63)), 0) == 1
-
-
-def test_bk_tree_search_equals_brute_force():
+def test_groups_equal_brute_force_components():
     rng = np.random.default_rng(3)
     base = random_hashes(60, seed=3)
     # clusters around a few centres plus exact repeats, so radius queries have real answers
     hashes = [int(h) for h in base] + [near(int(base[i % 10]), int(rng.integers(0, 7)), rng) for i in range(240)]
     hashes += hashes[:20]
-    tree = BKTree()
-    for i, h in enumerate(hashes):
-        tree.add(h, i)
     for radius in (0, 3, 6):
-        for q in hashes[::7]:
-            expected = sorted(i for i, h in enumerate(hashes) if hamming(q, h) <= radius)
-            assert sorted(tree.search(q, radius)) == expected
+        # brute force: flood fill over all pairs within the radius
+        n, expected = len(hashes), [-1] * len(hashes)
+        for start in range(n):
+            if expected[start] >= 0:
+                continue
+            expected[start], todo = start, [start]
+            while todo:
+                i = todo.pop()
+                for j in range(n):
+                    if expected[j] < 0 and hamming(np.array([hashes[i]]), np.array([hashes[j]]))[0] <= radius:
+                        expected[j] = start
+                        todo.append(j)
+        assert near_duplicate_groups(hashes, radius).tolist() == expected
 
 
 def test_groups_are_chained_components():
