@@ -137,6 +137,17 @@ def run_exists(run_id: str | None) -> bool:
         return False
 
 
+def experiment_id_for(name: str) -> str:
+    """The experiment's id, created when missing. Unlike mlflow.set_experiment this leaves no process-wide
+    state (set_experiment also exports MLFLOW_EXPERIMENT_ID, which would follow into later runs and
+    subprocesses that use another tracking store)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
 def run(params: Params, paths: Paths) -> dict:
     import lightning as L
     import mlflow
@@ -165,7 +176,7 @@ def run(params: Params, paths: Paths) -> dict:
     if not resume:  # checkpoints of another configuration (or run) must not be resumed or exported
         for stale in ("last.ckpt", "best.ckpt"):
             (train_dir / stale).unlink(missing_ok=True)
-    experiment_id = mlflow.set_experiment(params.experiment).experiment_id
+    experiment_id = experiment_id_for(params.experiment)
     L.seed_everything(params.seed, workers=True, verbose=False)
     started = time.perf_counter()
 

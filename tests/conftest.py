@@ -22,3 +22,13 @@ def project(tmp_path, monkeypatch):
             return path
 
     return Project()
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_state_between_tests(monkeypatch):
+    """MLflow's fluent API keeps the active experiment in a global and in MLFLOW_EXPERIMENT_ID; a test
+    must never inherit them from an earlier test that used another tracking store."""
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
