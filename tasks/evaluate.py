@@ -105,6 +105,7 @@ def predict_proba(predictor, images: np.ndarray, rows: np.ndarray, n_classes: in
         for i in tqdm(range(0, len(rows), _BATCH), desc="scoring", unit="batch", disable=None)
     ]
     proba = np.concatenate(parts)
+    proba /= proba.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only within ~1e-7; log-loss checks
     if proba.shape != (len(rows), n_classes):
         raise UserError(f"the model returned probabilities of shape {proba.shape}, expected {(len(rows), n_classes)}")
     return proba
