@@ -4,7 +4,8 @@
 - rare_class:    a class with fewer than `min_per_class` images                  warn | drop | fail
 - imbalance:     largest / smallest class above `max_imbalance` (not per image)  warn | fail
 - suspect_label: likely mislabels found by confident learning on out-of-fold probabilities of a small
-                 fast model (tasks.confident_learning). They stay in the manifest with
+                 fast model (HOG + pixels, tasks.confident_learning), kept only when the given label
+                 gets less than max_given_probability. They stay in the manifest with
                  suspect_label=True (augment keeps them out of training) unless action is drop.
 
 `warn` keeps the rows and reports them; `drop` removes them from the validated manifest and reports
@@ -22,7 +23,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.atomic import write_parquet
-from tasks.confident_learning import find_label_issues, out_of_fold_probabilities
+from tasks.confident_learning import image_features, suspect_labels
 from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.images import DecodeError, decode, to_array
@@ -39,7 +40,10 @@ class SuspectLabelParams(Strict):
     folds: int = Field(5, ge=2)              # stratified K-fold; classes with fewer images are not scored
     seed: int = 0
     method: Literal["prune_by_noise_rate", "confident_joint", "both"] = "prune_by_noise_rate"
-    image_size: int = Field(16, ge=4, le=64)  # images are downsampled to image_size^2 RGB pixels
+    # flag only images whose given label gets less than this out-of-fold probability (1.0: no floor)
+    max_given_probability: float = Field(0.05, gt=0.0, le=1.0)
+    retrain: bool = True  # score again with models fitted without the first round's suspects
+    image_size: int = Field(16, ge=4, le=64)  # besides HOG of a 32x32 gray copy: image_size^2 RGB pixels
     # A weak model (hard data, tiny classes) would call a large share "suspect"; flag at most this
     # fraction, the least self-confident first, and say so in the summary.
     max_fraction: float = Field(0.1, gt=0.0, le=1.0)
@@ -164,16 +168,26 @@ def _check_balance(params: Params, found: _Findings) -> None:
     found.warn(text + "; consider augment.balance")
 
 
+_HOG_SIZE = 32
+_CHUNK = 512  # images turned into features at a time: memory stays flat on large datasets
+
+
 def _features(frame: pd.DataFrame, store: str, size: int) -> np.ndarray:
-    rows = []
+    chunks, gray, pixels = [], [], []
     for image_id, source in tqdm(zip(frame["image_id"], frame["source_path"]), total=len(frame),
                                  desc="validate: decoding", unit="img", disable=None):
         try:
             img = decode(store_path(store, image_id))
         except (DecodeError, OSError) as exc:
             raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({exc}); rerun clean") from None
-        rows.append(to_array(img, size, 3).reshape(-1))
-    return np.asarray(rows, dtype=np.float32)
+        gray.append(to_array(img, _HOG_SIZE, 1)[:, :, 0])
+        pixels.append(to_array(img, size, 3))
+        if len(gray) == _CHUNK:
+            chunks.append(image_features(np.stack(gray), np.stack(pixels)))
+            gray, pixels = [], []
+    if gray:
+        chunks.append(image_features(np.stack(gray), np.stack(pixels)))
+    return np.concatenate(chunks)
 
 
 def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple[np.ndarray, np.ndarray]:
@@ -194,12 +208,14 @@ def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple
         found.notes.append(f"classes with fewer than {cfg.folds} images were not checked for suspect labels")
     labels = frame["label"].to_numpy()[scored]
     y = np.searchsorted(scorable, labels)
-    probs = out_of_fold_probabilities(_features(frame.iloc[scored], store, cfg.image_size), y, cfg.folds, cfg.seed)
+    probs, issues = suspect_labels(_features(frame.iloc[scored], store, cfg.image_size), y, folds=cfg.folds,
+                                   seed=cfg.seed, method=cfg.method, max_given_probability=cfg.max_given_probability,
+                                   retrain=cfg.retrain)
     given_p[scored] = probs[np.arange(len(y)), y]
-    issues = find_label_issues(probs, y, cfg.method)
     accuracy = float((probs.argmax(axis=1) == y).mean())
     found.notes.append(f"suspect-label model: out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
-                       f"({cfg.folds} folds, method {cfg.method})")
+                       f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
+                       f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})")
     limit = int(cfg.max_fraction * len(y))
     if issues.sum() > limit:
         found.warn(f"confident learning flagged {int(issues.sum())} images ({issues.mean():.1%}), more than "

@@ -6,8 +6,10 @@ from tasks.confident_learning import (
     confident_classes,
     confident_joint,
     find_label_issues,
+    image_features,
     out_of_fold_probabilities,
     per_class_thresholds,
+    suspect_labels,
 )
 
 
@@ -98,3 +100,67 @@ def test_out_of_fold_probabilities_on_separable_blobs():
     assert (probs.argmax(axis=1) == labels).mean() > 0.95
     # out-of-fold: same seed, same answer
     np.testing.assert_allclose(probs, out_of_fold_probabilities(features, labels, folds=4, seed=0))
+
+
+def test_floor_on_given_probability_keeps_only_confident_disagreements():
+    probs, labels, flipped = noisy_probabilities()
+    unfloored = find_label_issues(probs, labels)
+    floored = find_label_issues(probs, labels, max_given_probability=0.05)
+    given = probs[np.arange(len(labels)), labels]
+    np.testing.assert_array_equal(floored, unfloored & (given < 0.05))
+    assert 0 < floored.sum() < unfloored.sum()
+    assert (floored & flipped).sum() / floored.sum() > (unfloored & flipped).sum() / unfloored.sum()
+
+
+def blobs_with_flips(seed=1):
+    """Three well-separated classes, 60 each, with 6 of class 0 labelled 1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (3, 10))
+    truth = np.repeat(np.arange(3), 60)
+    features = centres[truth] + rng.normal(0, 1, (180, 10))
+    labels = truth.copy()
+    labels[:6] = 1
+    flipped = np.zeros(180, dtype=bool)
+    flipped[:6] = True
+    return features, labels, flipped
+
+
+def test_excluded_examples_are_scored_but_not_learned_from():
+    features, labels, flipped = blobs_with_flips()
+    taught = out_of_fold_probabilities(features, labels, folds=4, seed=0)
+    untaught = out_of_fold_probabilities(features, labels, folds=4, seed=0, exclude=flipped)
+    assert untaught.shape == (180, 3)
+    np.testing.assert_allclose(untaught.sum(axis=1), 1.0, atol=1e-6)
+    # without the mislabelled examples in training, class-0 pictures are less likely to be called 1
+    assert untaught[flipped, 1].mean() < taught[flipped, 1].mean()
+
+
+def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
+    features, labels, flipped = blobs_with_flips()
+    found = {}
+    for retrain in (False, True):
+        probs, issues = suspect_labels(features, labels, folds=4, seed=0, method="prune_by_noise_rate",
+                                       max_given_probability=0.3, retrain=retrain)
+        assert probs.shape == (180, 3) and not issues[~flipped].any()
+        found[retrain] = issues[flipped].sum()
+    # the 6 flips taught the first-round models that some class-0 pictures are 1; the second round
+    # never sees them, so it is surer they are mislabelled
+    assert found[False] >= 4 and found[True] > found[False]
+    clean = np.repeat(np.arange(3), 60)
+    _, issues = suspect_labels(features, clean, folds=4, seed=0, method="prune_by_noise_rate",
+                               max_given_probability=0.3, retrain=True)
+    assert not issues.any()
+
+
+def test_image_features_ignore_colour_on_grayscale_images():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (5, 32, 32)).astype(np.uint8)
+    small = rng.integers(0, 256, (5, 8, 8)).astype(np.uint8)
+    feats = image_features(gray, np.repeat(small[..., None], 3, axis=-1))
+    hog_dims = feats.shape[1] - 3 * 64
+    luminance, colour = feats[:, hog_dims:hog_dims + 64], feats[:, hog_dims + 64:]
+    np.testing.assert_allclose(luminance, small.reshape(5, -1) / 255.0, atol=1e-5)
+    assert not colour.any()
+    tinted = np.repeat(small[..., None], 3, axis=-1).copy()
+    tinted[..., 0] = 255
+    assert image_features(gray, tinted)[:, hog_dims + 64:].any()
