@@ -10,11 +10,18 @@ from models.networks import ResNetSmall, build_network, load_pretrained
 from tasks.errors import UserError
 
 
+@pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny"])
 @pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32), (3, 16)])
-def test_resnet_small_is_in_timms_registry_and_fits_small_images(in_chans, size):
-    net = timm.create_model("resnet_small", num_classes=7, in_chans=in_chans)
+def test_our_nets_are_in_timms_registry_and_fit_small_images(name, in_chans, size):
+    net = timm.create_model(name, num_classes=7, in_chans=in_chans)
     assert isinstance(net, ResNetSmall)
     assert net(torch.zeros(2, in_chans, size, size)).shape == (2, 7)
+
+
+def test_resnet_tiny_is_half_as_wide():
+    small, tiny = build_network("resnet_small", 10, 1), build_network("resnet_tiny", 10, 1)
+    assert (small.num_features, tiny.num_features) == (128, 64)
+    assert sum(p.numel() for p in tiny.parameters()) < sum(p.numel() for p in small.parameters()) / 3
 
 
 def test_timm_architectures_come_from_the_same_factory():
