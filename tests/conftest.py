@@ -26,9 +26,15 @@ def project(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def no_mlflow_state_between_tests(monkeypatch):
-    """MLflow's fluent API keeps the active experiment in a global and in MLFLOW_EXPERIMENT_ID; a test
-    must never inherit them from an earlier test that used another tracking store."""
+    """MLflow keeps the tracking/registry URI and the active experiment in module globals and exports
+    them to the environment (set_tracking_uri, set_experiment); a test must never inherit them from an
+    earlier test that used another store. monkeypatch puts every one back after the test."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
     import mlflow.tracking.fluent as fluent
 
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
