@@ -23,6 +23,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from tasks.atomic import write_parquet
+from tasks import inspection_cache
 from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
@@ -53,7 +54,10 @@ def run(params: Params, paths: Paths) -> dict:
     rows = read_manifest(paths.ingested, "ingest").sort_values("source_path", kind="stable").reset_index(drop=True)
     if rows.empty:
         raise UserError(f"{paths.ingested} has no images: nothing to clean")
-    inspections = inspect_all(sorted(set(rows["image_id"])), paths.store, params)
+    cache_file = Path(paths.cache) / "clean_inspections.parquet"
+    cached = inspection_cache.load(cache_file, params.max_pixels)
+    inspections = inspect_all(sorted(set(rows["image_id"])), paths.store, params, cached)
+    inspection_cache.save(cache_file, inspections, params.max_pixels)
 
     flags: Flags = {}
     flag_unusable(rows, inspections, params, flags)
@@ -84,22 +88,25 @@ def run(params: Params, paths: Paths) -> dict:
     return {
         "images": len(rows),
         "kept": len(kept),
+        "decoded": len(inspections) - sum(i in cached for i in inspections),
         "flagged": {reason: int(n) for reason, n in flagged["reason"].value_counts().sort_index().items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def inspect_all(image_ids: list[str], store: str, params: Params) -> dict[str, Inspection]:
-    """Decode every distinct file once, in `params.workers` processes, in chunks."""
-    items = [(image_id, str(store_path(store, image_id))) for image_id in image_ids]
-    missing = [image_id for image_id, path in items if not Path(path).is_file()]
+def inspect_all(image_ids: list[str], store: str, params: Params,
+                cached: dict[str, Inspection] | None = None) -> dict[str, Inspection]:
+    """Decode every distinct file not in `cached` once, in `params.workers` processes, in chunks."""
+    cached = cached or {}
+    results: dict[str, Inspection] = {i: cached[i] for i in image_ids if i in cached}
+    items = [(image_id, str(store_path(store, image_id))) for image_id in image_ids if image_id not in cached]
+    missing = [image_id for image_id in image_ids if not store_path(store, image_id).is_file()]
     if missing:
         raise UserError(f"{len(missing)} image(s) of the ingested manifest are missing from the store "
                         f"{store} (first: {missing[0]}): run the `ingest` stage again")
     size = max(1, min(256, math.ceil(len(items) / (params.workers * 8))))
     chunks = [items[k:k + size] for k in range(0, len(items), size)]
     work = functools.partial(inspect_chunk, max_pixels=params.max_pixels)
-    results: dict[str, Inspection] = {}
     with contextlib.ExitStack() as stack, tqdm(total=len(items), desc="clean", unit="img", disable=None) as bar:
         mapper = map
         if params.workers > 1 and len(chunks) > 1:

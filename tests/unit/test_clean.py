@@ -191,3 +191,28 @@ def _features(arr: np.ndarray) -> np.ndarray:
 
     gray32 = arr.astype(np.float64)
     return features(gray32, dct32(gray32))
+
+
+def test_rerun_decodes_only_new_images_and_matches_a_cold_run(planted, project):
+    from PIL import Image
+
+    first = clean.run(clean.Params(workers=1), Paths())
+    distinct = len(set(pd.read_parquet("data/manifests/ingested.parquet")["image_id"]))
+    assert first["decoded"] == distinct  # cold: every distinct image
+
+    new = project.root / "planted" / "images" / "digit_0" / "new_arrival.png"
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 7, (32, 1))).save(new)
+    _ingest(project.root / "planted" / "images")
+    second = clean.run(clean.Params(workers=1), Paths())
+    assert second["decoded"] == 1
+    warm_manifest = pd.read_parquet("data/manifests/cleaned.parquet")
+    warm_flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False)
+
+    (project.root / ".imgcls" / "cache" / "clean_inspections.parquet").unlink()
+    cold = clean.run(clean.Params(workers=1), Paths())
+    assert cold["decoded"] == len(set(pd.read_parquet("data/manifests/ingested.parquet")["image_id"]))
+    pd.testing.assert_frame_equal(warm_manifest, pd.read_parquet("data/manifests/cleaned.parquet"))
+    pd.testing.assert_frame_equal(warm_flagged, pd.read_csv("reports/clean/flagged.csv", keep_default_na=False))
+
+    # another pixel limit judges too_large differently: nothing cached under the old one is reused
+    assert clean.run(clean.Params(workers=1, max_pixels=10**7), Paths())["decoded"] == cold["decoded"]
