@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any, Callable
 
 from tasks.errors import UserError
@@ -18,7 +19,9 @@ def stage_main(stage: str, run: Callable[[Any, Any], Any], argv: list[str] | Non
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
     try:
         params, paths = load_stage(stage, args.params)
+        started = time.perf_counter()
         result = run(params, paths)
+        logging.getLogger(stage).info("finished in %.2f s", time.perf_counter() - started)
     except (ParamsError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
