@@ -24,17 +24,34 @@ def project(tmp_path, monkeypatch):
     return Project()
 
 
-@pytest.fixture(autouse=True)
-def no_mlflow_state_between_tests(monkeypatch):
+def pin_mlflow_state(mp: pytest.MonkeyPatch) -> None:
     """MLflow keeps the tracking/registry URI and the active experiment in module globals and exports
-    them to the environment (set_tracking_uri, set_experiment); a test must never inherit them from an
-    earlier test that used another store. monkeypatch puts every one back after the test."""
+    them to the environment (set_tracking_uri, set_experiment, and so train/evaluate). `mp` records
+    each as it is now and puts it back at its teardown, so a later test never talks to an earlier
+    test's store."""
+    import os
+
     import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking._tracking_service.utils as tracking_utils
     import mlflow.tracking.fluent as fluent
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
-    monkeypatch.setattr(registry_utils, "_registry_uri", None)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+        if name in os.environ:
+            mp.setenv(name, os.environ[name])
+        else:
+            mp.delenv(name, raising=False)
+    for module, name in ((tracking_utils, "_tracking_uri"), (registry_utils, "_registry_uri"),
+                         (fluent, "_active_experiment_id")):
+        mp.setattr(module, name, getattr(module, name))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_mlflow_state_leaks_out_of_a_module():
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped fixtures set MLflow state too
+        pin_mlflow_state(mp)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_state_leaks_out_of_a_test(monkeypatch):
+    pin_mlflow_state(monkeypatch)
