@@ -29,7 +29,7 @@ from tasks.errors import UserError
 from tasks.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
 from tasks.params import Paths, Strict
 from tasks.phash import as_int64, radius_pairs
-from tasks.quality import FEATURE_SIDE, Inspection, inspect_chunk
+from tasks.quality import FEATURE_SIDE, Inspection, correlated, inspect_chunk
 from tasks.reports import flagged_frame, write_stage_reports
 
 # row position in the sorted manifest -> (reason, detail, kept_image_id)
@@ -162,11 +162,7 @@ def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, radius: int, min_correlat
     `min_correlation`. The hash finds candidates fast, but on small, similar pictures (digits,
     sneakers) distinct images often land within a few bits; the correlation (like the hash, blind
     to brightness and contrast) tells a re-encoded copy (~1.0) from a look-alike (~0.95)."""
-    pairs = radius_pairs(hashes, radius)
-    centred = thumbs - thumbs.mean(axis=1, keepdims=True)
-    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-9)
-    correlation = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
-    return pairs[correlation >= min_correlation]
+    return correlated(radius_pairs(hashes, radius), thumbs, min_correlation)
 
 
 def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:

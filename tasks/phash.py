@@ -62,15 +62,17 @@ def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     return pairs[close]
 
 
-def near_duplicate_groups(hashes, radius: int) -> np.ndarray:
-    """Group id per hash: i and j share a group when a chain of hashes links them, each step within
-    `radius` bits (connected components of radius_pairs). The id is the position of the group's
-    first member, so it is deterministic."""
+def near_duplicate_groups(hashes, radius: int, verify=None) -> np.ndarray:
+    """Group id per hash: i and j share a group when a chain of pairs links them, each pair within
+    `radius` bits (radius_pairs) and, when given, kept by `verify` (pairs -> the pairs that really
+    are near-duplicates). The id is the position of the group's first member, so it is deterministic."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(hashes)
     pairs = radius_pairs(np.asarray(hashes, dtype=np.int64), radius)
+    if verify is not None and len(pairs):
+        pairs = verify(pairs)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     first = np.full(n, n, dtype=np.int64)

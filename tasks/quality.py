@@ -72,6 +72,24 @@ def features(gray32: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     return np.concatenate([thumb.ravel(), spectral_shares(coeffs)]).astype(np.float32)
 
 
+def _gray32(gray: Image.Image) -> np.ndarray:
+    return np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+
+
+def near_duplicate_thumbnail(path: str | Path, max_pixels: int) -> np.ndarray:
+    """The thumbnail `inspect` compares near-duplicates by, for one image already known to decode."""
+    return thumbnail(_gray32(decode(path, max_pixels=max_pixels).convert("L")), THUMBNAIL_SIDE).ravel().astype(np.float32)
+
+
+def correlated(pairs: np.ndarray, thumbs: np.ndarray, min_correlation: float) -> np.ndarray:
+    """The pairs (rows of indices into `thumbs`) whose thumbnails correlate at least `min_correlation`:
+    a re-encoded or resized copy (~1.0), not a look-alike (~0.95)."""
+    centred = thumbs - thumbs.mean(axis=1, keepdims=True)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-9)
+    correlation = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
+    return pairs[correlation >= min_correlation]
+
+
 def inspect(path: str | Path, max_pixels: int) -> Inspection:
     """Header first: an image declaring more than `max_pixels` is never decoded (nor allocated)."""
     try:
@@ -87,7 +105,7 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
     gray = img.convert("L")
     gray_arr = np.asarray(gray)
     counts = np.bincount(gray_arr.ravel(), minlength=256)
-    gray32 = np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    gray32 = _gray32(gray)
     coeffs = dct32(gray32)
     return Inspection(
         "ok",

@@ -7,7 +7,8 @@ is split in the given fractions in expectation (binomial noise: a class of n ima
 within about +-2*sqrt(n*f*(1-f)) of n*f). Exact per-class counts would need ranks within the class,
 and ranks shift whenever an image is added, moving old images: stability wins here.
 
-Near-duplicates that clean kept (perceptual hashes within `group_radius` bits, chained) form a group
+Near-duplicates that clean kept (perceptual hashes within `group_radius` bits AND thumbnails correlating
+at least `group_min_correlation`, clean's own test; chained) form a group
 that always shares one split, decided by the u of its smallest image_id. The one way an existing image
 can move: a newly added image joins its group (with a smaller image_id, or bridging two groups) -
 then the move is what keeps near-copies out of different splits.
@@ -24,12 +25,14 @@ import math
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from tasks.atomic import write_parquet, write_text
 from tasks.entry import stage_main
 from tasks.errors import UserError
+from tasks.manifest import SPLITS, read_manifest, store_path
 from tasks.phash import near_duplicate_groups
-from tasks.manifest import SPLITS, read_manifest
+from tasks.quality import THUMBNAIL_SIDE, correlated, near_duplicate_thumbnail
 from tasks.params import Paths, Strict
 from tasks.reports import markdown_table
 
@@ -45,6 +48,7 @@ class Params(Strict):
     test: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 0
     group_radius: int = Field(4, ge=0, le=32)  # keep equal to clean.near_duplicate_distance
+    group_min_correlation: float = Field(0.99, ge=-1, le=1)  # keep equal to clean.near_duplicate_min_correlation
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self):
@@ -77,11 +81,27 @@ def _given_splits(frame: pd.DataFrame) -> pd.Series:
     return given.fillna("")
 
 
-def assign_splits(frame: pd.DataFrame, params: Params) -> tuple[pd.Series, dict]:
-    """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split."""
+def thumbnail_check(frame: pd.DataFrame, store: str, min_correlation: float):
+    """verify() for near_duplicate_groups: candidate pairs (positions in `frame`) whose thumbnails
+    correlate like clean's near-duplicates. Only images in a candidate pair are decoded. Without it,
+    hash neighbours chain look-alikes (small centred objects: sneakers, digits) into huge groups."""
+    def verify(pairs: np.ndarray) -> np.ndarray:
+        involved = np.unique(pairs)
+        thumbs = np.zeros((len(frame), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
+        for pos in tqdm(involved, desc="split: near-duplicate check", unit="img", disable=None):
+            thumbs[pos] = near_duplicate_thumbnail(store_path(store, frame["image_id"].iat[pos]), max_pixels=2**31)  # clean already refused oversized images
+        return correlated(pairs, thumbs, min_correlation)
+
+    return verify
+
+
+def assign_splits(frame: pd.DataFrame, params: Params, verify=None) -> tuple[pd.Series, dict]:
+    """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split; `verify`
+    confirms hash-near pairs (see thumbnail_check), else every pair within group_radius counts."""
     if frame["phash"].isna().any():
         raise UserError("some images have no phash: rerun the clean stage")
-    groups = pd.Series(near_duplicate_groups(frame["phash"].astype("int64").tolist(), params.group_radius), frame.index)
+    hashes = frame["phash"].astype("int64").tolist()
+    groups = pd.Series(near_duplicate_groups(hashes, params.group_radius, verify), frame.index)
     given = _given_splits(frame)
     split = pd.Series("", index=frame.index, dtype=object)
     straddling = 0
@@ -146,7 +166,7 @@ def run(params: Params, paths: Paths) -> dict:
     if validated.empty:
         raise UserError(f"{paths.validated} has no images: nothing to split")
     frame = validated.reset_index(drop=True)
-    split, facts = assign_splits(frame, params)
+    split, facts = assign_splits(frame, params, thumbnail_check(frame, paths.store, params.group_min_correlation))
     result = frame.assign(split=split.to_numpy())
     notes = []
     if facts["given_groups_straddling"]:

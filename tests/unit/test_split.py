@@ -155,3 +155,27 @@ def test_params_yaml_section_equals_the_defaults():
 
     data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     assert parse_section(data, "split", split.Params) == split.Params()
+
+
+def test_hash_neighbours_are_grouped_only_when_their_pictures_correlate(tmp_path):
+    """A re-encoded copy follows the original's given split; a different picture whose perceptual hash
+    happens to be as close (look-alikes: sneakers, digits) does not, so groups cannot chain through it."""
+    from tests.imagegen import pattern, store_image
+
+    paths = tmp_paths(tmp_path)
+    original = pattern(1, size=32)
+    ids = [store_image(paths.store, original), store_image(paths.store, original, fmt="JPEG"),
+           store_image(paths.store, pattern(2, size=32))]
+    frame = manifest(3)
+    frame["image_id"] = ids
+    frame["phash"] = frame.loc[0, "phash"]  # the same hash for all three: only the pictures differ
+    frame.loc[0, "given_split"] = "test"
+    frame.to_parquet(paths.validated, index=False)
+
+    summary = split.run(split.Params(train=1.0, val=0.0, test=0.0), paths)
+    out = pd.read_parquet(paths.split).set_index("image_id")["split"]
+    assert [out[i] for i in ids] == ["test", "test", "train"]
+    assert summary["near_duplicate_groups"] == 1 and summary["images_in_groups"] == 2
+    # without the picture check (the old rule) the look-alike would have been pulled into test too
+    unverified, _ = split.assign_splits(frame, split.Params(train=1.0, val=0.0, test=0.0))
+    assert list(unverified) == ["test", "test", "test"]
