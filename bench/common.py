@@ -72,7 +72,9 @@ def ratio(numerator: float, denominator: float) -> float:
 
 def table(headers: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
-        return f"{value:,.4g}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return str(value)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

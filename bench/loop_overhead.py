@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from bench.common import build_prepared, ratio, table, write_result
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
@@ -135,6 +137,8 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
                 runs[kind].append(plain_run(prepared, tp, steps, warmup, val_batches))
             print(f"{kind}: {runs[kind][-1]}", flush=True)
     summary = {kind: _pooled(rs) for kind, rs in runs.items()}
+    # each Lightning run against the plain run next to it: spread shows how much the machine's load moved
+    pair_ratios = [ratio(a["images_per_s"], b["images_per_s"]) for a, b in zip(runs["lightning"], runs["plain"])]
     return {
         "settings": {"network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
                      "steps": steps, "warmup_steps": warmup, "val_batches": val_batches, "repeats": repeats,
@@ -143,6 +147,7 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
         "order": order, "runs": runs, **summary,
         "ratio": ratio(summary["lightning"]["images_per_s"], summary["plain"]["images_per_s"]),
         "end_to_end_ratio": ratio(summary["plain"]["end_to_end_seconds"], summary["lightning"]["end_to_end_seconds"]),
+        "pair_ratios": pair_ratios, "median_pair_ratio": float(np.median(pair_ratios)),
         "goal": GOAL,
     }
 
@@ -160,7 +165,8 @@ def markdown(result: dict) -> str:
             f"({s['warmup_steps']} warm-up) x {s['repeats']} runs each, order {' '.join(result['order'])}\n\n"
             + table(["loop", "images/s (steady)", "end-to-end s (all runs)"], rows)
             + f"\n\nratio Lightning/plain images/s: {result['ratio']:.3f} (goal >= {GOAL}); "
-              f"end-to-end plain/Lightning: {result['end_to_end_ratio']:.3f}")
+              f"end-to-end plain/Lightning: {result['end_to_end_ratio']:.3f}; per pair: "
+              f"{', '.join(f'{r:.3f}' for r in result['pair_ratios'])} (median {result['median_pair_ratio']:.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:
