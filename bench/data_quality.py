@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 import yaml
 
 from bench import fashion
+from bench.common import run_stages
 from bench.planted import VALID_AWKWARD, plant, score
 from tasks.params import Paths, parse_section
 
@@ -54,22 +54,6 @@ def write_project(root: Path, planted: Path, run_stages: list[str], workers: int
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
     return params_file
-
-
-def run_stages(params_file: Path, names: list[str]) -> dict[str, float]:
-    """Each stage through its own Params (so params.yaml is checked as the CLI would) and run()."""
-    import importlib
-
-    data = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    paths = parse_section(data, "paths", Paths, params_file)
-    seconds = {}
-    for name in names:
-        module = importlib.import_module(f"tasks.{name}")
-        params = parse_section(data, name, module.Params, params_file)
-        started = time.perf_counter()
-        module.run(params, paths)
-        seconds[name] = round(time.perf_counter() - started, 2)
-    return seconds
 
 
 def measure(n: int, seed: int, per_fault: int, flip_fraction: float, workdir: Path, workers: int) -> dict:

@@ -1,0 +1,130 @@
+"""Helpers shared by the speed benchmarks: the machine and library versions a figure was measured
+with, a JSON writer, a Markdown table, and small projects built from real Fashion-MNIST images by
+running the stages' own run() functions (ingest -> clean -> validate -> split -> augment)."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from bench import fashion
+from tasks.params import Paths, parse_section
+
+DATA_STAGES = ["ingest", "clean", "validate", "split", "augment"]
+VERSIONED = ("torch", "torchvision", "lightning", "albumentations", "mlflow", "numpy", "pillow", "timm")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """Where and with what a result was measured (goes into every results JSON)."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "versions": {name: metadata.version(name) for name in VERSIONED},
+    }
+
+
+def write_result(result: dict, out: str | Path) -> dict:
+    """Add the machine block and write the JSON atomically; returns what was written."""
+    from tasks.atomic import write_json
+
+    result = {**result, "machine": machine()}
+    write_json(result, Path(out))
+    return result
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 4)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_fashion_folder(root: Path, n: int, seed: int = 0) -> Path:
+    """n Fashion-MNIST training images (a random draw, classes in their natural mix) as PNGs under
+    root/<class>/, the folder layout ingest reads. Returns root."""
+    images, labels = fashion.load("train")
+    picked = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
+    for i in picked:
+        target = root / fashion.CLASSES[labels[i]] / f"{i:05d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i], mode="L").save(target)
+    return root
+
+
+def project_paths(root: Path) -> Paths:
+    return Paths(**{name: str(root / value) for name, value in Paths().model_dump().items()})
+
+
+def write_params(root: Path, sections: dict) -> Path:
+    """params.yaml with absolute paths under root plus the given stage sections."""
+    root.mkdir(parents=True, exist_ok=True)
+    params_file = root / "params.yaml"
+    data = {"paths": project_paths(root).model_dump(), **sections}
+    params_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+def run_stages(params_file: Path, names: list[str]) -> dict[str, float]:
+    """Each stage through its own Params (params.yaml checked as the CLI would) and run(); seconds each."""
+    data = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    paths = parse_section(data, "paths", Paths, params_file)
+    seconds = {}
+    for name in names:
+        module = importlib.import_module(f"tasks.{name}")
+        params = parse_section(data, name, module.Params, params_file)
+        started = time.perf_counter()
+        module.run(params, paths)
+        seconds[name] = round(time.perf_counter() - started, 2)
+    return seconds
+
+
+def build_prepared(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
+    """A prepared store (what `augment` writes) from n Fashion-MNIST images, made by the real data
+    stages with params.yaml defaults (workers aside). Returns the prepared directory."""
+    write_fashion_folder(root / "source", n, seed)
+    sections = {"ingest": {"source": str(root / "source")}, "clean": {"workers": workers},
+                "augment": {"workers": workers}}
+    run_stages(write_params(root / "project", sections), DATA_STAGES)
+    return Path(project_paths(root / "project").prepared)

@@ -1,0 +1,208 @@
+"""Lightning overhead: our ImageClassifier + PreparedDataModule under the Trainer that tasks/train.py
+builds (its callbacks: checkpoints, early stopping, LR monitor; MLFlowLogger to a temporary sqlite
+store, log_every_n_steps=1, progress bar on) against a hand-written PyTorch loop on the same network,
+the same DataLoader (same Dataset, albumentations spec, batch size, workers), AdamW + per-step
+OneCycle with the same numbers, label-smoothed cross-entropy, the same number of steps.
+
+Each run is one epoch of `--steps` steps followed by `--val-batches` validation batches (train.py
+validates every epoch). The rate compared is steady-state images/s from the end of step `--warmup`
+to the end of the last step (worker start and first-step allocations excluded); the end-to-end
+seconds of each run (fit() or the loop, sanity check and validation included) are reported too.
+Runs alternate (Lightning, plain, plain, Lightning, ...) so warm-up and machine load fall on both.
+
+    python -m bench.loop_overhead [--n 8000 | --prepared DIR] [--steps 40] [--repeats 2]
+    python -m bench.loop_overhead --quick      # tiny store, batch 16, 6 steps: a smoke run for tests"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import build_prepared, ratio, table, write_result
+
+GOAL = 0.97  # Lightning images/s over plain-loop images/s
+
+
+def step_timer(warmup: int, steps: int):
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        """Wall clock at the end of step `warmup` and of step `steps` (after the optimizer step)."""
+
+        def __init__(self):
+            self.marks: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 in (warmup, steps):
+                self.marks[batch_idx + 1] = time.perf_counter()
+
+    return StepTimer()
+
+
+def lightning_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, workdir: Path) -> dict:
+    """The Trainer as tasks.train.run builds it, limited to one epoch of `steps` batches."""
+    import lightning as L
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from models.data import PreparedDataModule
+    from models.module import ImageClassifier
+    from tasks.train import device_settings, make_callbacks
+
+    started = time.perf_counter()
+    workdir.mkdir(parents=True)  # checkpoints here, the MLflow store beside it (shared by all runs)
+    L.seed_everything(tp.seed, workers=True, verbose=False)
+    _, precision, channels_last = device_settings(tp)
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed)
+    module = ImageClassifier(tp.network, data.classes, data.stats, optimizer=tp.optimizer, lr=tp.lr,
+                             weight_decay=tp.weight_decay, scheduler=tp.scheduler, warmup_epochs=tp.warmup_epochs,
+                             label_smoothing=tp.label_smoothing, channels_last=channels_last)
+    timer = step_timer(warmup, steps)
+    _, callbacks = make_callbacks(tp, workdir)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator=tp.accelerator, devices=tp.devices, precision=precision,
+        deterministic=tp.deterministic, callbacks=[*callbacks, timer], default_root_dir=workdir,
+        logger=MLFlowLogger(experiment_name="bench_loop_overhead", tracking_uri=f"sqlite:///{workdir.parent / 'mlflow.db'}"),
+        limit_train_batches=steps, limit_val_batches=val_batches, log_every_n_steps=1,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=data)
+    return _rates(timer.marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
+
+
+def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> dict:
+    """The same training written by hand: no Trainer, no callbacks, no logger."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+
+    from models.data import PreparedDataModule
+    from models.networks import build_network
+
+    started = time.perf_counter()
+    L.seed_everything(tp.seed, workers=True, verbose=False)
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed)
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"]))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    warmup_steps = min(steps - 1, int(steps * tp.warmup_epochs))  # ImageClassifier's rule, one epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
+                                                   pct_start=min(0.5, max(warmup_steps / steps, 1.0 / steps)))
+    marks: dict[int, float] = {}
+    network.train()
+    for step, (x, y) in enumerate(data.train_dataloader(), start=1):
+        loss = F.cross_entropy(network(x), y, label_smoothing=tp.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step in (warmup, steps):
+            marks[step] = time.perf_counter()
+        if step == steps:
+            break
+    network.eval()
+    with torch.inference_mode():
+        for batch, (x, y) in enumerate(data.val_dataloader()):
+            if batch == val_batches:
+                break
+            (network(x).argmax(1) == y).float().mean()
+    return _rates(marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
+
+
+def _rates(marks: dict[int, float], warmup: int, steps: int, batch_size: int, total: float) -> dict:
+    seconds = marks[steps] - marks[warmup]
+    images = (steps - warmup) * batch_size
+    return {"timed_images": images, "timed_seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2),
+            "end_to_end_seconds": round(total, 2)}
+
+
+def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repeats: int, workdir: Path) -> dict:
+    from models.data import PreparedDataModule
+
+    train_rows = len(PreparedDataModule(prepared, tp.batch_size, 0, tp.seed).train_index)
+    if train_rows < steps * tp.batch_size:
+        raise SystemExit(f"{prepared}: {train_rows} train images, fewer than steps x batch size "
+                         f"({steps} x {tp.batch_size}): use a larger --n or fewer --steps")
+    runs: dict[str, list[dict]] = {"lightning": [], "plain": []}
+    order = []
+    for r in range(repeats):
+        for kind in (("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")):
+            order.append(kind)
+            if kind == "lightning":
+                runs[kind].append(lightning_run(prepared, tp, steps, warmup, val_batches, workdir / f"run{len(order)}"))
+            else:
+                runs[kind].append(plain_run(prepared, tp, steps, warmup, val_batches))
+            print(f"{kind}: {runs[kind][-1]}", flush=True)
+    summary = {kind: _pooled(rs) for kind, rs in runs.items()}
+    # each Lightning run against the plain run next to it: spread shows how much the machine's load moved
+    pair_ratios = [ratio(a["images_per_s"], b["images_per_s"]) for a, b in zip(runs["lightning"], runs["plain"])]
+    return {
+        "settings": {"network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
+                     "steps": steps, "warmup_steps": warmup, "val_batches": val_batches, "repeats": repeats,
+                     "optimizer": tp.optimizer, "scheduler": tp.scheduler, "lr": tp.lr,
+                     "logger": "MLFlowLogger, temporary sqlite store", "train_rows": train_rows},
+        "order": order, "runs": runs, **summary,
+        "ratio": ratio(summary["lightning"]["images_per_s"], summary["plain"]["images_per_s"]),
+        "end_to_end_ratio": ratio(summary["plain"]["end_to_end_seconds"], summary["lightning"]["end_to_end_seconds"]),
+        "pair_ratios": pair_ratios, "median_pair_ratio": float(np.median(pair_ratios)),
+        "goal": GOAL,
+    }
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """All timed images over all timed seconds, and the summed end-to-end seconds."""
+    images, seconds = sum(r["timed_images"] for r in runs), sum(r["timed_seconds"] for r in runs)
+    return {"images_per_s": round(images / seconds, 2), "end_to_end_seconds": round(sum(r["end_to_end_seconds"] for r in runs), 2)}
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    rows = [[kind, result[kind]["images_per_s"], result[kind]["end_to_end_seconds"]] for kind in ("lightning", "plain")]
+    return (f"{s['network']}, batch {s['batch_size']}, {s['num_workers']} workers, {s['steps']} steps "
+            f"({s['warmup_steps']} warm-up) x {s['repeats']} runs each, order {' '.join(result['order'])}\n\n"
+            + table(["loop", "images/s (steady)", "end-to-end s (all runs)"], rows)
+            + f"\n\nratio Lightning/plain images/s: {result['ratio']:.3f} (goal >= {GOAL}); "
+              f"end-to-end plain/Lightning: {result['end_to_end_ratio']:.3f}; per pair: "
+              f"{', '.join(f'{r:.3f}' for r in result['pair_ratios'])} (median {result['median_pair_ratio']:.3f})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.loop_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=8000, help="Fashion-MNIST images for the store (default 8000)")
+    parser.add_argument("--prepared", type=Path, default=None, help="use this prepared store instead of building one")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timed window")
+    parser.add_argument("--val-batches", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating order")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="n=300, batch 16, 6 steps, 1 run each")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.steps, args.warmup, args.val_batches, args.repeats = 300, 6, 2, 1, 1
+        args.batch_size = args.batch_size or 16
+    import torch
+
+    from tasks.train import Params as TrainParams
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tp = TrainParams(accelerator="cpu", devices=1, precision="32-true",
+                     **{k: v for k, v in (("batch_size", args.batch_size), ("num_workers", args.num_workers)) if v is not None})
+    with tempfile.TemporaryDirectory(prefix="loop_overhead_") as tmp:
+        prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
+        result = measure(prepared, tp, args.steps, args.warmup, args.val_batches, args.repeats, Path(tmp) / "runs")
+    result["settings"]["n"] = None if args.prepared else args.n
+    write_result(result, args.out)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Every speed benchmark's --quick mode on real Fashion-MNIST (Debian package), in-process: the JSON
+has its structure, rates are positive and each ratio is the quotient of the two rates measured in
+the same run. No speed thresholds here: the goals are judged in BENCHMARKS.md from full runs."""
+import json
+import math
+
+import pytest
+
+from bench import clean_scaling, data_path, loop_overhead, prediction
+from bench.common import build_prepared
+from bench.fashion import IDX_DIR
+
+pytestmark = pytest.mark.skipif(not (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                reason="dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """One small prepared store (300 images through ingest..augment) shared by the training benches."""
+    return build_prepared(tmp_path_factory.mktemp("bench_store"), 300, workers=1)
+
+
+def run(module, tmp_path, *args: str) -> dict:
+    out = tmp_path / "result.json"
+    assert module.main(["--quick", "--out", str(out), *args]) == 0
+    result = json.loads(out.read_text())
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["date"]
+    assert {"torch", "lightning", "albumentations"} <= set(machine["versions"])
+    return result
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-3)
+
+
+def test_loop_overhead_compares_lightning_with_the_plain_loop(prepared, tmp_path, capsys):
+    result = run(loop_overhead, tmp_path, "--prepared", str(prepared))
+    assert result["order"] == ["lightning", "plain"]
+    for kind in ("lightning", "plain"):
+        (one,) = result["runs"][kind]
+        assert one["timed_images"] == (6 - 2) * 16 and one["timed_seconds"] > 0
+        assert result[kind]["images_per_s"] > 0 and result[kind]["end_to_end_seconds"] > 0
+    assert close(result["ratio"], result["lightning"]["images_per_s"] / result["plain"]["images_per_s"])
+    assert result["goal"] == 0.97 and len(result["pair_ratios"]) == 1
+    assert "ratio Lightning/plain" in capsys.readouterr().out
+
+
+def test_data_path_measures_supply_demand_and_both_augmenters(prepared, tmp_path):
+    result = run(data_path, tmp_path, "--prepared", str(prepared))
+    feed, augment = result["feed"], result["augment"]
+    assert feed["loader"]["images"] == 4 * 16 and feed["step"]["images"] == 3 * 16
+    assert feed["loader"]["images_per_s"] > 0 and feed["step"]["images_per_s"] > 0
+    assert close(feed["ratio"], feed["loader"]["images_per_s"] / feed["step"]["images_per_s"])
+    assert augment["images"] == 100
+    assert close(augment["ratio"], augment["albumentations_images_per_s"] / augment["torchvision_images_per_s"])
+
+
+def test_torchvision_twin_matches_the_albumentations_spec_without_augmentation(prepared):
+    """With the affine step off (p=0), both pipelines only normalize: same numbers."""
+    import numpy as np
+    import torch
+
+    from tasks.transforms import load_transforms
+
+    spec = json.loads((prepared / "augment.json").read_text())
+    spec["transform"]["transforms"][0]["p"] = 0.0
+    album, _ = load_transforms(prepared)
+    album.transforms[0].p = 0.0
+    image = np.array(np.load(prepared / "images.npy", mmap_mode="r")[0])
+    ours = album(image=image)["image"].transpose(2, 0, 1)
+    twin = data_path.torchvision_twin(spec)(torch.from_numpy(image).permute(2, 0, 1)).numpy()
+    assert np.allclose(ours, twin, atol=1e-5)
+
+
+def test_clean_scaling_times_n_2n_4n(tmp_path):
+    result = run(clean_scaling, tmp_path, "--workers", "1")
+    runs = result["runs"]
+    assert [r["images"] for r in runs.values()] == [100, 200, 400]
+    assert all(r["seconds"] > 0 and r["images_per_s"] > 0 and r["kept"] <= r["images"] for r in runs.values())
+    t1, t4 = runs["100"]["seconds"], runs["400"]["seconds"]
+    assert close(result["time_ratio_4n_n"], t4 / t1)
+    assert math.isclose(result["growth_exponent"], math.log(t4 / t1) / math.log(4), abs_tol=1e-3)
+
+
+def test_prediction_latency_and_throughput_through_the_pyfunc(prepared, tmp_path):
+    result = run(prediction, tmp_path, "--prepared", str(prepared), "--threads", "1")
+    measured = result["threads"]["1"]
+    single = measured["single"]
+    assert single["requests"] == 30 and 0 < single["p50_ms"] <= single["p99_ms"]
+    assert 0 < measured["network_only"]["p50_ms"]
+    assert measured["batch"]["batch_size"] == 32 and measured["batch"]["images_per_s"] > 0
