@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from bench import fashion
-from bench.data_quality import run_stages
+from bench.common import run_stages, write_result
 from tasks import STAGES
 from tasks.params import Paths
 
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         result = measure(args.dataset, root, args.budget_minutes, args.network, args.epochs,
                          args.per_class, args.test_per_class)
-    from tasks.atomic import write_json
-
-    write_json(result, out)
+    write_result(result, out)
     print(markdown(result))
     return 0
 

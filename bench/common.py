@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -18,6 +17,7 @@ from PIL import Image
 
 from bench import fashion
 from tasks.params import Paths, parse_section
+from tasks.versioning import git_commit
 
 DATA_STAGES = ["ingest", "clean", "validate", "split", "augment"]
 VERSIONED = ("torch", "torchvision", "lightning", "albumentations", "mlflow", "numpy", "pillow", "timm")
@@ -37,11 +37,6 @@ def machine() -> dict:
     """Where and with what a result was measured (goes into every results JSON)."""
     import torch
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
@@ -52,7 +47,7 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": commit,
+        "git_commit": git_commit()[:12],
         "versions": {name: metadata.version(name) for name in VERSIONED},
     }
 
@@ -128,3 +123,24 @@ def build_prepared(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
                 "augment": {"workers": workers}}
     run_stages(write_params(root / "project", sections), DATA_STAGES)
     return Path(project_paths(root / "project").prepared)
+
+
+def plain_training_steps(network, loader, optimizer, label_smoothing: float, steps: int, schedule=None):
+    """A hand-written PyTorch training loop (no Lightning): yields the step number after each optimizer
+    step and stops after `steps` (the loader is re-iterated when an epoch is shorter)."""
+    import torch.nn.functional as F
+
+    network.train()
+    step = 0
+    while True:
+        for x, y in loader:
+            loss = F.cross_entropy(network(x), y, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            step += 1
+            yield step
+            if step == steps:
+                return

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, ratio, table, write_result
+from bench.common import build_prepared, plain_training_steps, ratio, table, write_result
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
 
@@ -78,7 +78,6 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> 
     """The same training written by hand: no Trainer, no callbacks, no logger."""
     import lightning as L
     import torch
-    import torch.nn.functional as F
 
     from models.data import PreparedDataModule
     from models.networks import build_network
@@ -90,19 +89,11 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> 
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     warmup_steps = min(steps - 1, int(steps * tp.warmup_epochs))  # ImageClassifier's rule, one epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
-                                                   pct_start=min(0.5, max(warmup_steps / steps, 1.0 / steps)))
+                                                   pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps)))
     marks: dict[int, float] = {}
-    network.train()
-    for step, (x, y) in enumerate(data.train_dataloader(), start=1):
-        loss = F.cross_entropy(network(x), y, label_smoothing=tp.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule):
         if step in (warmup, steps):
             marks[step] = time.perf_counter()
-        if step == steps:
-            break
     network.eval()
     with torch.inference_mode():
         for batch, (x, y) in enumerate(data.val_dataloader()):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.common import write_result
 from tasks import STAGES
 from tests.integration.dvcproject import make_project, sh
 
@@ -118,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(f"bench/results/pipeline_cost{'_quick' if args.quick else ''}.json")
     with tempfile.TemporaryDirectory(prefix="pipeline_cost_") as tmp:
         result = measure(Path(tmp) / "proj", QUICK if args.quick else {})
-    from tasks.atomic import write_json
-
-    write_json(result, out)
+    write_result(result, out)
     print(markdown(result))
     return 0
 

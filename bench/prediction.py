@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, table, write_result
+from bench.common import build_prepared, plain_training_steps, table, write_result
 
 GOAL_P50_MS = 10.0
 
@@ -29,7 +29,6 @@ def train_briefly(prepared: Path, steps: int, target: Path) -> str:
     """resnet_small after `steps` AdamW steps on the store's train split, saved as a pyfunc model."""
     import lightning as L
     import torch
-    import torch.nn.functional as F
 
     from models.data import PreparedDataModule
     from models.networks import build_network
@@ -42,14 +41,8 @@ def train_briefly(prepared: Path, steps: int, target: Path) -> str:
     data = PreparedDataModule(prepared, min(tp.batch_size, len_train(prepared)), 0, tp.seed)
     network = build_network(tp.network, len(data.classes), int(data.stats["channels"]))
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-    network.train()
-    for step, (x, y) in enumerate(data.train_dataloader(), start=1):
-        loss = F.cross_entropy(network(x), y, label_smoothing=tp.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step == steps:
-            break
+    for _ in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps):
+        pass
     network.eval()
     example = np.load(prepared / "images.npy", mmap_mode="r")[int(data.val_index["row"].iloc[0])]
     files = save_model_files(target / "files", tp.network, network, data.classes, data.stats)

@@ -152,7 +152,8 @@ def _summary(table: pd.DataFrame, params: Params, facts: dict, notes: list[str])
              *(f"- {split}: {int(table[split].sum())} images ({table[split].sum() / total:.3f})" for split in SPLITS),
              f"- {facts['given']} images kept the split named by the source",
              f"- {facts['images_in_groups']} images in {facts['near_duplicate_groups']} near-duplicate groups "
-             f"(phash within {params.group_radius} bits), each group in one split",
+             f"(phash within {params.group_radius} bits and thumbnail correlation >= "
+             f"{params.group_min_correlation}), each group in one split",
              *(f"- {n}" for n in notes), "", "## Images per class and split", ""]
     shown = table.assign(total=table.sum(axis=1))
     for split in SPLITS:
