@@ -16,7 +16,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
+from mlflow import MlflowClient
 
 from bench import fashion
 from bench.common import run_stages, write_result
@@ -60,14 +62,32 @@ def merged(base: dict, override: dict) -> dict:
     return out
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """["train.batch_size=256", "clean.workers=16"] -> {"train": {"batch_size": 256}, "clean": {"workers": 16}};
+    values are read as YAML. The stages' own Params still check every key and type."""
+    sections: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise SystemExit(f"--set {pair!r}: expected SECTION.KEY=VALUE")
+        sections.setdefault(section, {})[name] = yaml.safe_load(value)
+    return sections
+
+
 def measure(dataset: str, root: Path, budget_minutes: float, network: str | None, epochs: int | None,
-            per_class: int | None, test_per_class: int | None) -> dict:
+            per_class: int | None, test_per_class: int | None, overrides: dict | None = None) -> dict:
     sections = fashion_sections(root / "data", per_class, test_per_class) if dataset == "fashion" else {}
     train = {"max_time_minutes": budget_minutes}
     if network:
         train["network"] = network
     if epochs:
         train["epochs"] = epochs
+    for section, values in (overrides or {}).items():
+        if section == "train":
+            train = merged(train, values)
+        else:
+            sections[section] = merged(sections.get(section) or {}, values)
     params_file = write_params(root, sections, train)
     seconds = run_stages(params_file, PIPELINE)
     paths = Paths(**yaml.safe_load(params_file.read_text(encoding="utf-8"))["paths"])
@@ -75,6 +95,7 @@ def measure(dataset: str, root: Path, budget_minutes: float, network: str | None
     index_rows = json.loads((Path(paths.prepared) / "stats.json").read_text(encoding="utf-8"))
     summary = json.loads((Path(paths.train_dir) / "run.json").read_text(encoding="utf-8"))
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"]).data
     return {
         "dataset": dataset, "budget_minutes": budget_minutes, "train": params["train"],
         "augment": params["augment"], "seconds": seconds,
@@ -82,6 +103,9 @@ def measure(dataset: str, root: Path, budget_minutes: float, network: str | None
         "val_acc": metrics.get("val/acc"), "baseline_test_acc": metrics.get("baseline/test/acc"),
         "baseline_kind": params["evaluate"]["baseline"]["kind"],
         "image_stats": index_rows, "mlflow_run_id": summary["run_id"],
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU",
+        "precision": run.params.get("resolved.precision"), "epochs_run": int(run.metrics.get("train/epochs", 0)),
+        "seconds_per_epoch": run.metrics.get("train/seconds_per_epoch"),
         "references": REFERENCES if dataset == "fashion" else {},
     }
 
@@ -89,10 +113,11 @@ def measure(dataset: str, root: Path, budget_minutes: float, network: str | None
 def markdown(result: dict) -> str:
     lines = [f"{result['dataset']}: training budget {result['budget_minutes']} min, network {result['train']['network']}",
              "", "| model | test accuracy |", "|---|---|",
-             f"| imgcls ({result['train']['network']}, this CPU) | {result['test_acc']:.4f} |",
+             f"| imgcls ({result['train']['network']}, {result.get('device', 'this CPU')}) | {result['test_acc']:.4f} |",
              f"| imgcls baseline ({result['baseline_kind']}, same split) | {result['baseline_test_acc']:.4f} |"]
     lines += [f"| {name} (published) | {acc:.3f} |" for name, acc in result["references"].items()]
-    lines.append("\nseconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
+    lines.append(f"\n{result['epochs_run']} epochs at {result['seconds_per_epoch']} s each, {result['precision']}")
+    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
     return "\n".join(lines)
 
 
@@ -105,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml)")
     parser.add_argument("--per-class", type=int, default=None, help="fashion: train images per class (default all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="fashion: test images per class (default all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="any params.yaml value, e.g. --set clean.workers=16 --set train.batch_size=256")
     parser.add_argument("--quick", action="store_true", help="fashion, 100 train + 20 test per class, 1 epoch")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the project here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/accuracy_<dataset>.json")
@@ -116,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         root = (args.workdir or Path(tmp)).resolve()
         root.mkdir(parents=True, exist_ok=True)
         result = measure(args.dataset, root, args.budget_minutes, args.network, args.epochs,
-                         args.per_class, args.test_per_class)
+                         args.per_class, args.test_per_class, parse_overrides(args.overrides))
     write_result(result, out)
     print(markdown(result))
     return 0

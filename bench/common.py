@@ -125,16 +125,47 @@ def build_prepared(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
     return Path(project_paths(root / "project").prepared)
 
 
-def plain_training_steps(network, loader, optimizer, label_smoothing: float, steps: int, schedule=None):
+def device_setup(accelerator: str) -> tuple:
+    """(torch device, autocast dtype or None, channels_last) for `accelerator` ("cpu" | "gpu"), resolved
+    by the train stage's own rule (bf16-mixed and channels_last on a GPU that has bf16), so the
+    hand-written loops of the benchmarks run with the settings Lightning gets."""
+    import torch
+
+    from tasks.train import Params as TrainParams, device_settings
+
+    gpu, precision, channels_last = device_settings(TrainParams(accelerator=accelerator))
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("--accelerator gpu: no CUDA device here")
+    return torch.device("cuda" if gpu else "cpu"), (torch.bfloat16 if precision.startswith("bf16") else None), channels_last
+
+
+def synchronized_clock(device) -> float:
+    """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def plain_training_steps(network, loader, optimizer, label_smoothing: float, steps: int, schedule=None,
+                         device=None, amp_dtype=None, channels_last: bool = False):
     """A hand-written PyTorch training loop (no Lightning): yields the step number after each optimizer
-    step and stops after `steps` (the loader is re-iterated when an epoch is shorter)."""
+    step and stops after `steps` (the loader is re-iterated when an epoch is shorter). On a GPU the
+    batch is copied over, optionally in channels_last, and the forward pass autocasts to `amp_dtype`."""
+    import torch
     import torch.nn.functional as F
 
+    device = device or torch.device("cpu")
     network.train()
     step = 0
     while True:
         for x, y in loader:
-            loss = F.cross_entropy(network(x), y, label_smoothing=label_smoothing)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(network(x), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

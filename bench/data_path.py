@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, ratio, table, write_result
+from bench.common import build_prepared, device_setup, ratio, synchronized_clock, table, write_result
 
 
 def loader_rate(prepared: Path, tp, batches: int) -> dict:
     from models.data import PreparedDataModule
 
-    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed)
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=tp.accelerator == "gpu")
     images, started = 0, None
     for i, (x, _) in enumerate(data.train_dataloader()):
         if i == 0:
@@ -44,7 +44,8 @@ def loader_rate(prepared: Path, tp, batches: int) -> dict:
 
 
 def step_rate(prepared: Path, tp, steps: int, warmup: int = 2) -> dict:
-    """Forward + backward + optimizer step on `steps` batches drawn (unaugmented) before timing."""
+    """Forward + backward + optimizer step on `steps` batches drawn (unaugmented) before timing, already
+    on the device (bf16 autocast and channels_last on a GPU, as training runs there)."""
     import torch
     import torch.nn.functional as F
 
@@ -54,20 +55,24 @@ def step_rate(prepared: Path, tp, steps: int, warmup: int = 2) -> dict:
     data = PreparedDataModule(prepared, tp.batch_size, 0, tp.seed)
     batches = [b for _, b in zip(range(min(steps, 4)), data.val_dataloader())]
     batches = [b for b in batches if len(b[0]) == tp.batch_size] or batches  # full batches, as in training
-    network = build_network(tp.network, len(data.classes), int(data.stats["channels"]))
+    device, amp_dtype, channels_last = device_setup(tp.accelerator)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batches = [(x.to(device).contiguous(memory_format=memory_format), y.to(device)) for x, y in batches]
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     network.train()
     images, started = 0, None
     for step in range(warmup + steps):
         if step == warmup:
-            started = time.perf_counter()
+            started = synchronized_clock(device)
         x, y = batches[step % len(batches)]
-        loss = F.cross_entropy(network(x), y, label_smoothing=tp.label_smoothing)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(network(x), y, label_smoothing=tp.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         images += len(x) if step >= warmup else 0
-    seconds = time.perf_counter() - started
+    seconds = synchronized_clock(device) - started
     return {"images": images, "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2)}
 
 
@@ -131,7 +136,7 @@ def markdown(result: dict) -> str:
     s, f = result["settings"], result["feed"]
     a = result["augment"]
     return "\n".join([
-        f"{s['network']}, batch {s['batch_size']}, DataLoader with {s['num_workers']} workers, "
+        f"{s.get('accelerator', 'cpu')}: {s['network']}, batch {s['batch_size']}, DataLoader with {s['num_workers']} workers, "
         f"torch threads {s['threads']}", "",
         table(["measure", "images/s"], [["train DataLoader (memmap + albumentations)", f["loader"]["images_per_s"]],
                                         ["training step (forward + backward, preloaded)", f["step"]["images_per_s"]]]),
@@ -151,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=30, help="loader batches timed")
     parser.add_argument("--steps", type=int, default=10, help="training steps timed")
     parser.add_argument("--images", type=int, default=3000, help="images per augmentation round")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                        help="where the training step runs (gpu: bf16 autocast, channels_last)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
+    parser.add_argument("--network", default=None, help="default: train.network")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="n=300, batch 16, a few batches")
     parser.add_argument("--out", type=Path, default=Path("bench/results/data_path.json"))
@@ -163,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tp = TrainParams(batch_size=16) if args.quick else TrainParams()
+    overrides = {"batch_size": args.batch_size or (16 if args.quick else None), "num_workers": args.num_workers,
+                 "network": args.network}
+    tp = TrainParams(accelerator=args.accelerator, **{k: v for k, v in overrides.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="data_path_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
         loader, step = loader_rate(prepared, tp, args.batches), step_rate(prepared, tp, args.steps)
         augment = augment_rates(prepared, args.images)
     result = {
-        "settings": {"network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
+        "settings": {"accelerator": tp.accelerator, "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
                      "threads": torch.get_num_threads(), "n": None if args.prepared else args.n},
         "feed": {"loader": loader, "step": step, "ratio": ratio(loader["images_per_s"], step["images_per_s"])},
         "augment": augment,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+# IMGCLS_FASHION_MNIST_DIR: the same idx .gz files elsewhere (e.g. copied to a machine without apt)
+IDX_DIR = Path(os.environ.get("IMGCLS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 
 

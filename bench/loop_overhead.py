@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, plain_training_steps, ratio, table, write_result
+from bench.common import build_prepared, device_setup, plain_training_steps, ratio, synchronized_clock, table, write_result
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
 
@@ -31,14 +31,15 @@ def step_timer(warmup: int, steps: int):
     import lightning as L
 
     class StepTimer(L.Callback):
-        """Wall clock at the end of step `warmup` and of step `steps` (after the optimizer step)."""
+        """Wall clock at the end of step `warmup` and of step `steps` (after the optimizer step, the
+        device synchronized)."""
 
         def __init__(self):
             self.marks: dict[int, float] = {}
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx + 1 in (warmup, steps):
-                self.marks[batch_idx + 1] = time.perf_counter()
+                self.marks[batch_idx + 1] = synchronized_clock(pl_module.device)
 
     return StepTimer()
 
@@ -55,8 +56,8 @@ def lightning_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int,
     started = time.perf_counter()
     workdir.mkdir(parents=True)  # checkpoints here, the MLflow store beside it (shared by all runs)
     L.seed_everything(tp.seed, workers=True, verbose=False)
-    _, precision, channels_last = device_settings(tp)
-    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed)
+    gpu, precision, channels_last = device_settings(tp)
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=gpu)
     module = ImageClassifier(tp.network, data.classes, data.stats, optimizer=tp.optimizer, lr=tp.lr,
                              weight_decay=tp.weight_decay, scheduler=tp.scheduler, warmup_epochs=tp.warmup_epochs,
                              label_smoothing=tp.label_smoothing, channels_last=channels_last)
@@ -84,22 +85,26 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> 
 
     started = time.perf_counter()
     L.seed_everything(tp.seed, workers=True, verbose=False)
-    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed)
-    network = build_network(tp.network, len(data.classes), int(data.stats["channels"]))
+    device, amp_dtype, channels_last = device_setup(tp.accelerator)
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=device.type == "cuda")
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     warmup_steps = min(steps - 1, int(steps * tp.warmup_epochs))  # ImageClassifier's rule, one epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
                                                    pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps)))
     marks: dict[int, float] = {}
-    for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule):
+    for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule,
+                                     device, amp_dtype, channels_last):
         if step in (warmup, steps):
-            marks[step] = time.perf_counter()
+            marks[step] = synchronized_clock(device)
     network.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch, (x, y) in enumerate(data.val_dataloader()):
             if batch == val_batches:
                 break
-            (network(x).argmax(1) == y).float().mean()
+            (network(x.to(device)).argmax(1) == y.to(device)).float().mean().item()
     return _rates(marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
 
 
@@ -112,6 +117,7 @@ def _rates(marks: dict[int, float], warmup: int, steps: int, batch_size: int, to
 
 def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repeats: int, workdir: Path) -> dict:
     from models.data import PreparedDataModule
+    from tasks.train import device_settings
 
     train_rows = len(PreparedDataModule(prepared, tp.batch_size, 0, tp.seed).train_index)
     if train_rows < steps * tp.batch_size:
@@ -131,7 +137,8 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
     # each Lightning run against the plain run next to it: spread shows how much the machine's load moved
     pair_ratios = [ratio(a["images_per_s"], b["images_per_s"]) for a, b in zip(runs["lightning"], runs["plain"])]
     return {
-        "settings": {"network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
+        "settings": {"accelerator": tp.accelerator, "precision": device_settings(tp)[1],
+                     "channels_last": device_settings(tp)[2], "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
                      "steps": steps, "warmup_steps": warmup, "val_batches": val_batches, "repeats": repeats,
                      "optimizer": tp.optimizer, "scheduler": tp.scheduler, "lr": tp.lr,
                      "logger": "MLFlowLogger, temporary sqlite store", "train_rows": train_rows},
@@ -152,7 +159,7 @@ def _pooled(runs: list[dict]) -> dict:
 def markdown(result: dict) -> str:
     s = result["settings"]
     rows = [[kind, result[kind]["images_per_s"], result[kind]["end_to_end_seconds"]] for kind in ("lightning", "plain")]
-    return (f"{s['network']}, batch {s['batch_size']}, {s['num_workers']} workers, {s['steps']} steps "
+    return (f"{s.get('accelerator', 'cpu')} ({s.get('precision', '32-true')}), {s['network']}, batch {s['batch_size']}, {s['num_workers']} workers, {s['steps']} steps "
             f"({s['warmup_steps']} warm-up) x {s['repeats']} runs each, order {' '.join(result['order'])}\n\n"
             + table(["loop", "images/s (steady)", "end-to-end s (all runs)"], rows)
             + f"\n\nratio Lightning/plain images/s: {result['ratio']:.3f} (goal >= {GOAL}); "
@@ -171,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating order")
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                        help="gpu: bf16-mixed and channels_last where supported, for both loops")
+    parser.add_argument("--network", default=None, help="default: train.network")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="n=300, batch 16, 6 steps, 1 run each")
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead.json"))
@@ -184,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tp = TrainParams(accelerator="cpu", devices=1, precision="32-true",
-                     **{k: v for k, v in (("batch_size", args.batch_size), ("num_workers", args.num_workers)) if v is not None})
+    overrides = {"batch_size": args.batch_size, "num_workers": args.num_workers, "network": args.network}
+    tp = TrainParams(accelerator=args.accelerator, devices=1, precision="32-true" if args.accelerator == "cpu" else "auto",
+                     **{k: v for k, v in overrides.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="loop_overhead_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
         result = measure(prepared, tp, args.steps, args.warmup, args.val_batches, args.repeats, Path(tmp) / "runs")
