@@ -48,8 +48,18 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit()[:12],
-        "versions": {name: metadata.version(name) for name in VERSIONED},
+        "versions": {name: installed_version(name) for name in VERSIONED},
     }
+
+
+def installed_version(name: str) -> str | None:
+    """The distribution's version; MLflow may be there as mlflow-skinny alone (e.g. carried to a GPU box)."""
+    for dist in (name, f"{name}-skinny") if name == "mlflow" else (name,):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def write_result(result: dict, out: str | Path) -> dict:
