@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -89,8 +90,10 @@ def measure(dataset: str, root: Path, budget_minutes: float, network: str | None
         else:
             sections[section] = merged(sections.get(section) or {}, values)
     params_file = write_params(root, sections, train)
-    seconds = run_stages(params_file, PIPELINE)
     paths = Paths(**yaml.safe_load(params_file.read_text(encoding="utf-8"))["paths"])
+    # a reused --workdir must not resume an earlier (killed) training: the budget is per measurement
+    shutil.rmtree(paths.train_dir, ignore_errors=True)
+    seconds = run_stages(params_file, PIPELINE)
     metrics = json.loads((paths.report_dir("evaluate") / "metrics.json").read_text(encoding="utf-8"))
     index_rows = json.loads((Path(paths.prepared) / "stats.json").read_text(encoding="utf-8"))
     summary = json.loads((Path(paths.train_dir) / "run.json").read_text(encoding="utf-8"))

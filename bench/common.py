@@ -8,7 +8,6 @@ import os
 import platform
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 
 from bench import fashion
 from tasks.params import Paths, parse_section
-from tasks.versioning import git_commit
+from tasks.versioning import git_commit, installed_version
 
 DATA_STAGES = ["ingest", "clean", "validate", "split", "augment"]
 VERSIONED = ("torch", "torchvision", "lightning", "albumentations", "mlflow", "numpy", "pillow", "timm")
@@ -48,18 +47,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit()[:12],
-        "versions": {name: installed_version(name) for name in VERSIONED},
+        "versions": {name: (installed_version(name) or (None, None))[1] for name in VERSIONED},
     }
 
-
-def installed_version(name: str) -> str | None:
-    """The distribution's version; MLflow may be there as mlflow-skinny alone (e.g. carried to a GPU box)."""
-    for dist in (name, f"{name}-skinny") if name == "mlflow" else (name,):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def write_result(result: dict, out: str | Path) -> dict:

@@ -20,6 +20,9 @@ loops)
 print(build_prepared(Path('/tmp/gpu_bench_store'), 20000, workers=$workers))" | tail -1)
     python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --steps 100 --warmup 20 --repeats 2 \
         --num-workers "$workers" --threads 0 --out "$out/loop_overhead_gpu.json"
+    # the same again under cProfile, one run each: where the Lightning loop spends its extra time
+    python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --steps 100 --warmup 20 --repeats 1 \
+        --num-workers "$workers" --threads 0 --profile "$out/profile" --out /tmp/loop_overhead_profiled.json >/dev/null
     python3 -m bench.data_path --accelerator gpu --prepared "$store" --batches 100 --steps 50 \
         --num-workers "$workers" --threads 0 --out "$out/data_path_gpu.json"
     python3 -m bench.accuracy --dataset digits --set "train.num_workers=$workers" --out "$out/accuracy_digits_gpu.json"

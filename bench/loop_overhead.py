@@ -15,6 +15,10 @@ Runs alternate (Lightning, plain, plain, Lightning, ...) so warm-up and machine 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
+import pstats
 import tempfile
 import time
 import warnings
@@ -25,6 +29,25 @@ import numpy as np
 from bench.common import build_prepared, device_setup, plain_training_steps, ratio, synchronized_clock, table, write_result
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
+PROFILE_DIR: Path | None = None  # --profile: cProfile of each run's training, top functions as text
+
+
+@contextlib.contextmanager
+def profiled(name: str):
+    """cProfile the block when --profile is set (slows both loops: compare profiles, not rates)."""
+    if PROFILE_DIR is None:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(30)
+        (PROFILE_DIR / f"{name}.txt").write_text(text.getvalue(), encoding="utf-8")
 
 
 def step_timer(warmup: int, steps: int):
@@ -71,11 +94,12 @@ def lightning_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        trainer.fit(module, datamodule=data)
+        with profiled(f"lightning_{workdir.name}"):
+            trainer.fit(module, datamodule=data)
     return _rates(timer.marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
 
 
-def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> dict:
+def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, name: str = "plain") -> dict:
     """The same training written by hand: no Trainer, no callbacks, no logger."""
     import lightning as L
     import torch
@@ -95,10 +119,11 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int) -> 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
                                                    pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps)))
     marks: dict[int, float] = {}
-    for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule,
-                                     device, amp_dtype, channels_last):
-        if step in (warmup, steps):
-            marks[step] = synchronized_clock(device)
+    with profiled(name):
+        for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule,
+                                         device, amp_dtype, channels_last):
+            if step in (warmup, steps):
+                marks[step] = synchronized_clock(device)
     network.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch, (x, y) in enumerate(data.val_dataloader()):
@@ -131,7 +156,7 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
             if kind == "lightning":
                 runs[kind].append(lightning_run(prepared, tp, steps, warmup, val_batches, workdir / f"run{len(order)}"))
             else:
-                runs[kind].append(plain_run(prepared, tp, steps, warmup, val_batches))
+                runs[kind].append(plain_run(prepared, tp, steps, warmup, val_batches, f"plain_run{len(order)}"))
             print(f"{kind}: {runs[kind][-1]}", flush=True)
     summary = {kind: _pooled(rs) for kind, rs in runs.items()}
     # each Lightning run against the plain run next to it: spread shows how much the machine's load moved
@@ -182,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="gpu: bf16-mixed and channels_last where supported, for both loops")
     parser.add_argument("--network", default=None, help="default: train.network")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--profile", type=Path, default=None, help="write cProfile top-30 text per run into this folder")
     parser.add_argument("--quick", action="store_true", help="n=300, batch 16, 6 steps, 1 run each")
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead.json"))
     args = parser.parse_args(argv)
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
     if args.quick:
         args.n, args.steps, args.warmup, args.val_batches, args.repeats = 300, 6, 2, 1, 1
         args.batch_size = args.batch_size or 16

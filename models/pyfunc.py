@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from mlflow.pyfunc import PythonModel
 
 from models.predictor import Predictor, predictor_from_files
 from tasks.images import DecodeError, decode, to_array
+from tasks.versioning import installed_version
 
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 CODE_PATHS = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tasks")]
@@ -103,8 +103,13 @@ def _model_kwargs(files: dict[str, Path], example_image: np.ndarray) -> dict:
         python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=CODE_PATHS,
         signature=_signature(), input_example=_input_example(example_image),
         # pinned from this environment; inferring them would load the model in a subprocess
-        pip_requirements=[f"{name}=={metadata.version(name)}" for name in REQUIREMENTS],
+        pip_requirements=[_pinned(name) for name in REQUIREMENTS],
     )
+
+
+def _pinned(name: str) -> str:
+    found = installed_version(name)
+    return f"{found[0]}=={found[1]}" if found else name
 
 
 def save_pyfunc(path: str | Path, files: dict[str, Path], example_image: np.ndarray) -> None:
