@@ -4,9 +4,10 @@ the same run. No speed thresholds here: the goals are judged in BENCHMARKS.md fr
 import json
 import math
 
+import pandas as pd
 import pytest
 
-from bench import clean_scaling, data_path, loop_overhead, prediction
+from bench import accuracy, clean_scaling, data_path, loop_overhead, prediction
 from bench.common import build_prepared
 from bench.fashion import IDX_DIR
 
@@ -90,3 +91,23 @@ def test_prediction_latency_and_throughput_through_the_pyfunc(prepared, tmp_path
     assert single["requests"] == 30 and 0 < single["p50_ms"] <= single["p99_ms"]
     assert 0 < measured["network_only"]["p50_ms"]
     assert measured["batch"]["batch_size"] == 32 and measured["batch"]["images_per_s"] > 0
+
+
+def test_accuracy_runs_the_whole_pipeline_and_keeps_the_official_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = run(accuracy, tmp_path, "--workdir", str(tmp_path / "w"), "--set", "train.batch_size=32")
+    assert result["train"]["batch_size"] == 32 and result["epochs_run"] == 1
+    assert 0.0 < result["test_acc"] <= 1.0 and 0.0 < result["baseline_test_acc"] <= 1.0
+    assert set(result["seconds"]) == {"ingest", "clean", "validate", "split", "augment", "train", "evaluate"}
+    split = pd.read_parquet(tmp_path / "w" / "data" / "manifests" / "split.parquet")
+    official_test = split["source_path"].str.contains("images/test/")
+    # --quick keeps 20 official test images per class; clean may set aside exact copies only
+    assert (split.loc[official_test, "split"] == "test").all() and official_test.sum() >= 190
+    assert (split.loc[~official_test, "split"] != "test").all()
+
+
+def test_accuracy_overrides_are_section_key_value_pairs():
+    assert accuracy.parse_overrides(["train.batch_size=256", "clean.workers=16", "augment.image_size=28"]) == {
+        "train": {"batch_size": 256}, "clean": {"workers": 16}, "augment": {"image_size": 28}}
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        accuracy.parse_overrides(["batch_size=256"])
