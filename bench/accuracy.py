@@ -45,10 +45,10 @@ def fashion_sections(data_dir: Path, per_class: int | None, test_per_class: int 
     }
 
 
-def write_params(root: Path, sections: dict, train: dict) -> Path:
+def write_params(root: Path, sections: dict) -> Path:
     data = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     data["paths"] = {name: str(root / value) for name, value in Paths().model_dump().items()}
-    for section, values in (sections | {"train": train}).items():
+    for section, values in sections.items():
         data[section] = merged(data.get(section) or {}, values)
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -79,17 +79,12 @@ def parse_overrides(pairs: list[str]) -> dict:
 def measure(dataset: str, root: Path, budget_minutes: float, network: str | None, epochs: int | None,
             per_class: int | None, test_per_class: int | None, overrides: dict | None = None) -> dict:
     sections = fashion_sections(root / "data", per_class, test_per_class) if dataset == "fashion" else {}
-    train = {"max_time_minutes": budget_minutes}
+    sections["train"] = {"max_time_minutes": budget_minutes}
     if network:
-        train["network"] = network
+        sections["train"]["network"] = network
     if epochs:
-        train["epochs"] = epochs
-    for section, values in (overrides or {}).items():
-        if section == "train":
-            train = merged(train, values)
-        else:
-            sections[section] = merged(sections.get(section) or {}, values)
-    params_file = write_params(root, sections, train)
+        sections["train"]["epochs"] = epochs
+    params_file = write_params(root, merged(sections, overrides or {}))
     paths = Paths(**yaml.safe_load(params_file.read_text(encoding="utf-8"))["paths"])
     # a reused --workdir must not resume an earlier (killed) training: the budget is per measurement
     shutil.rmtree(paths.train_dir, ignore_errors=True)

@@ -51,7 +51,6 @@ def machine() -> dict:
     }
 
 
-
 def write_result(result: dict, out: str | Path) -> dict:
     """Add the machine block and write the JSON atomically; returns what was written."""
     from tasks.atomic import write_json

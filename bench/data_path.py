@@ -30,7 +30,8 @@ from bench.common import build_prepared, device_setup, ratio, synchronized_clock
 def loader_rate(prepared: Path, tp, batches: int) -> dict:
     from models.data import PreparedDataModule
 
-    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=tp.accelerator == "gpu")
+    pin_memory = device_setup(tp.accelerator)[0].type == "cuda"  # as training pins batches for the GPU
+    data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=pin_memory)
     images, started = 0, None
     for i, (x, _) in enumerate(data.train_dataloader()):
         if i == 0:

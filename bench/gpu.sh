@@ -8,7 +8,7 @@
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
 # Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
 set -uo pipefail
-out=${1:?OUTDIR}; part=${2:?loops or fashion}
+out=${1:?OUTDIR}; part=${2:?loops or accuracy}
 mkdir -p "$out"
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
 export PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:////tmp/gpu_bench_mlflow.db}

@@ -111,9 +111,8 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
     L.seed_everything(tp.seed, workers=True, verbose=False)
     device, amp_dtype, channels_last = device_setup(tp.accelerator)
     data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=device.type == "cuda")
-    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device)
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     warmup_steps = min(steps - 1, int(steps * tp.warmup_epochs))  # ImageClassifier's rule, one epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
@@ -161,9 +160,10 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
     summary = {kind: _pooled(rs) for kind, rs in runs.items()}
     # each Lightning run against the plain run next to it: spread shows how much the machine's load moved
     pair_ratios = [ratio(a["images_per_s"], b["images_per_s"]) for a, b in zip(runs["lightning"], runs["plain"])]
+    _, precision, channels_last = device_settings(tp)
     return {
-        "settings": {"accelerator": tp.accelerator, "precision": device_settings(tp)[1],
-                     "channels_last": device_settings(tp)[2], "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
+        "settings": {"accelerator": tp.accelerator, "precision": precision,
+                     "channels_last": channels_last, "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
                      "steps": steps, "warmup_steps": warmup, "val_batches": val_batches, "repeats": repeats,
                      "optimizer": tp.optimizer, "scheduler": tp.scheduler, "lr": tp.lr,
                      "logger": "MLFlowLogger, temporary sqlite store", "train_rows": train_rows},
