@@ -23,18 +23,23 @@ that example) and the given labels `labels` [N] in 0..K-1.
    round flagged, so a mislabelled training example no longer teaches the model that, say, a bag may be
    a coat; the flagged examples are still scored, out of fold, and the rule is applied again.
 
-The out-of-fold model works on HOG features (tasks.hog) of a 32x32 grayscale copy plus downsampled
-RGB pixels (`image_features`).
+The out-of-fold probabilities are the mean of one or more models: `kernel_model` on HOG features
+(tasks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
+(tasks.oof_cnn); tasks.validate picks them (suspect_label.model).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from tasks.hog import hog_features
 
 Method = Literal["prune_by_noise_rate", "confident_joint", "both"]
+# (labels [N], train_idx, test_idx, num_classes) -> probabilities [len(test_idx), num_classes], 0 for a
+# class the training rows never show: one out-of-fold model (kernel_model here, tasks.oof_cnn.cnn_model)
+FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
 # The out-of-fold model's size. Measured on Fashion-MNIST (bench/data_quality.py): more components
 # gain nothing, fewer cost accuracy; a moderate C keeps the probabilities of ambiguous images away from
@@ -113,14 +118,14 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, method: Method = "p
     return issues & (probs[np.arange(len(labels)), labels] < max_given_probability)
 
 
-def suspect_labels(features: np.ndarray, labels: np.ndarray, *, folds: int, seed: int, method: Method,
+def suspect_labels(models: Sequence[FitPredict], labels: np.ndarray, *, folds: int, seed: int, method: Method,
                    max_given_probability: float, retrain: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(out-of-fold probabilities [N, K], label-issue mask [N]); with `retrain` the probabilities
-    come from models fitted without the first round's issues (module docstring, step 5)."""
-    probs = out_of_fold_probabilities(features, labels, folds, seed)
+    """(out-of-fold probabilities [N, K] averaged over `models`, label-issue mask [N]); with `retrain`
+    the probabilities come from models fitted without the first round's issues (module docstring, step 5)."""
+    probs = out_of_fold_probabilities(models, labels, folds, seed)
     issues = find_label_issues(probs, labels, method, max_given_probability)
     if retrain and issues.any():
-        probs = out_of_fold_probabilities(features, labels, folds, seed, exclude=issues)
+        probs = out_of_fold_probabilities(models, labels, folds, seed, exclude=issues)
         issues = find_label_issues(probs, labels, method, max_given_probability)
     return probs, issues
 
@@ -137,33 +142,42 @@ def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     return np.hstack([hog_features(gray, 4, 9), hog_features(gray, 8, 9), luminance, r - g, b - (r + g) / 2])
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: int, seed: int,
+def out_of_fold_probabilities(models: Sequence[FitPredict], labels: np.ndarray, folds: int, seed: int,
                               exclude: np.ndarray | None = None) -> np.ndarray:
-    """Predicted probabilities [N, K] for every example from a model trained on the other folds
-    (stratified K-fold), leaving the examples in `exclude` (bool [N]) out of every training set. The
-    model is small and fast on purpose: standardize -> whitened PCA -> RBF kernel approximation
-    (Nystroem) -> logistic regression; on HOG + pixels it is about as accurate as an RBF SVM at a
-    fraction of the cost (Fashion-MNIST, 2,400 training images: 0.86). Every class needs at least
-    `folds` examples."""
+    """Predicted probabilities [N, K] for every example, the mean over `models` (fit-predict functions,
+    see FitPredict) each trained on the other folds (stratified K-fold), leaving the examples in
+    `exclude` (bool [N]) out of every training set. Every class needs at least `folds` examples."""
     from sklearn.model_selection import StratifiedKFold
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    # The matrices are small: multi-threaded BLAS only adds overhead, and on a busy machine it made a
-    # 2 s run take 30 s (threads fighting for cores).
-    with threadpool_limits(limits=1):
-        for train_idx, test_idx in splitter.split(features, labels):
-            kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
-            if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
-                train_idx = kept
-            probs[test_idx] = _fit_predict(features, labels, train_idx, test_idx, k, seed)
+    for train_idx, test_idx in tqdm(list(splitter.split(np.zeros(len(labels)), labels)), desc="validate: out-of-fold models",
+                                    unit="fold", disable=None):
+        kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
+        if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
+            train_idx = kept
+        probs[test_idx] = np.mean([fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0)
     return probs
 
 
-def _fit_predict(features, labels, train_idx, test_idx, k, seed) -> np.ndarray:
+def kernel_model(features: np.ndarray, seed: int) -> FitPredict:
+    """The fast member: standardize -> whitened PCA -> RBF kernel approximation (Nystroem) -> logistic
+    regression on `features` (image_features); about as accurate as an RBF SVM at a fraction of the
+    cost (Fashion-MNIST, 2,400 training images: 0.86)."""
+    def fit_predict(labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+        # The matrices are small: multi-threaded BLAS only adds overhead, and on a busy machine it made
+        # a 2 s run take 30 s (threads fighting for cores).
+        with threadpool_limits(limits=1):
+            return _fit_predict_kernel(features, labels, train_idx, test_idx, num_classes, seed)
+
+    return fit_predict
+
+
+def _fit_predict_kernel(features, labels, train_idx, test_idx, k, seed) -> np.ndarray:
     """Fit on train_idx, return probabilities [len(test_idx), k] (0 for a class the fold never saw)."""
     from sklearn.decomposition import PCA
     from sklearn.kernel_approximation import Nystroem

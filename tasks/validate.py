@@ -3,9 +3,9 @@
 - unknown_label: a label outside `classes` (only when classes are listed)        warn | drop | fail
 - rare_class:    a class with fewer than `min_per_class` images                  warn | drop | fail
 - imbalance:     largest / smallest class above `max_imbalance` (not per image)  warn | fail
-- suspect_label: likely mislabels found by confident learning on out-of-fold probabilities of a small
-                 fast model (HOG + pixels, tasks.confident_learning), kept only when the given label
-                 gets less than max_given_probability. They stay in the manifest with
+- suspect_label: likely mislabels found by confident learning on out-of-fold probabilities (the mean
+                 of a kernel model on HOG + pixels, tasks.confident_learning, and a small CNN,
+                 tasks.oof_cnn), kept only when the given label gets less than max_given_probability. They stay in the manifest with
                  suspect_label=True (augment keeps them out of training) unless action is drop.
 
 `warn` keeps the rows and reports them; `drop` removes them from the validated manifest and reports
@@ -23,11 +23,12 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.atomic import write_parquet
-from tasks.confident_learning import image_features, suspect_labels
+from tasks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
 from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.images import DecodeError, decode, to_array
 from tasks.manifest import read_manifest, store_path
+from tasks.oof_cnn import cnn_model
 from tasks.params import Paths, Strict
 from tasks.reports import flagged_frame, write_stage_reports
 
@@ -43,7 +44,12 @@ class SuspectLabelParams(Strict):
     # flag only images whose given label gets less than this out-of-fold probability (1.0: no floor)
     max_given_probability: float = Field(0.05, gt=0.0, le=1.0)
     retrain: bool = True  # score again with models fitted without the first round's suspects
-    image_size: int = Field(16, ge=4, le=64)  # besides HOG of a 32x32 gray copy: image_size^2 RGB pixels
+    # out-of-fold models: kernel (HOG + pixels, seconds), cnn (small CNN), ensemble (their mean: best)
+    model: Literal["ensemble", "kernel", "cnn"] = "ensemble"
+    image_size: int = Field(16, ge=4, le=64)  # kernel model: HOG of a 32x32 gray copy + image_size^2 RGB pixels
+    cnn_epochs: int = Field(8, ge=1)
+    # training images the CNN sees per fold at most: a large dataset gets fewer epochs (at least one)
+    cnn_budget: int = Field(100_000, ge=1)
     # A weak model (hard data, tiny classes) would call a large share "suspect"; flag at most this
     # fraction, the least self-confident first, and say so in the summary.
     max_fraction: float = Field(0.1, gt=0.0, le=1.0)
@@ -169,25 +175,36 @@ def _check_balance(params: Params, found: _Findings) -> None:
 
 
 _HOG_SIZE = 32
-_CHUNK = 512  # images turned into features at a time: memory stays flat on large datasets
+_CNN_SIZE = 32
+_CHUNK = 512  # images turned into kernel features at a time: memory stays flat on large datasets
 
 
-def _features(frame: pd.DataFrame, store: str, size: int) -> np.ndarray:
-    chunks, gray, pixels = [], [], []
+def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> list[FitPredict]:
+    """Decode every scored image once and build the out-of-fold models `cfg.model` asks for."""
+    use_kernel, use_cnn = cfg.model in ("kernel", "ensemble"), cfg.model in ("cnn", "ensemble")
+    chunks, gray, pixels, cnn_images = [], [], [], []
     for image_id, source in tqdm(zip(frame["image_id"], frame["source_path"]), total=len(frame),
                                  desc="validate: decoding", unit="img", disable=None):
         try:
             img = decode(store_path(store, image_id))
         except (DecodeError, OSError) as exc:
             raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({exc}); rerun clean") from None
-        gray.append(to_array(img, _HOG_SIZE, 1)[:, :, 0])
-        pixels.append(to_array(img, size, 3))
-        if len(gray) == _CHUNK:
+        if use_cnn:
+            cnn_images.append(to_array(img, _CNN_SIZE, 3))
+        if use_kernel:
+            gray.append(to_array(img, _HOG_SIZE, 1)[:, :, 0])
+            pixels.append(to_array(img, cfg.image_size, 3))
+            if len(gray) == _CHUNK:
+                chunks.append(image_features(np.stack(gray), np.stack(pixels)))
+                gray, pixels = [], []
+    models = []
+    if use_kernel:
+        if gray:
             chunks.append(image_features(np.stack(gray), np.stack(pixels)))
-            gray, pixels = [], []
-    if gray:
-        chunks.append(image_features(np.stack(gray), np.stack(pixels)))
-    return np.concatenate(chunks)
+        models.append(kernel_model(np.concatenate(chunks), cfg.seed))
+    if use_cnn:
+        models.append(cnn_model(np.stack(cnn_images), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
+    return models
 
 
 def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple[np.ndarray, np.ndarray]:
@@ -208,12 +225,12 @@ def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple
         found.notes.append(f"classes with fewer than {cfg.folds} images were not checked for suspect labels")
     labels = frame["label"].to_numpy()[scored]
     y = np.searchsorted(scorable, labels)
-    probs, issues = suspect_labels(_features(frame.iloc[scored], store, cfg.image_size), y, folds=cfg.folds,
+    probs, issues = suspect_labels(_oof_models(frame.iloc[scored], store, cfg), y, folds=cfg.folds,
                                    seed=cfg.seed, method=cfg.method, max_given_probability=cfg.max_given_probability,
                                    retrain=cfg.retrain)
     given_p[scored] = probs[np.arange(len(y)), y]
     accuracy = float((probs.argmax(axis=1) == y).mean())
-    found.notes.append(f"suspect-label model: out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
+    found.notes.append(f"suspect-label model ({cfg.model}): out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
                        f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
                        f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})")
     limit = int(cfg.max_fraction * len(y))

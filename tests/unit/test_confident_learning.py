@@ -7,6 +7,7 @@ from tasks.confident_learning import (
     confident_joint,
     find_label_issues,
     image_features,
+    kernel_model,
     out_of_fold_probabilities,
     per_class_thresholds,
     suspect_labels,
@@ -94,12 +95,12 @@ def test_out_of_fold_probabilities_on_separable_blobs():
     centres = rng.normal(0, 6, (3, 20))
     labels = np.repeat(np.arange(3), 40)
     features = centres[labels] + rng.normal(0, 1, (120, 20))
-    probs = out_of_fold_probabilities(features, labels, folds=4, seed=0)
+    probs = out_of_fold_probabilities([kernel_model(features, 0)], labels, folds=4, seed=0)
     assert probs.shape == (120, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert (probs.argmax(axis=1) == labels).mean() > 0.95
     # out-of-fold: same seed, same answer
-    np.testing.assert_allclose(probs, out_of_fold_probabilities(features, labels, folds=4, seed=0))
+    np.testing.assert_allclose(probs, out_of_fold_probabilities([kernel_model(features, 0)], labels, folds=4, seed=0))
 
 
 def test_floor_on_given_probability_keeps_only_confident_disagreements():
@@ -127,8 +128,8 @@ def blobs_with_flips(seed=1):
 
 def test_excluded_examples_are_scored_but_not_learned_from():
     features, labels, flipped = blobs_with_flips()
-    taught = out_of_fold_probabilities(features, labels, folds=4, seed=0)
-    untaught = out_of_fold_probabilities(features, labels, folds=4, seed=0, exclude=flipped)
+    taught = out_of_fold_probabilities([kernel_model(features, 0)], labels, folds=4, seed=0)
+    untaught = out_of_fold_probabilities([kernel_model(features, 0)], labels, folds=4, seed=0, exclude=flipped)
     assert untaught.shape == (180, 3)
     np.testing.assert_allclose(untaught.sum(axis=1), 1.0, atol=1e-6)
     # without the mislabelled examples in training, class-0 pictures are less likely to be called 1
@@ -139,7 +140,7 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
     features, labels, flipped = blobs_with_flips()
     found = {}
     for retrain in (False, True):
-        probs, issues = suspect_labels(features, labels, folds=4, seed=0, method="prune_by_noise_rate",
+        probs, issues = suspect_labels([kernel_model(features, 0)], labels, folds=4, seed=0, method="prune_by_noise_rate",
                                        max_given_probability=0.3, retrain=retrain)
         assert probs.shape == (180, 3) and not issues[~flipped].any()
         found[retrain] = issues[flipped].sum()
@@ -147,7 +148,7 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
     # never sees them, so it is surer they are mislabelled
     assert found[False] >= 4 and found[True] > found[False]
     clean = np.repeat(np.arange(3), 60)
-    _, issues = suspect_labels(features, clean, folds=4, seed=0, method="prune_by_noise_rate",
+    _, issues = suspect_labels([kernel_model(features, 0)], clean, folds=4, seed=0, method="prune_by_noise_rate",
                                max_given_probability=0.3, retrain=True)
     assert not issues.any()
 

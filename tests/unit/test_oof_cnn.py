@@ -1,0 +1,59 @@
+import numpy as np
+
+from tasks.confident_learning import kernel_model, out_of_fold_probabilities
+from tasks.oof_cnn import cnn_model, epochs_for
+
+def square_images(per_class=40, seed=0):
+    """uint8 [N, 32, 32, 3] noisy pictures: class 0 horizontal stripes, 1 vertical, 2 a checkerboard,
+    each at a random phase and contrast."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), per_class)
+    yy, xx = np.mgrid[:32, :32]
+    images = np.empty((len(labels), 32, 32, 3), np.uint8)
+    for i, c in enumerate(labels):
+        phase = rng.integers(0, 8)
+        pattern = [(yy + phase) // 4 % 2, (xx + phase) // 4 % 2, ((yy + phase) // 4 + xx // 4) % 2][c]
+        picture = 60 + pattern * rng.integers(80, 160) + rng.normal(0, 20, (32, 32))
+        images[i] = np.clip(picture, 0, 255).astype(np.uint8)[..., None]
+    return images, labels
+
+
+def test_cnn_learns_out_of_fold_and_repeats_itself():
+    images, labels = square_images()
+    model = cnn_model(images, epochs=8, budget=100_000, seed=0)
+    probs = out_of_fold_probabilities([model], labels, folds=4, seed=0)
+    assert probs.shape == (120, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs.argmax(axis=1) == labels).mean() > 0.95
+    np.testing.assert_allclose(probs, out_of_fold_probabilities([model], labels, folds=4, seed=0), atol=1e-5)
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    images, labels = square_images(per_class=20)
+    features = images.reshape(len(images), -1).astype(np.float64)
+    kernel, cnn = kernel_model(features, 0), cnn_model(images, epochs=3, budget=100_000, seed=0)
+    alone = [out_of_fold_probabilities([m], labels, folds=4, seed=0) for m in (kernel, cnn)]
+    together = out_of_fold_probabilities([kernel, cnn], labels, folds=4, seed=0)
+    np.testing.assert_allclose(together, (alone[0] + alone[1]) / 2, atol=1e-5)
+
+
+def test_cnn_never_learns_from_excluded_images():
+    images, labels = square_images()
+    given = labels.copy()
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[:8] = True  # 8 class-0 pictures labelled 1
+    given[flipped] = 1
+    model = cnn_model(images, epochs=8, budget=100_000, seed=0)
+    taught = out_of_fold_probabilities([model], given, folds=4, seed=0)
+    untaught = out_of_fold_probabilities([model], given, folds=4, seed=0, exclude=flipped)
+    assert untaught[flipped, 1].mean() < taught[flipped, 1].mean()
+    assert (untaught[flipped].argmax(axis=1) == 0).all()
+
+
+def test_large_folds_get_fewer_epochs():
+    assert epochs_for(2_400, epochs=8, budget=100_000) == 8
+    assert epochs_for(56_000, epochs=8, budget=100_000) == 1
+    assert epochs_for(20_000, epochs=8, budget=100_000) == 5
+    assert epochs_for(500_000, epochs=8, budget=100_000) == 1
+    # a tiny fold trains for MIN_STEPS steps (two batches an epoch -> 50 epochs)
+    assert epochs_for(90, epochs=8, budget=100_000) == 50
