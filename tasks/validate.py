@@ -28,7 +28,6 @@ from tasks.entry import stage_main
 from tasks.errors import UserError
 from tasks.images import DecodeError, decode, to_array
 from tasks.manifest import read_manifest, store_path
-from tasks.oof_cnn import cnn_model
 from tasks.params import Paths, Strict
 from tasks.reports import flagged_frame, write_stage_reports
 
@@ -203,6 +202,8 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
             chunks.append(image_features(np.stack(gray), np.stack(pixels)))
         models.append(kernel_model(np.concatenate(chunks), cfg.seed))
     if use_cnn:
+        from tasks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
+
         models.append(cnn_model(np.stack(cnn_images), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
     return models
 
