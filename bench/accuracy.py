@@ -37,7 +37,7 @@ def fashion_sections(data_dir: Path, per_class: int | None, test_per_class: int 
     return {
         "ingest": {"source": str(manifest)},
         "split": {"train": 0.9, "val": 0.1, "test": 0.0},  # test = the official test rows (split column)
-        "augment": {"image_size": 28, "transforms": [
+        "augment": {"image_size": 28, "test_time_flip": True, "transforms": [
             {"name": "HorizontalFlip", "p": 0.5},
             {"name": "Affine", "translate_percent": [-0.06, 0.06], "scale": [0.95, 1.05], "p": 0.5},
         ]},

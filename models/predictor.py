@@ -22,7 +22,9 @@ WEIGHTS, STATS, CLASSES, NETWORK = "weights.safetensors", "stats.json", "classes
 class Predictor:
     network: nn.Module
     classes: list[str]
-    stats: dict  # {"image_size", "channels", "mean", "std"} on the 0..1 scale, as written by augment
+    # {"image_size", "channels", "mean", "std"} on the 0..1 scale, and "test_time_flip" (absent in models
+    # saved before it existed: False), as written by augment
+    stats: dict
     batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -40,8 +42,19 @@ class Predictor:
     def channels(self) -> int:
         return int(self.stats["channels"])
 
+    @property
+    def test_time_flip(self) -> bool:
+        return bool(self.stats.get("test_time_flip", False))
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.network(x).float(), dim=1)
+        if self.test_time_flip:  # mean of the image and its mirror (flip along the width axis)
+            probs = (probs + torch.softmax(self.network(x.flip(3)).float(), dim=1)) / 2
+        return probs
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, C] (H = W = image_size, C = channels) -> float [N, num_classes]."""
+        """uint8 [N, H, W, C] (H = W = image_size, C = channels) -> float [N, num_classes]; with
+        test_time_flip the mean over the image and its mirror."""
         images = np.asarray(images)
         expected = (self.image_size, self.image_size, self.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
@@ -52,7 +65,7 @@ class Predictor:
             for start in range(0, len(images), self.batch_size):
                 chunk = (images[start:start + self.batch_size].astype(np.float32) - self._mean) / self._std
                 x = torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(device)
-                out[start:start + len(chunk)] = torch.softmax(self.network(x).float(), dim=1).cpu().numpy()
+                out[start:start + len(chunk)] = self._probabilities(x).cpu().numpy()
         return out
 
 

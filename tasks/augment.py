@@ -52,6 +52,9 @@ class Params(Strict):
     balance: Balance = Balance()
     preview: Preview = Preview()
     exclude_suspects: bool = True
+    # Saved with the model: every prediction (evaluate, pyfunc, predict) averages the image and its
+    # mirror. Only where a mirrored picture keeps its class (garments, objects; not digits or text).
+    test_time_flip: bool = False
     workers: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")
@@ -263,7 +266,8 @@ def run(params: Params, paths: Paths) -> dict:
         images = np.load(tmp / "images.npy", mmap_mode="r")
         train_rows = index.loc[(index["split"] == "train") & ~index["balance_copy"], "row"].to_numpy()
         mean, std = channel_stats(images, train_rows)
-        stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std}
+        stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std,
+                 "test_time_flip": params.test_time_flip}
         train_tf = transforms.build(params.transforms, mean, std)
         index.to_parquet(tmp / "index.parquet", index=False)
         write_json(classes, tmp / "classes.json")

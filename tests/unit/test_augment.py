@@ -168,6 +168,7 @@ def test_prepared_store_contract(tmp_path):
     assert list(index.columns) == augment.INDEX_COLUMNS
     assert images.dtype == np.uint8 and images.shape == (len(manifest) - 1, 16, 16, 1)
     assert stats["channels"] == 1 and stats["image_size"] == 16 and result["channels"] == 1
+    assert stats["test_time_flip"] is False  # the model-side switch travels with the stats
     # every stored image is the decoded store file, resized, with the label it was given
     by_id = manifest.set_index("image_id")
     for row in index.itertuples():
