@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from tasks import suspect_cache
 from tasks.atomic import write_parquet
 from tasks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
 from tasks.entry import stage_main
@@ -208,7 +209,7 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
     return models
 
 
-def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_suspect_labels(params: Params, found: _Findings, store: str, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (suspect mask, given-label probability) over all rows; NaN where not scored."""
     cfg = params.suspect_label
     frame = found.frame
@@ -226,9 +227,17 @@ def _check_suspect_labels(params: Params, found: _Findings, store: str) -> tuple
         found.notes.append(f"classes with fewer than {cfg.folds} images were not checked for suspect labels")
     labels = frame["label"].to_numpy()[scored]
     y = np.searchsorted(scorable, labels)
-    probs, issues = suspect_labels(_oof_models(frame.iloc[scored], store, cfg), y, folds=cfg.folds,
-                                   seed=cfg.seed, method=cfg.method, max_given_probability=cfg.max_given_probability,
-                                   retrain=cfg.retrain)
+    key = suspect_cache.cache_key(frame["image_id"].iloc[scored], y, cfg.model_dump_json())
+    cached = suspect_cache.load(cache_dir, key)
+    if cached is None:
+        probs, issues = suspect_labels(_oof_models(frame.iloc[scored], store, cfg), y, folds=cfg.folds,
+                                       seed=cfg.seed, method=cfg.method,
+                                       max_given_probability=cfg.max_given_probability, retrain=cfg.retrain)
+        suspect_cache.save(cache_dir, key, probs, issues)
+    else:
+        probs, issues = cached
+        found.notes.append("suspect-label scores reused: same images, labels, settings and code as an earlier run "
+                           f"({suspect_cache.FOLDER} under paths.cache)")
     given_p[scored] = probs[np.arange(len(y)), y]
     accuracy = float((probs.argmax(axis=1) == y).mean())
     found.notes.append(f"suspect-label model ({cfg.model}): out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
@@ -265,7 +274,7 @@ def run(params: Params, paths: Paths) -> dict:
     _check_unknown_labels(params, found)
     _check_rare_classes(params, found)
     _check_balance(params, found)
-    suspect, given_p = _check_suspect_labels(params, found, paths.store)
+    suspect, given_p = _check_suspect_labels(params, found, paths.store, paths.cache)
 
     validated = frame.assign(suspect_label=suspect, given_probability=given_p)[found.keep].reset_index(drop=True)
     flagged = flagged_frame(found.flagged)

@@ -34,7 +34,8 @@ def build(tmp_path, labels, classes_of=None, seed=0) -> Paths:
     """Store + cleaned manifest: image i shows class classes_of[i] (default: its label) as a PNG."""
     rng = np.random.default_rng(seed)
     paths = Paths(store=str(tmp_path / "store"), cleaned=str(tmp_path / "cleaned.parquet"),
-                  validated=str(tmp_path / "validated.parquet"), reports=str(tmp_path / "reports"))
+                  validated=str(tmp_path / "validated.parquet"), reports=str(tmp_path / "reports"),
+                  cache=str(tmp_path / "cache"))
     rows = []
     for i, label in enumerate(labels):
         buf = io.BytesIO()
@@ -265,3 +266,42 @@ def test_params_yaml_section_equals_the_defaults():
 
     data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     assert parse_section(data, "validate", validate.Params) == validate.Params()
+
+
+def test_unchanged_data_reuses_the_suspect_scores_and_any_change_recomputes(tmp_path):
+    truth = np.arange(160) % 4
+    labels = truth.copy()
+    labels[[5, 22, 47]] = (truth[[5, 22, 47]] + 1) % 4
+    paths = build(tmp_path, labels, classes_of=truth)
+    params = validate.Params(suspect_label={"max_given_probability": 0.3})
+    validate.run(params, paths)
+    first = validated(paths)
+    assert "reused" not in summary_text(paths)
+    assert len(list((tmp_path / "cache" / "validate_suspects").glob("*.npz"))) == 1
+
+    validate.run(params, paths)
+    assert "suspect-label scores reused" in summary_text(paths)
+    pd.testing.assert_frame_equal(validated(paths), first)
+
+    # other settings, then other labels: computed again, and only the latest entry is kept
+    validate.run(validate.Params(suspect_label={"max_given_probability": 0.3, "seed": 1}), paths)
+    assert "reused" not in summary_text(paths)
+    cleaned = pd.read_parquet(paths.cleaned)
+    cleaned.loc[5, "label"] = str(truth[5])
+    cleaned.to_parquet(paths.cleaned, index=False)
+    validate.run(params, paths)
+    assert "reused" not in summary_text(paths)
+    assert not validated(paths).loc[5, "suspect_label"]
+    assert len(list((tmp_path / "cache" / "validate_suspects").glob("*.npz"))) == 1
+
+
+def test_unreadable_cache_entry_is_computed_again(tmp_path):
+    truth = np.arange(160) % 4
+    paths = build(tmp_path, truth, classes_of=truth)
+    params = validate.Params(suspect_label={"model": "kernel"})
+    validate.run(params, paths)
+    for entry in (tmp_path / "cache" / "validate_suspects").glob("*.npz"):
+        entry.write_bytes(b"not an npz")
+    validate.run(params, paths)
+    assert "reused" not in summary_text(paths)
+    assert validated(paths)["given_probability"].notna().all()
