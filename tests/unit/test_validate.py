@@ -305,3 +305,15 @@ def test_unreadable_cache_entry_is_computed_again(tmp_path):
     validate.run(params, paths)
     assert "reused" not in summary_text(paths)
     assert validated(paths)["given_probability"].notna().all()
+
+
+def test_cache_key_changes_with_any_input_and_with_library_versions(monkeypatch):
+    from tasks import suspect_cache
+
+    base = suspect_cache.cache_key(["a", "b"], [0, 1], "{}")
+    assert base == suspect_cache.cache_key(["a", "b"], [0, 1], "{}")
+    assert base != suspect_cache.cache_key(["a", "b"], [1, 0], "{}")
+    assert base != suspect_cache.cache_key(["b", "a"], [0, 1], "{}")
+    assert base != suspect_cache.cache_key(["a", "b"], [0, 1], '{"seed": 1}')
+    monkeypatch.setattr(suspect_cache, "installed_version", lambda name: (name, "0.0-upgraded"))
+    assert base != suspect_cache.cache_key(["a", "b"], [0, 1], "{}")
