@@ -27,7 +27,7 @@ PREDICT_BATCH = 512
 
 def network(in_chans: int, num_classes: int) -> nn.Module:
     """Five 3x3 conv layers (16, 16 | 32, 32 | 64 channels, two 2x poolings), global pooling, linear:
-    ~70k parameters, 32x32 inputs, about 5,000 training images/s on two CPU cores."""
+    ~36k parameters, 32x32 inputs, about 5,000 training images/s on two CPU cores."""
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
     w = WIDTH
