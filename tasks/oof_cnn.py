@@ -12,17 +12,18 @@ becomes over-confident on correct but unusual pictures, which then sink among th
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.confident_learning import FitPredict
+
 WIDTH = 16          # channels of the first stage (then 2x, 4x)
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 PREDICT_BATCH = 512
+MIN_STEPS = 100     # optimizer steps per fold at least: a few hundred images still get a trained model
 
 
 def network(in_chans: int, num_classes: int) -> nn.Module:
@@ -36,23 +37,20 @@ def network(in_chans: int, num_classes: int) -> nn.Module:
                          nn.Dropout(0.2), nn.Linear(4 * w, num_classes))
 
 
-MIN_STEPS = 100     # optimizer steps per fold at least: a few hundred images still get a trained model
+def steps_per_epoch(n_train: int) -> int:
+    return -(-max(1, n_train) // BATCH_SIZE)
 
 
 def epochs_for(n_train: int, epochs: int, budget: int) -> int:
     """`epochs`, fewer when a fold is large: at most `budget` training images seen per fold, at least one
     epoch (on 56,000 images per fold a single pass teaches more than eight on 2,400); more when a fold
     is so small that `epochs` would be under MIN_STEPS steps."""
-    n_train = max(1, n_train)
-    steps_per_epoch = -(-n_train // BATCH_SIZE)
-    return max(1, min(epochs, budget // n_train), -(-MIN_STEPS // steps_per_epoch))
+    return max(1, min(epochs, budget // max(1, n_train)), -(-MIN_STEPS // steps_per_epoch(n_train)))
 
 
-def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Callable[..., np.ndarray]:
-    """A fit-predict function over `images` (uint8 [N, H, W, C]) for the out-of-fold loop of
-    tasks.confident_learning: (labels, train_idx, test_idx, num_classes) -> probabilities
-    [len(test_idx), num_classes].
-    Inputs are standardized with the mean/std of all images (no labels involved)."""
+def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> FitPredict:
+    """The out-of-fold loop's fit-predict function (tasks.confident_learning.FitPredict) over `images`
+    (uint8 [N, H, W, C]). Inputs are standardized with the mean/std of all images (no labels involved)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8, converted per batch
     sample = pixels[:: max(1, len(pixels) // 4096)].float()
@@ -69,7 +67,7 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Cal
         train = torch.from_numpy(np.asarray(train_idx))
         targets = torch.from_numpy(np.asarray(labels, dtype=np.int64)[train_idx]).to(device)
         n_epochs = epochs_for(len(train), epochs, budget)
-        steps = n_epochs * -(-len(train) // BATCH_SIZE)
+        steps = n_epochs * steps_per_epoch(len(train))
         optimizer = torch.optim.AdamW(model.parameters(), LEARNING_RATE, weight_decay=5e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
         model.train()
@@ -87,7 +85,7 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Cal
         model.eval()
         test = torch.from_numpy(np.asarray(test_idx))
         with torch.no_grad():
-            probs = [F.softmax(model(batch(test[s:s + PREDICT_BATCH])).float(), dim=1).cpu()
+            probs = [F.softmax(model(batch(test[s:s + PREDICT_BATCH])), dim=1).cpu()
                      for s in range(0, len(test), PREDICT_BATCH)]
         return torch.cat(probs).numpy().astype(np.float64)
 

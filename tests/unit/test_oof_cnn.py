@@ -3,7 +3,7 @@ import numpy as np
 from tasks.confident_learning import kernel_model, out_of_fold_probabilities
 from tasks.oof_cnn import cnn_model, epochs_for
 
-def square_images(per_class=40, seed=0):
+def striped_images(per_class=40, seed=0):
     """uint8 [N, 32, 32, 3] noisy pictures: class 0 horizontal stripes, 1 vertical, 2 a checkerboard,
     each at a random phase and contrast."""
     rng = np.random.default_rng(seed)
@@ -19,7 +19,7 @@ def square_images(per_class=40, seed=0):
 
 
 def test_cnn_learns_out_of_fold_and_repeats_itself():
-    images, labels = square_images()
+    images, labels = striped_images()
     model = cnn_model(images, epochs=8, budget=100_000, seed=0)
     probs = out_of_fold_probabilities([model], labels, folds=4, seed=0)
     assert probs.shape == (120, 3)
@@ -29,7 +29,7 @@ def test_cnn_learns_out_of_fold_and_repeats_itself():
 
 
 def test_ensemble_is_the_mean_of_its_members():
-    images, labels = square_images(per_class=20)
+    images, labels = striped_images(per_class=20)
     features = images.reshape(len(images), -1).astype(np.float64)
     kernel, cnn = kernel_model(features, 0), cnn_model(images, epochs=3, budget=100_000, seed=0)
     alone = [out_of_fold_probabilities([m], labels, folds=4, seed=0) for m in (kernel, cnn)]
@@ -38,7 +38,7 @@ def test_ensemble_is_the_mean_of_its_members():
 
 
 def test_cnn_never_learns_from_excluded_images():
-    images, labels = square_images()
+    images, labels = striped_images()
     given = labels.copy()
     flipped = np.zeros(len(labels), dtype=bool)
     flipped[:8] = True  # 8 class-0 pictures labelled 1
