@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 
 from bench import fashion
 from bench.common import run_stages, write_result
-from tasks import STAGES
-from tasks.params import Paths
+from tasks.stages import STAGES
+from tasks.common.params import Paths
 
 PIPELINE = [s for s in STAGES if s != "promote"]  # the registry decision is not what is measured here
 # Published Fashion-MNIST test accuracies, for the table (zalandoresearch/fashion-mnist benchmark

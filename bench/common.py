@@ -15,8 +15,10 @@ import yaml
 from PIL import Image
 
 from bench import fashion
-from tasks.params import Paths, parse_section
-from tasks.versioning import git_commit, installed_version
+from tasks.common.params import Paths, parse_section
+from tasks.common.packages import installed_version
+from tasks.common.versioning import git_commit
+from tasks.stages import STAGES
 
 DATA_STAGES = ["ingest", "clean", "validate", "split", "augment"]
 VERSIONED = ("torch", "torchvision", "lightning", "albumentations", "mlflow", "numpy", "pillow", "timm")
@@ -53,7 +55,7 @@ def machine() -> dict:
 
 def write_result(result: dict, out: str | Path) -> dict:
     """Add the machine block and write the JSON atomically; returns what was written."""
-    from tasks.atomic import write_json
+    from tasks.common.atomic import write_json
 
     result = {**result, "machine": machine()}
     write_json(result, Path(out))
@@ -106,7 +108,7 @@ def run_stages(params_file: Path, names: list[str]) -> dict[str, float]:
     paths = parse_section(data, "paths", Paths, params_file)
     seconds = {}
     for name in names:
-        module = importlib.import_module(f"tasks.{name}")
+        module = STAGES[name]
         params = parse_section(data, name, module.Params, params_file)
         started = time.perf_counter()
         module.run(params, paths)

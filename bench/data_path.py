@@ -103,7 +103,7 @@ def augment_rates(prepared: Path, count: int, rounds: int = 2) -> dict:
     """Per-image rates of both pipelines on the same train images, alternating rounds."""
     import torch
 
-    from tasks.transforms import load_transforms
+    from models.transforms import load_transforms
 
     album, _ = load_transforms(prepared)
     album.set_random_seed(0)

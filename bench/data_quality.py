@@ -21,7 +21,7 @@ import yaml
 from bench import fashion
 from bench.common import run_stages
 from bench.planted import VALID_AWKWARD, plant, score
-from tasks.params import Paths, parse_section
+from tasks.common.params import Paths, parse_section
 
 CLEAN_REASONS = ["corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
                  "label_conflict", "outlier"]
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="data_quality_") as tmp:
         workdir = args.workdir or Path(tmp)
         result = measure(args.n, args.seed, args.per_fault, args.flip_fraction, workdir.resolve(), args.workers)
-    from tasks.atomic import write_json
+    from tasks.common.atomic import write_json
 
     write_json(result, args.out)
     print(markdown(result))

@@ -23,15 +23,16 @@ import numpy as np
 from PIL import Image
 
 from bench.common import write_result
-from tasks import STAGES
+from tasks.stages import STAGES
 from tests.integration.dvcproject import make_project, sh
 
 QUICK = {"ingest": {"sample_upscale": 2}, "augment": {"image_size": 16}, "train": {"epochs": 2}}
-DIRECT = ("import sys, importlib\n"
-          "from tasks.params import load_stage\n"
+DIRECT = ("import sys\n"
+          "from tasks.common.params import load_stage\n"
+          "from tasks.stages import STAGES\n"
           "for s in sys.argv[1:]:\n"
           "    params, paths = load_stage(s, 'params.yaml')\n"
-          "    importlib.import_module('tasks.' + s).run(params, paths)\n")
+          "    STAGES[s].run(params, paths)\n")
 
 
 def timed(args: list[str], root: Path) -> tuple[float, str]:
@@ -42,7 +43,7 @@ def timed(args: list[str], root: Path) -> tuple[float, str]:
 
 
 def stage_seconds(output: str, stage: str) -> float:
-    """The stage's own time, as tasks.entry logs it (no interpreter start, no DVC hashing)."""
+    """The stage's own time, as tasks.common.entry logs it (no interpreter start, no DVC hashing)."""
     found = re.findall(rf"\[{stage}\] finished in ([0-9.]+) s", output)
     return float(found[-1]) if found else float("nan")
 
@@ -85,7 +86,7 @@ def measure(root: Path, overrides: dict) -> dict:
         "overrides": overrides, "images": images, "new_images": max(1, images // 100),
         "cold_seconds": cold, "cold_total": round(sum(cold.values()), 2), "noop_seconds": noop,
         "rerun_1pct_seconds": rerun, "rerun_over_cold_ingest_clean": round(sum(rerun.values()) / cold_ingest_clean, 3),
-        # the same, counting only the stages' own work (tasks.entry's timing), without `dvc repro`'s
+        # the same, counting only the stages' own work (tasks.common.entry's timing), without `dvc repro`'s
         # fixed cost per call (interpreter start, hashing the store before and after)
         "cold_stage_seconds": cold_own, "rerun_1pct_stage_seconds": rerun_own,
         "rerun_over_cold_own_work": round(sum(rerun_own.values()) / own_ingest_clean, 3),

@@ -56,7 +56,7 @@ def _palette_with_transparency(arr: np.ndarray) -> bytes:
 
 def _exif_rotated(arr: np.ndarray) -> bytes:
     """Pixels stored rotated 90 degrees counter-clockwise with EXIF Orientation=6 ("rotate 90 CW to
-    display"): a viewer, and tasks.images.decode, shows the original picture."""
+    display"): a viewer, and tasks.common.images.decode, shows the original picture."""
     img = _rgb(np.rot90(arr).copy())
     exif = Image.Exif()
     exif[0x0112] = 6

@@ -82,7 +82,7 @@ def percentiles(ms: list[float]) -> dict:
 def measure_threads(model, images: list[str], requests: int, batch: int, rounds: int, warmup: int) -> dict:
     import pandas as pd
 
-    from tasks.images import decode, to_array
+    from tasks.common.images import decode, to_array
 
     predictor = model.unwrap_python_model().predictor
     single = [pd.DataFrame({"image": [img]}) for img in images[:requests]]

@@ -21,8 +21,8 @@ from scipy.fft import dctn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks import split, validate  # noqa: E402
-from tasks.manifest import store_path  # noqa: E402
-from tasks.params import Paths  # noqa: E402
+from tasks.common.manifest import store_path  # noqa: E402
+from tasks.common.params import Paths  # noqa: E402
 
 
 def phash(img: Image.Image) -> int:

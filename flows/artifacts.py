@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.params import Paths
+from tasks.common.params import Paths
 
 
 def _read_json(path: Path) -> dict | None:

@@ -17,11 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from tasks import STAGES
-from tasks.errors import UserError
-from tasks.params import DEFAULT_PARAMS, ParamsError, Paths, parse_section, read_yaml, validate_file
+from tasks.stages import STAGES
+from tasks.common.errors import UserError
+from tasks.common.params import DEFAULT_PARAMS, ParamsError, Paths, parse_section, read_yaml, validate_file
 
-DEFAULT_MODEL = "models:/imgcls@champion"
 DEFAULT_DEPLOYMENT = "imgcls-scheduled"
 
 
@@ -30,11 +29,29 @@ def _paths(params_path: str) -> Paths:
 
 
 def _model_name(args) -> str:
-    if args.model_name:
+    if getattr(args, "model_name", None):
         return args.model_name
     from tasks.promote import Params as PromoteParams
 
     return parse_section(read_yaml(args.params), "promote", PromoteParams, args.params).model_name
+
+
+def _model_uri(args) -> str:
+    """--model, else the champion of promote.model_name from params."""
+    if args.model:
+        return args.model
+    from tasks.judging.registry import CHAMPION
+
+    return f"models:/{_model_name(args)}@{CHAMPION}"
+
+
+def _max_pixels(args) -> int:
+    """--max-pixels, else clean.max_pixels from params: the server refuses what clean would."""
+    if args.max_pixels is not None:
+        return args.max_pixels
+    from tasks.clean import Params as CleanParams
+
+    return parse_section(read_yaml(args.params), "clean", CleanParams, args.params).max_pixels
 
 
 def cmd_run(args) -> int:
@@ -64,19 +81,16 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    import importlib
+    from tasks.common.entry import stage_main
 
-    from tasks.entry import stage_main
-
-    module = importlib.import_module(f"tasks.{args.name}")
-    return stage_main(args.name, module.run, ["--params", args.params])
+    return stage_main(args.name, STAGES[args.name].run, ["--params", args.params])
 
 
 def cmd_predict(args) -> int:
-    from tasks.predict import expand_inputs, load_model, predict_paths, write_predictions
+    from flows.predict import expand_inputs, load_model, predict_paths, write_predictions
 
     inputs = expand_inputs(args.paths)
-    model = load_model(args.model)
+    model = load_model(_model_uri(args))
     out = predict_paths(model, inputs, batch_size=args.batch_size)
     write_predictions(out, args.out)
     failed = int((out["error"] != "").sum())
@@ -89,8 +103,8 @@ def cmd_serve(args) -> int:
 
     from flows.serve import create_app
 
-    app = create_app(args.model, args.inbox or _paths(args.params).inbox,
-                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    app = create_app(_model_uri(args), args.inbox or _paths(args.params).inbox,
+                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=_max_pixels(args))
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -130,21 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help=f"deployment name (default {DEFAULT_DEPLOYMENT})")
 
     p = command("stage", cmd_stage, "run one stage, as `python -m tasks.NAME`")
-    p.add_argument("name", choices=STAGES)
+    p.add_argument("name", choices=list(STAGES))
 
     p = command("predict", cmd_predict, "predict files, folders and globs into a CSV")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"MLflow model URI or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help="MLflow model URI or folder (default: the champion of promote.model_name)")
     p.add_argument("--out", default="predictions.csv", help="CSV written atomically (default predictions.csv)")
     p.add_argument("--batch-size", type=int, default=64)
 
     p = command("serve", cmd_serve, "HTTP server: POST /predict, POST /feedback, GET /health")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=None, help="MLflow model URI (default: the champion of promote.model_name)")
     p.add_argument("--inbox", default=None, help="where feedback goes (default: paths.inbox from params)")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
-    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument("--max-pixels", type=int, default=None, help="default: clean.max_pixels from params")
 
     for name, func, help_ in (("promote", cmd_promote, "make a registered version the champion by hand"),
                               ("rollback", cmd_rollback, "give the champion alias back to the previous model")):

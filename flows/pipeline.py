@@ -17,11 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import artifacts, dvc_record
-from tasks import STAGES
-from tasks.atomic import write_json
-from tasks.errors import UserError
-from tasks.params import ParamsError, Paths, load_stage, parse_section, validate_file
-from tasks.versioning import dataset_version
+from tasks.stages import STAGES
+from tasks.common.atomic import write_json
+from tasks.common.errors import UserError
+from tasks.common.params import ParamsError, Paths, load_stage, parse_section, validate_file
+from tasks.common.versioning import dataset_version
 
 MODEL_STAGES = ("augment", "train", "evaluate", "promote")
 DATA_STAGES = tuple(s for s in STAGES if s not in MODEL_STAGES)
@@ -33,7 +33,7 @@ LAST_RUN_FILE = ".last_flow.json"  # under paths.reports: what the last successf
 
 def run_stage(stage: str, params_path: str) -> Any:
     params, paths = load_stage(stage, params_path)
-    result = importlib.import_module(f"tasks.{stage}").run(params, paths)
+    result = STAGES[stage].run(params, paths)
     return result.summary() if hasattr(result, "summary") else result
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from tasks.atomic import atomic_path
-from tasks.images import DecodeError, Header, decode, probe
-from tasks.predict import load_model, predict_bytes
+from tasks.common.atomic import atomic_path
+from tasks.common.images import DecodeError, Header, decode, probe
+from flows.predict import load_model, predict_bytes
 
 # multipart framing and the label field on top of the file itself
 MULTIPART_OVERHEAD = 64 * 1024

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from tasks.errors import UserError
+from tasks.common import prepared as store
+from tasks.common.errors import UserError
 
-PREPARED_FILES = ("images.npy", "index.parquet", "classes.json", "stats.json", "augment.json", "eval.json")
 
 
 class PreparedImages(Dataset):
@@ -54,12 +54,10 @@ class PreparedDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
-        missing = [n for n in PREPARED_FILES if not (self.prepared / n).is_file()]
-        if missing:
-            raise UserError(f"{self.prepared}: missing {', '.join(missing)}: run the `augment` stage first")
-        self.classes: list[str] = json.loads((self.prepared / "classes.json").read_text(encoding="utf-8"))
-        self.stats: dict = json.loads((self.prepared / "stats.json").read_text(encoding="utf-8"))
-        index = pd.read_parquet(self.prepared / "index.parquet")
+        store.require(self.prepared)
+        self.classes: list[str] = store.read_json(self.prepared, store.CLASSES)
+        self.stats: dict = store.read_json(self.prepared, store.STATS)
+        index = store.read_index(self.prepared)
         # balance copies repeat minority train images; each is augmented afresh, so they stay in train
         self.train_index = index[index["split"] == "train"].reset_index(drop=True)
         self.val_index = index[(index["split"] == "val") & ~index["balance_copy"].astype(bool)].reset_index(drop=True)
@@ -74,7 +72,7 @@ class PreparedDataModule(L.LightningDataModule):
     def _dataset(self, index: pd.DataFrame, spec: str) -> PreparedImages:
         transform = A.load(str(self.prepared / spec), data_format="json")
         transform.set_random_seed(self.seed)  # the num_workers=0 case; workers reseed in seed_worker
-        return PreparedImages(self.prepared / "images.npy", index["row"].to_numpy(), index["label_idx"].to_numpy(), transform)
+        return PreparedImages(self.prepared / store.IMAGES, index["row"].to_numpy(), index["label_idx"].to_numpy(), transform)
 
     def _loader(self, dataset: PreparedImages, train: bool) -> DataLoader:
         return DataLoader(
@@ -85,7 +83,7 @@ class PreparedDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset(self.train_index, "augment.json"), train=True)
+        return self._loader(self._dataset(self.train_index, store.TRAIN_SPEC), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset(self.val_index, "eval.json"), train=False)
+        return self._loader(self._dataset(self.val_index, store.EVAL_SPEC), train=False)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import timm
 import torch
 from timm.models import register_model
 from torch import nn
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +117,3 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     if reinitialised:
         log.info("pretrained %s: %d tensors loaded, reinitialised: %s", path.name, len(usable), ", ".join(reinitialised))
     return reinitialised
-
-
-class FreezeBackbone(L.Callback):
-    """Train only the classifier head for the first `epochs` epochs, then everything. Decided from
-    the current epoch each time, so a resumed run freezes exactly as the original would have."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        network = pl_module.network
-        head = {id(p) for p in network.get_classifier().parameters()}
-        frozen = trainer.current_epoch < self.epochs
-        for p in network.parameters():
-            p.requires_grad_(not frozen or id(p) in head)

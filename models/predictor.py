@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from models.networks import build_network
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 # The files a saved model directory holds (the pyfunc model keeps them under artifacts/).
 WEIGHTS, STATS, CLASSES, NETWORK = "weights.safetensors", "stats.json", "classes.json", "network.json"

@@ -2,8 +2,9 @@
 `label`, `score`, `top_k` (JSON [[label, score], ...]) and `error` out. Decoding, EXIF orientation,
 mode normalization, resizing, normalization and class names all live inside the model.
 
-Saved as MLflow "models from code" (models/pyfunc_entry.py) with our `models` and `tasks` packages
-as code_paths: loading never unpickles anything and works from a plain Python session."""
+Saved as MLflow "models from code" (models/pyfunc_entry.py). Its code is models/ plus the small shared
+base it imports (tasks/common/ errors, images, packages): loading never unpickles anything, works from
+a plain Python session, and needs only the packages in REQUIREMENTS."""
 from __future__ import annotations
 
 import base64
@@ -12,21 +13,27 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from models.contract import OUTPUT_COLUMNS, error_row
 from models.predictor import Predictor, predictor_from_files
-from tasks.images import DecodeError, decode, to_array
-from tasks.versioning import installed_version
+from tasks.common.images import DecodeError, decode, to_array
+from tasks.common.packages import installed_version
 
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
-CODE_PATHS = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tasks")]
-OUTPUT_COLUMNS = ["label", "score", "top_k", "error"]
+MODELS_DIR = Path(__file__).parent
+TASKS_DIR = MODELS_DIR.parent / "tasks"
+# The only tasks/ modules the shipped code imports; a wiring test keeps this list equal to the imports.
+SHIPPED_BASE = ("common/errors.py", "common/images.py", "common/packages.py")
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before allocating them (clean's default limit)
 TOP_K = 5
+# Every package the shipped code imports (a test loads the model with all others unimportable).
 REQUIREMENTS = ("mlflow", "torch", "timm", "safetensors", "numpy", "pandas", "pillow")
 
 
@@ -50,7 +57,7 @@ class ImgclsModel(PythonModel):
                 errors.append(_message(exc))
         good = [i for i, a in enumerate(arrays) if a is not None]
         proba = predictor.predict_proba(np.stack([arrays[i] for i in good])) if good else np.zeros((0, len(predictor.classes)))
-        rows = [{"label": "", "score": float("nan"), "top_k": "[]", "error": e} for e in errors]
+        rows = [error_row(e) for e in errors]
         k = min(TOP_K, len(predictor.classes))
         for i, p in zip(good, proba):
             order = np.argsort(-p)[:k]
@@ -98,9 +105,19 @@ def _input_example(image: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
-def _model_kwargs(files: dict[str, Path], example_image: np.ndarray) -> dict:
+def _shipped_base(staging: Path) -> Path:
+    """A `tasks` package holding only the shared base, staged under `staging` for code_paths."""
+    root = staging / "tasks"
+    for relative in ("__init__.py", "common/__init__.py", *SHIPPED_BASE):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TASKS_DIR / relative, root / relative)
+    return root
+
+
+def _model_kwargs(files: dict[str, Path], example_image: np.ndarray, staging: Path) -> dict:
+    code_paths = [str(MODELS_DIR), str(_shipped_base(staging))]
     return dict(
-        python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=CODE_PATHS,
+        python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=code_paths,
         signature=_signature(), input_example=_input_example(example_image),
         # pinned from this environment; inferring them would load the model in a subprocess
         pip_requirements=[_pinned(name) for name in REQUIREMENTS],
@@ -116,11 +133,13 @@ def save_pyfunc(path: str | Path, files: dict[str, Path], example_image: np.ndar
     """Save the model to an empty or missing directory `path` (files from predictor.save_model_files)."""
     import mlflow.pyfunc
 
-    mlflow.pyfunc.save_model(path=str(path), **_model_kwargs(files, example_image))
+    with tempfile.TemporaryDirectory() as staging:
+        mlflow.pyfunc.save_model(path=str(path), **_model_kwargs(files, example_image, Path(staging)))
 
 
 def log_pyfunc(files: dict[str, Path], example_image: np.ndarray):
     """Log the model to the active run as artifact path "model"; returns MLflow's ModelInfo."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.log_model(name="model", **_model_kwargs(files, example_image))
+    with tempfile.TemporaryDirectory() as staging:
+        return mlflow.pyfunc.log_model(name="model", **_model_kwargs(files, example_image, Path(staging)))

@@ -16,13 +16,14 @@ import pandas as pd
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks import transforms
-from tasks.atomic import atomic_dir, atomic_path, write_json, write_text
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.images import DecodeError, decode, to_array
-from tasks.manifest import SPLITS, read_manifest, store_path
-from tasks.params import Paths, Strict
+from models import transforms
+from tasks.common import prepared as prepared_store
+from tasks.common.atomic import atomic_dir, atomic_path, write_json, write_text
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.images import DecodeError, decode, to_array
+from tasks.common.manifest import SPLITS, read_manifest, store_path
+from tasks.common.params import Paths, Strict
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def write_images(tmp: Path, files: list[Path], params: Params) -> int:
     RGB, and if all of them are gray only the first channel is kept (equal to decoding as L)."""
     n, size = len(files), params.image_size
     decode_channels = 3 if params.channels == "auto" else params.channels
-    target = tmp / ("rgb.npy" if params.channels == "auto" else "images.npy")
+    target = tmp / ("rgb.npy" if params.channels == "auto" else prepared_store.IMAGES)
     arr = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(n, size, size, decode_channels))
     all_gray = decode_all(files, size, decode_channels, arr, params.workers)
     if params.channels != "auto":
@@ -148,7 +149,7 @@ def write_images(tmp: Path, files: list[Path], params: Params) -> int:
         return decode_channels
     channels = 1 if all_gray else 3
     if channels == 1:
-        gray = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
+        gray = np.lib.format.open_memmap(tmp / prepared_store.IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
         gray[:] = arr[..., :1]
         gray.flush()
         del arr
@@ -156,7 +157,7 @@ def write_images(tmp: Path, files: list[Path], params: Params) -> int:
     else:
         arr.flush()
         del arr
-        target.rename(tmp / "images.npy")
+        target.rename(tmp / prepared_store.IMAGES)
     return channels
 
 
@@ -263,17 +264,15 @@ def run(params: Params, paths: Paths) -> dict:
     with atomic_dir(prepared) as tmp:
         channels = write_images(tmp, files, params)
         check_output_shape(params, channels)
-        images = np.load(tmp / "images.npy", mmap_mode="r")
+        images = prepared_store.open_images(tmp)
         train_rows = index.loc[(index["split"] == "train") & ~index["balance_copy"], "row"].to_numpy()
         mean, std = channel_stats(images, train_rows)
         stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std,
                  "test_time_flip": params.test_time_flip}
         train_tf = transforms.build(params.transforms, mean, std)
-        index.to_parquet(tmp / "index.parquet", index=False)
-        write_json(classes, tmp / "classes.json")
-        write_json(stats, tmp / "stats.json")
-        transforms.save(train_tf, tmp / transforms.TRAIN_SPEC)
-        transforms.save(transforms.build_eval(mean, std), tmp / transforms.EVAL_SPEC)
+        prepared_store.write_metadata(tmp, index, classes, stats)
+        transforms.save(train_tf, tmp / prepared_store.TRAIN_SPEC)
+        transforms.save(transforms.build_eval(mean, std), tmp / prepared_store.EVAL_SPEC)
         shown = preview_rows(index, params.preview.images)
         grid = preview_grid(images, shown["row"].tolist(), train_tf, mean, std, params.preview.draws)
         del images  # release the memory map before the directory is renamed into place

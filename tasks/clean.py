@@ -5,7 +5,7 @@ aside with one reason code: corrupt, too_large (decided from the header, never d
 low_information, duplicate / near_duplicate (one copy kept, the report names it), label_conflict (the
 same or a near-identical picture under different labels: every copy), outlier (nothing like the rest
 of its class). Awkward-but-valid files (CMYK, 16-bit, palette with transparency, EXIF-rotated, ...)
-are normalized by tasks.images and kept. Nothing is deleted from the store or the user's source."""
+are normalized by tasks.common.images and kept. Nothing is deleted from the store or the user's source."""
 from __future__ import annotations
 
 import contextlib
@@ -22,15 +22,15 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
-from tasks.atomic import write_parquet
-from tasks import inspection_cache
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
-from tasks.params import Paths, Strict
-from tasks.phash import as_int64, radius_pairs
-from tasks.quality import FEATURE_SIDE, Inspection, correlated, inspect_chunk
-from tasks.reports import flagged_frame, write_stage_reports
+from tasks.common.atomic import write_parquet
+from tasks.checks import inspection_cache
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
+from tasks.common.params import Paths, Strict
+from tasks.checks.phash import as_int64, radius_pairs
+from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_chunk
+from tasks.common.reports import flagged_frame, write_stage_reports
 
 # row position in the sorted manifest -> (reason, detail, kept_image_id)
 Flags = dict[int, tuple[str, str, str]]

@@ -14,14 +14,14 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
-from tasks.atomic import atomic_dir, write_csv, write_json
-from tasks.baseline import BaselineParams, run_baseline
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.metrics import classification_metrics, confusion, per_class_table, reliability_table
-from tasks.params import Paths, Strict
-from tasks.plots import confusion_plot, mistakes_gallery, reliability_plot
-from tasks.prepared import PreparedStore, read_prepared
+from tasks.common.atomic import atomic_dir, write_csv, write_json
+from tasks.judging.baseline import BaselineParams, run_baseline
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.judging.metrics import classification_metrics, confusion, per_class_table, reliability_table
+from tasks.common.params import Paths, Strict
+from tasks.judging.plots import confusion_plot, mistakes_gallery, reliability_plot
+from tasks.common.prepared import PreparedStore, read_prepared
 
 log = logging.getLogger(__name__)
 # Images are scored a batch at a time so a large memory-mapped store is never read into memory whole.

@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.atomic import atomic_path, write_csv, write_parquet, write_text
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.images import DecodeError, is_image_name, probe, sha256_file
-from tasks.manifest import INGESTED_COLUMNS, store_path
-from tasks.params import Paths, Strict
-from tasks.sample import SAMPLE_PREFIX, materialize_sample
+from tasks.common.atomic import atomic_path, write_csv, write_parquet, write_text
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.images import DecodeError, is_image_name, probe, sha256_file
+from tasks.common.manifest import INGESTED_COLUMNS, store_path
+from tasks.common.params import Paths, Strict
+from tasks.common.sample import SAMPLE_PREFIX, materialize_sample
 
 log = logging.getLogger(__name__)
 SKIPPED_COLUMNS = ["source_path", "reason", "detail"]

@@ -10,14 +10,14 @@ from typing import Callable, Literal
 
 from pydantic import Field
 
-from tasks import registry
-from tasks.atomic import write_json
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.gates import PROMOTION_METRICS, Gate, Rules, Scores, check_gates, failed
-from tasks.params import Paths, Strict
-from tasks.registry import CHALLENGER, CHAMPION, PREVIOUS
-from tasks.scoring import HeldOut, load_test_set, score_model
+from tasks.judging import registry
+from tasks.common.atomic import write_json
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.judging.gates import PROMOTION_METRICS, Gate, Rules, Scores, check_gates, failed
+from tasks.common.params import Paths, Strict
+from tasks.judging.registry import CHALLENGER, CHAMPION, PREVIOUS
+from tasks.judging.scoring import HeldOut, load_test_set, score_model
 
 log = logging.getLogger(__name__)
 

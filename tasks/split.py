@@ -27,14 +27,14 @@ import pandas as pd
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.atomic import write_parquet, write_text
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.manifest import SPLITS, read_manifest, store_path
-from tasks.phash import near_duplicate_groups
-from tasks.quality import THUMBNAIL_SIDE, correlated, near_duplicate_thumbnail
-from tasks.params import Paths, Strict
-from tasks.reports import markdown_table
+from tasks.common.atomic import write_parquet, write_text
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.manifest import SPLITS, read_manifest, store_path
+from tasks.checks.phash import near_duplicate_groups
+from tasks.checks.quality import THUMBNAIL_SIDE, correlated, near_duplicate_thumbnail
+from tasks.common.params import Paths, Strict
+from tasks.common.reports import markdown_table
 
 log = logging.getLogger(__name__)
 # how sources commonly spell the three splits
@@ -131,7 +131,7 @@ def _chart(table: pd.DataFrame, target) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.atomic import save_figure
+    from tasks.common.atomic import save_figure
 
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(table) + 2), 3.5))
     bottom = np.zeros(len(table))

@@ -5,7 +5,7 @@ best.ckpt (best val/acc), model/ (the MLflow pyfunc, also logged to the run as "
 and resume.json, the small state that lets a killed run continue: re-running with the same params
 and data resumes from last.ckpt inside the same MLflow run.
 
-dataset_version is tasks.versioning.dataset_version (sha256 of the split manifest's (image_id, label,
+dataset_version is tasks.common.versioning.dataset_version (sha256 of the split manifest's (image_id, label,
 split) rows, the same value the Prefect flow records); the resume fingerprint also hashes the
 prepared store's index and specs, so changed augmentation params start a fresh run."""
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.atomic import atomic_dir, write_json
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.params import Paths, Strict
-from tasks.versioning import dataset_version, git_commit
+from tasks.common import prepared as prepared_store
+from tasks.common.atomic import atomic_dir, write_json
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.params import Paths, Strict
+from tasks.common.versioning import dataset_version, git_commit
 
 log = logging.getLogger(__name__)
 STATE_FILE = "resume.json"
 # params that change how fast training runs, not what it computes: a resume may differ in them
 NOT_FINGERPRINTED = {"num_workers", "max_time_minutes"}
-FINGERPRINTED_FILES = ("index.parquet", "classes.json", "stats.json", "augment.json", "eval.json")
 
 
 class Params(Strict):
@@ -72,7 +72,7 @@ def flatten(prefix: str, value) -> dict[str, str]:
 def fingerprint(params: Params, version: str, prepared: Path) -> str:
     digest = hashlib.sha256(json.dumps(params.model_dump(exclude=NOT_FINGERPRINTED), sort_keys=True).encode())
     digest.update(version.encode())
-    for name in FINGERPRINTED_FILES:
+    for name in prepared_store.FINGERPRINTED:
         digest.update((prepared / name).read_bytes())
     return digest.hexdigest()
 
@@ -110,7 +110,7 @@ def make_callbacks(params: Params, train_dir: Path) -> tuple:
     """(the best-checkpoint callback, all callbacks)."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-    from models.networks import FreezeBackbone
+    from models.callbacks import FreezeBackbone
 
     best = ModelCheckpoint(dirpath=train_dir, filename="best", monitor="val/acc", mode="max", save_top_k=1,
                            enable_version_counter=False, auto_insert_metric_name=False)
@@ -193,7 +193,7 @@ def run(params: Params, paths: Paths) -> dict:
             "data.channels": str(data.stats["channels"]), "resolved.precision": precision,
             "resolved.channels_last": str(channels_last),
         })
-        for artifact in (prepared / "augment.json", prepared / "classes.json", paths.report_dir("augment") / "preview.png"):
+        for artifact in (prepared / prepared_store.TRAIN_SPEC, prepared / prepared_store.CLASSES, paths.report_dir("augment") / "preview.png"):
             if artifact.is_file():
                 mlflow.log_artifact(str(artifact))
 
@@ -240,7 +240,7 @@ def run(params: Params, paths: Paths) -> dict:
                             "train/epochs": float(trainer.current_epoch)})
 
         # the pyfunc: files written once, saved to train_dir/model and logged to the run as "model"
-        example_image = np.load(prepared / "images.npy", mmap_mode="r")[int(data.val_index["row"].iloc[0])]
+        example_image = prepared_store.open_images(prepared)[int(data.val_index["row"].iloc[0])]
         with tempfile.TemporaryDirectory() as tmp:
             files = save_model_files(tmp, params.network, module.network, data.classes, data.stats)
             with atomic_dir(train_dir / "model") as model_dir:

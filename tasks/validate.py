@@ -4,8 +4,8 @@
 - rare_class:    a class with fewer than `min_per_class` images                  warn | drop | fail
 - imbalance:     largest / smallest class above `max_imbalance` (not per image)  warn | fail
 - suspect_label: likely mislabels found by confident learning on out-of-fold probabilities (the mean
-                 of a kernel model on HOG + pixels, tasks.confident_learning, and a small CNN,
-                 tasks.oof_cnn), kept only when the given label gets less than max_given_probability. They stay in the manifest with
+                 of a kernel model on HOG + pixels, tasks.checks.confident_learning, and a small CNN,
+                 tasks.checks.oof_cnn), kept only when the given label gets less than max_given_probability. They stay in the manifest with
                  suspect_label=True (augment keeps them out of training) unless action is drop.
 
 `warn` keeps the rows and reports them; `drop` removes them from the validated manifest and reports
@@ -22,15 +22,15 @@ import pandas as pd
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from tasks import suspect_cache
-from tasks.atomic import write_parquet
-from tasks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
-from tasks.entry import stage_main
-from tasks.errors import UserError
-from tasks.images import DecodeError, decode, to_array
-from tasks.manifest import read_manifest, store_path
-from tasks.params import Paths, Strict
-from tasks.reports import flagged_frame, write_stage_reports
+from tasks.checks import suspect_cache
+from tasks.common.atomic import write_parquet
+from tasks.checks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
+from tasks.common.entry import stage_main
+from tasks.common.errors import UserError
+from tasks.common.images import DecodeError, decode, to_array
+from tasks.common.manifest import read_manifest, store_path
+from tasks.common.params import Paths, Strict
+from tasks.common.reports import flagged_frame, write_stage_reports
 
 log = logging.getLogger(__name__)
 Policy = Literal["warn", "drop", "fail"]
@@ -203,7 +203,7 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
             chunks.append(image_features(np.stack(gray), np.stack(pixels)))
         models.append(kernel_model(np.concatenate(chunks), cfg.seed))
     if use_cnn:
-        from tasks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
+        from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
 
         models.append(cnn_model(np.stack(cnn_images), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
     return models

@@ -27,7 +27,7 @@ def store_image(store: str | Path, pixels: np.ndarray, fmt: str = "PNG") -> str:
     import hashlib
     import io
 
-    from tasks.manifest import store_path
+    from tasks.common.manifest import store_path
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)

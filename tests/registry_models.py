@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.manifest import store_path
+from tasks.common.manifest import store_path
 
 MODEL_CODE = Path(__file__).with_name("brightness_pyfunc.py")
 CLASSES = [["dark", 40], ["mid", 128], ["bright", 215]]

@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from tasks import STAGES
+from tasks.stages import STAGES
 from tests.integration.dvcproject import make_project, sh
 
 # the sample at 16 px and two epochs: every stage runs for real, in about a minute

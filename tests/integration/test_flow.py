@@ -13,8 +13,8 @@ from prefect import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.pipeline as pipeline
-from tasks import STAGES
-from tasks.params import stage_params_model
+from tasks.stages import STAGES
+from tasks.common.params import stage_params_model
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("red", "green", "blue")

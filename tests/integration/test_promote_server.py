@@ -10,7 +10,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from tasks.params import Paths
+from tasks.common.params import Paths
 from tasks.promote import Params, run
 from tests.registry_models import train_run, write_split
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks import augment, transforms
-from tasks.errors import UserError
-from tasks.images import decode, to_array
-from tasks.manifest import store_path
-from tasks.params import ParamsError, Paths, load_stage
+from tasks import augment
+from models import transforms
+from tasks.common.errors import UserError
+from tasks.common.images import decode, to_array
+from tasks.common.manifest import store_path
+from tasks.common.params import ParamsError, Paths, load_stage
 
 # one entry per kind of augmentation the params must be able to express (albumentations 2.0.8 names)
 SPECS = [

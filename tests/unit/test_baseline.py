@@ -4,8 +4,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.unit.prepared_fixture import CLASSES, make_prepared_store, stripes
-from tasks.baseline import BaselineParams, hog_features, run_baseline
-from tasks.prepared import read_prepared
+from tasks.judging.baseline import BaselineParams, hog_features, run_baseline
+from tasks.common.prepared import read_prepared
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_baseline_learns_separable_task_and_logs_its_own_run(tmp_path, tracking,
 
 
 def test_baseline_needs_two_classes_in_train(tmp_path, tracking):
-    from tasks.errors import UserError
+    from tasks.common.errors import UserError
 
     store = read_prepared(make_prepared_store(tmp_path / "prepared"))
     one_class = store.index.assign(split=np.where(store.index["label_idx"] == 0, "train", "test"))

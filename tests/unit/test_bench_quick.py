@@ -62,7 +62,7 @@ def test_torchvision_twin_matches_the_albumentations_spec_without_augmentation(p
     import numpy as np
     import torch
 
-    from tasks.transforms import load_transforms
+    from models.transforms import load_transforms
 
     spec = json.loads((prepared / "augment.json").read_text())
     spec["transform"]["transforms"][0]["p"] = 0.0

@@ -8,11 +8,11 @@ import pytest
 
 from bench.planted import VALID_AWKWARD, giant_png, plant, score
 from tasks import clean, ingest
-from tasks.errors import UserError
-from tasks.manifest import INGESTED_COLUMNS, store_path
-from tasks.params import Paths
-from tasks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
-from tasks.quality import inspect
+from tasks.common.errors import UserError
+from tasks.common.manifest import INGESTED_COLUMNS, store_path
+from tasks.common.params import Paths
+from tasks.checks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
+from tasks.checks.quality import inspect
 
 CLEAN_REASONS = ["corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
                  "label_conflict", "outlier"]
@@ -187,7 +187,7 @@ def test_a_class_of_smooth_pictures_is_not_flagged():
 
 
 def _features(arr: np.ndarray) -> np.ndarray:
-    from tasks.quality import features
+    from tasks.checks.quality import features
 
     gray32 = arr.astype(np.float64)
     return features(gray32, dct32(gray32))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.confident_learning import (
+from tasks.checks.confident_learning import (
     calibrate_joint,
     confident_classes,
     confident_joint,

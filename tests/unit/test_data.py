@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.data import PreparedDataModule
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tests.unit.train_data import make_project
 
 

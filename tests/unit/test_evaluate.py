@@ -8,11 +8,11 @@ from mlflow.tracking import MlflowClient
 
 from tests.unit.prepared_fixture import CLASSES, make_prepared_store
 from tests.unit.train_data import make_project
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tasks.evaluate import Params, log_to_training_run, run, write_reports
-from tasks.metrics import classification_metrics, per_class_table
-from tasks.params import Paths
-from tasks.prepared import read_prepared
+from tasks.judging.metrics import classification_metrics, per_class_table
+from tasks.common.params import Paths
+from tasks.common.prepared import read_prepared
 
 REPORTS = ["metrics.json", "per_class.csv", "predictions.csv", "confusion.png", "confusion_normalized.png",
            "reliability.png", "mistakes.png"]

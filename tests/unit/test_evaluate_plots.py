@@ -1,8 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from tasks.metrics import confusion, reliability_table
-from tasks.plots import confident_mistakes, confusion_plot, mistakes_gallery, reliability_plot
+from tasks.judging.metrics import confusion, reliability_table
+from tasks.judging.plots import confident_mistakes, confusion_plot, mistakes_gallery, reliability_plot
 
 CLASSES = ["cat", "dog", "bird"]
 

@@ -5,10 +5,10 @@ import pandas as pd
 
 from flows.artifacts import data_quality_markdown, decision_markdown, metrics_markdown, mlflow_run_url
 from flows.pipeline import DATA_STAGES, MODEL_STAGES, model_config_digest, skip_note
-from tasks import STAGES
-from tasks.atomic import write_parquet
-from tasks.params import Paths
-from tasks.versioning import dataset_version
+from tasks.stages import STAGES
+from tasks.common.atomic import write_parquet
+from tasks.common.params import Paths
+from tasks.common.versioning import dataset_version
 
 
 def split_paths(tmp_path, rows) -> Paths:
@@ -29,7 +29,7 @@ def test_dataset_version_follows_content_not_row_order(tmp_path):
 
 
 def test_stage_order_is_the_pipeline_order():
-    assert DATA_STAGES + MODEL_STAGES == STAGES
+    assert DATA_STAGES + MODEL_STAGES == tuple(STAGES)
 
 
 def test_skip_only_when_data_and_model_params_are_unchanged():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.gates import Rules, Scores, check_gates, expected_calibration_error, failed, score_predictions
+from tasks.judging.gates import Rules, Scores, check_gates, expected_calibration_error, failed, score_predictions
 
 RULES = Rules(metric="test/macro_f1", floor=0.8, min_improvement=0.02, max_class_recall_drop=0.05)
 

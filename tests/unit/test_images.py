@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from bench.planted import AWKWARD, encode, giant_png
-from tasks.images import DecodeError, decode, probe
+from tasks.common.images import DecodeError, decode, probe
 
 
 def _picture() -> np.ndarray:

@@ -3,11 +3,11 @@ import os
 import pandas as pd
 import pytest
 
-from tasks.errors import UserError
-from tasks.images import sha256_file
+from tasks.common.errors import UserError
+from tasks.common.images import sha256_file
 from tasks.ingest import Params, run
-from tasks.manifest import INGESTED_COLUMNS, store_path
-from tasks.params import Paths
+from tasks.common.manifest import INGESTED_COLUMNS, store_path
+from tasks.common.params import Paths
 from tests.imagegen import pattern, write_png
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tasks.metrics import (
+from tasks.judging.metrics import (
     classification_metrics, confusion, expected_calibration_error, per_class_table, reliability_table,
     top_k_accuracy,
 )

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tasks.phash import hamming, near_duplicate_groups
+from tasks.checks.phash import hamming, near_duplicate_groups
 
 MASK64 = (1 << 64) - 1
 

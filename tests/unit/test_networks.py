@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.networks import ResNetSmall, build_network, load_pretrained
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 @pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny"])

@@ -1,7 +1,7 @@
 import numpy as np
 
-from tasks.confident_learning import kernel_model, out_of_fold_probabilities
-from tasks.oof_cnn import cnn_model, epochs_for
+from tasks.checks.confident_learning import kernel_model, out_of_fold_probabilities
+from tasks.checks.oof_cnn import cnn_model, epochs_for
 
 def striped_images(per_class=40, seed=0):
     """uint8 [N, 32, 32, 3] noisy pictures: class 0 horizontal stripes, 1 vertical, 2 a checkerboard,

@@ -1,8 +1,8 @@
 import pytest
 
-from tasks.entry import stage_main
+from tasks.common.entry import stage_main
 from tasks.ingest import run as ingest_run
-from tasks.params import ParamsError, load_stage, validate_file
+from tasks.common.params import ParamsError, load_stage, validate_file
 
 
 def test_typo_in_key_is_one_line_naming_key_and_file(project):

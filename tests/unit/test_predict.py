@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from tests.unit.brightness_model import png_bytes, save
-from tasks.errors import UserError
-from tasks.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
+from tasks.common.errors import UserError
+from flows.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks import registry
-from tasks.errors import UserError
-from tasks.params import Paths
+from tasks.judging import registry
+from tasks.common.errors import UserError
+from tasks.common.params import Paths
 from tasks.promote import Params, main, promote_version, rollback, run
 from tests.registry_models import train_run, write_split
 

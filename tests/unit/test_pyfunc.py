@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from models.predictor import load_predictor
-from tasks.images import decode, to_array
+from tasks.common.images import decode, to_array
 from tasks.train import Params, run
 from tests.unit.train_data import CLASSES, make_project
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from tasks import split
-from tasks.errors import UserError
-from tasks.params import ParamsError, Paths, load_stage
+from tasks.common.errors import UserError
+from tasks.common.params import ParamsError, Paths, load_stage
 
 
 def manifest(n, classes=("cat", "dog", "eel"), seed=0, prefix="img"):
@@ -151,7 +151,7 @@ def test_main_runs_from_params_file(tmp_path, capsys):
 
 
 def test_params_yaml_section_equals_the_defaults():
-    from tasks.params import parse_section, read_yaml
+    from tasks.common.params import parse_section, read_yaml
 
     data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     assert parse_section(data, "split", split.Params) == split.Params()

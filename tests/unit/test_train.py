@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from models.networks import build_network
 from models.predictor import load_predictor
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tasks.train import Params, device_settings, loss_weights, run
 from tests.unit.train_data import make_project
 

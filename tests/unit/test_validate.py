@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from tasks import validate
-from tasks.errors import UserError
-from tasks.manifest import store_path
-from tasks.params import Paths
+from tasks.common.errors import UserError
+from tasks.common.manifest import store_path
+from tasks.common.params import Paths
 
 SIZE = 16
 
@@ -262,7 +262,7 @@ def test_main_fail_policy_is_one_line_exit_2(tmp_path, capsys):
 def test_params_yaml_section_equals_the_defaults():
     from pathlib import Path
 
-    from tasks.params import parse_section, read_yaml
+    from tasks.common.params import parse_section, read_yaml
 
     data = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     assert parse_section(data, "validate", validate.Params) == validate.Params()
@@ -308,7 +308,7 @@ def test_unreadable_cache_entry_is_computed_again(tmp_path):
 
 
 def test_cache_key_changes_with_any_input_and_with_library_versions(monkeypatch):
-    from tasks import suspect_cache
+    from tasks.checks import suspect_cache
 
     base = suspect_cache.cache_key(["a", "b"], [0, 1], "{}")
     assert base == suspect_cache.cache_key(["a", "b"], [0, 1], "{}")

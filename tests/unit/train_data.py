@@ -9,7 +9,7 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 
-from tasks.params import Paths
+from tasks.common.params import Paths
 
 CLASSES = ["dark", "mid", "bright"]
 LEVELS = [50, 128, 205]

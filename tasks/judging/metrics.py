@@ -63,11 +63,16 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[n
 
 
 def reliability_table(y_true: np.ndarray, proba: np.ndarray, bins: int) -> pd.DataFrame:
-    """Equal-width bins over the top-class confidence: bin i holds confidences in (i/bins, (i+1)/bins]
-    (the first bin also holds 0). Empty bins have count 0 and NaN confidence/accuracy."""
+    """Equal-width bins over the top-class confidence (see reliability_bins)."""
     proba = np.asarray(proba, dtype=np.float64)
-    confidence = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    return reliability_bins(proba.max(axis=1), proba.argmax(axis=1) == np.asarray(y_true), bins)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
+    """Bin i holds confidences in (i/bins, (i+1)/bins] (the first bin also holds 0). Empty bins have
+    count 0 and NaN confidence/accuracy. The one binning behind the reliability plot and every ECE."""
+    confidence = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    correct = np.asarray(correct, dtype=bool)
     which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -80,8 +85,14 @@ def reliability_table(y_true: np.ndarray, proba: np.ndarray, bins: int) -> pd.Da
 
 
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int) -> float:
+    """ECE of class probabilities [N, C] against integer labels."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return calibration_error(proba.max(axis=1), proba.argmax(axis=1) == np.asarray(y_true), bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
     """ECE = sum over bins of (bin share of samples) * |accuracy - mean confidence|."""
-    table = reliability_table(y_true, proba, bins)
+    table = reliability_bins(confidence, correct, bins)
     filled = table[table["count"] > 0]
     gap = (filled["accuracy"] - filled["confidence"]).abs()
     return float((filled["count"] * gap).sum() / table["count"].sum())

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tasks.atomic import atomic_dir, write_text
-from tasks.errors import UserError
+from tasks.common.atomic import atomic_dir, write_text
+from tasks.common.errors import UserError
 
 SAMPLE_PREFIX = "sample:"
 SAMPLES = ("digits",)

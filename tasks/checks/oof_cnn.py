@@ -1,6 +1,6 @@
 """The second out-of-fold model of confident learning: a small CNN trained from scratch per fold.
 
-Why a second model: the kernel model on HOG + pixels (tasks.confident_learning) ranks mislabels well
+Why a second model: the kernel model on HOG + pixels (tasks.checks.confident_learning) ranks mislabels well
 on shapes but gives soft probabilities, so a T-shirt labelled "ankle boot" still gets p ~ 0.06 for
 the boot; a CNN is sharper on what it is sure of and wrong in other places. Averaging the two
 (bench/data_quality.py, Fashion-MNIST n=3000, 3% flips) raised the average precision of the
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.confident_learning import FitPredict
+from tasks.checks.confident_learning import FitPredict
 
 WIDTH = 16          # channels of the first stage (then 2x, 4x)
 BATCH_SIZE = 64
@@ -49,7 +49,7 @@ def epochs_for(n_train: int, epochs: int, budget: int) -> int:
 
 
 def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> FitPredict:
-    """The out-of-fold loop's fit-predict function (tasks.confident_learning.FitPredict) over `images`
+    """The out-of-fold loop's fit-predict function (tasks.checks.confident_learning.FitPredict) over `images`
     (uint8 [N, H, W, C]). Inputs are standardized with the mean/std of all images (no labels involved)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8, converted per batch

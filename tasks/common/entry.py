@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from tasks.errors import UserError
-from tasks.params import DEFAULT_PARAMS, ParamsError, load_stage
+from tasks.common.errors import UserError
+from tasks.common.params import DEFAULT_PARAMS, ParamsError, load_stage
 
 
 def stage_main(stage: str, run: Callable[[Any, Any], Any], argv: list[str] | None = None) -> int:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from importlib import metadata
 
-from tasks.manifest import read_manifest
-from tasks.params import Paths
+from tasks.common.manifest import read_manifest
+from tasks.common.params import Paths
 
 
 def dataset_version(paths: Paths) -> str:
@@ -29,13 +28,3 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip()
-
-
-def installed_version(name: str) -> tuple[str, str] | None:
-    """(distribution, version) installed for `name`, or None; MLflow may be there as mlflow-skinny alone."""
-    for dist in (name, f"{name}-skinny") if name == "mlflow" else (name,):
-        try:
-            return dist, metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None

@@ -10,12 +10,12 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.errors import UserError
-from tasks.hog import hog_features
-from tasks.metrics import label_metrics, probability_metrics
-from tasks.params import Strict
-from tasks.prepared import PreparedStore
-from tasks.versioning import git_commit
+from tasks.common.errors import UserError
+from tasks.checks.hog import hog_features
+from tasks.judging.metrics import label_metrics, probability_metrics
+from tasks.common.params import Strict
+from tasks.common.prepared import PreparedStore
+from tasks.common.versioning import git_commit
 
 # Images are turned into features a chunk at a time so that a large memory-mapped store is never
 # materialized whole.

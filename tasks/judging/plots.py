@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.atomic import save_figure
-from tasks.reports import image_grid, pyplot
+from tasks.common.atomic import save_figure
+from tasks.common.reports import image_grid, pyplot
 
 # Above this many classes the per-cell numbers become unreadable; the colours still tell the story.
 _MAX_ANNOTATED_CLASSES = 25

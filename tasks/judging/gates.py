@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
+from tasks.judging.metrics import calibration_error
+
 # Metrics a promotion can be decided on (higher is better). ECE and latency are bounds, not scores.
 PROMOTION_METRICS = ("test/macro_f1", "test/acc")
 ECE_BINS = 15
@@ -46,17 +48,8 @@ class Gate:
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    confidence = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
-    correct = np.asarray(correct, dtype=float)
-    # bin i holds (edges[i], edges[i+1]]; confidence 0 falls into the first bin
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins (metrics' one binning)."""
+    return calibration_error(confidence, correct, bins)
 
 
 def score_predictions(actual, predicted, confidence, latency_ms: float | None = None) -> Scores:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.atomic import atomic_path
-from tasks.versioning import installed_version
+from tasks.common.atomic import atomic_path
+from tasks.common.packages import installed_version
 
 FOLDER = "validate_suspects"
 # the modules that compute the scores, read as text (importing oof_cnn would import torch)

@@ -24,8 +24,8 @@ that example) and the given labels `labels` [N] in 0..K-1.
    a coat; the flagged examples are still scored, out of fold, and the rule is applied again.
 
 The out-of-fold probabilities are the mean of one or more models: `kernel_model` on HOG features
-(tasks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
-(tasks.oof_cnn); tasks.validate picks them (suspect_label.model).
+(tasks.checks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
+(tasks.checks.oof_cnn); tasks.validate picks them (suspect_label.model).
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tasks.hog import hog_features
+from tasks.checks.hog import hog_features
 
 Method = Literal["prune_by_noise_rate", "confident_joint", "both"]
 # (labels [N], train_idx, test_idx, num_classes) -> probabilities [len(test_idx), num_classes], 0 for a
-# class the training rows never show: one out-of-fold model (kernel_model here, tasks.oof_cnn.cnn_model)
+# class the training rows never show: one out-of-fold model (kernel_model here, tasks.checks.oof_cnn.cnn_model)
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
 # The out-of-fold model's size. Measured on Fashion-MNIST (bench/data_quality.py): more components

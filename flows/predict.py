@@ -12,11 +12,11 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.atomic import write_csv
-from tasks.errors import UserError
-from tasks.images import is_image_name
+from tasks.common.atomic import write_csv
+from tasks.common.errors import UserError
+from models.contract import OUTPUT_COLUMNS, error_rows
+from tasks.common.images import is_image_name
 
-OUTPUT_COLUMNS = ["label", "score", "top_k", "error"]
 CSV_COLUMNS = ["path", *OUTPUT_COLUMNS]
 
 
@@ -63,10 +63,6 @@ def _as_model_input(image: str | bytes) -> str:
     return str(Path(image).resolve())
 
 
-def _error_rows(n: int, message: str) -> pd.DataFrame:
-    return pd.DataFrame({"label": [""] * n, "score": [float("nan")] * n, "top_k": ["[]"] * n, "error": [message] * n})
-
-
 def _conform(out: Any, n: int) -> pd.DataFrame:
     out = pd.DataFrame(out).reset_index(drop=True)
     if len(out) != n or not {"label", "score", "top_k"} <= set(out.columns):
@@ -85,7 +81,7 @@ def _predict_batch(model: Any, batch: Sequence[str | bytes]) -> pd.DataFrame:
         return _conform(model.predict(pd.DataFrame({"image": [_as_model_input(x) for x in batch]})), len(batch))
     except Exception as exc:
         if len(batch) == 1:
-            return _error_rows(1, one_line(exc))
+            return error_rows(1, one_line(exc))
         # the model refused the whole batch: score one at a time so only the bad image carries the error
         return pd.concat([_predict_batch(model, [x]) for x in batch], ignore_index=True)
 
@@ -98,13 +94,13 @@ def predict_images(model: Any, images: Sequence[str | bytes], batch_size: int = 
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=None if progress else True):
         batch = list(images[start:start + batch_size])
-        rows = _error_rows(len(batch), "file not found").to_dict("records")
+        rows = error_rows(len(batch), "file not found").to_dict("records")
         present = [i for i, x in enumerate(batch) if not isinstance(x, str) or Path(x).is_file()]
         if present:
             for i, row in zip(present, _predict_batch(model, [batch[i] for i in present]).to_dict("records")):
                 rows[i] = row
         parts.append(pd.DataFrame(rows, columns=OUTPUT_COLUMNS))
-    return pd.concat(parts, ignore_index=True) if parts else _error_rows(0, "")
+    return pd.concat(parts, ignore_index=True) if parts else error_rows(0, "")
 
 
 def predict_paths(model: Any, paths: Sequence[str], batch_size: int = 64) -> pd.DataFrame:

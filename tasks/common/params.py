@@ -76,7 +76,9 @@ def parse_section(data: dict[str, Any], section: str, model: type[M], file: str 
 
 
 def stage_params_model(stage: str) -> type[BaseModel]:
-    return importlib.import_module(f"tasks.{stage}").Params
+    from tasks.stages import STAGES  # the stages import this module: resolved at call time
+
+    return STAGES[stage].Params
 
 
 def load_stage(stage: str, params_path: str | Path = DEFAULT_PARAMS) -> tuple[Any, Paths]:
@@ -89,7 +91,7 @@ def load_stage(stage: str, params_path: str | Path = DEFAULT_PARAMS) -> tuple[An
 
 
 def validate_file(params_path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    from tasks import STAGES
+    from tasks.stages import STAGES
 
     data = read_yaml(params_path)
     known = {"paths", *STAGES}

@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-TRAIN_SPEC = "augment.json"
-EVAL_SPEC = "eval.json"
+from tasks.common.prepared import EVAL_SPEC, TRAIN_SPEC
 # Transform classes a params list may not name: abstract bases, 3D/volume ops, tensor conversion
 # (the datamodule converts) and Normalize (appended by us from the train statistics). Lambda cannot
 # be serialized to JSON.

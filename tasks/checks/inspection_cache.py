@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.atomic import write_parquet
-from tasks.quality import Inspection
+from tasks.common.atomic import write_parquet
+from tasks.checks.quality import Inspection
 
 log = logging.getLogger(__name__)
 _CODE = ("quality.py", "phash.py", "images.py")  # everything an Inspection is computed by

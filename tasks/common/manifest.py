@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 # ingest's output; later stages keep these columns and add their own.
 INGESTED_COLUMNS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.images import DecodeError, decode, probe
-from tasks.phash import dct32, phash_from_dct
+from tasks.common.images import DecodeError, decode, probe
+from tasks.checks.phash import dct32, phash_from_dct
 
 FEATURE_SIDE = 8     # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
 STRUCTURE_BAND = 6   # DCT frequencies (of 32) that carry an image's large-scale structure

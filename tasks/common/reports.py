@@ -7,7 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
-from tasks.atomic import save_figure, write_csv, write_text
+from tasks.common.atomic import save_figure, write_csv, write_text
 
 REASONS = (
     "corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
@@ -100,7 +100,7 @@ def contact_sheet(
     """Grid of flagged images, each captioned with its reason and label. Unreadable ones show a cross."""
     import numpy as np
 
-    from tasks.images import DecodeError, decode, to_array
+    from tasks.common.images import DecodeError, decode, to_array
 
     # show every reason, not only the most frequent one: take round-robin across reasons
     rows = flagged.drop_duplicates("image_id")

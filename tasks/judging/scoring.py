@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.errors import UserError
-from tasks.gates import Scores, score_predictions
-from tasks.manifest import read_manifest, store_path
+from tasks.common.errors import UserError
+from tasks.judging.gates import Scores, score_predictions
+from tasks.common.manifest import read_manifest, store_path
 
 log = logging.getLogger(__name__)
 LATENCY_WARMUP = 2
