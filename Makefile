@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup run test test-all
+.PHONY: setup run lint format test test-all
 setup: $(STAMP)
 
 $(STAMP): constraints.txt pyproject.toml
@@ -17,8 +17,17 @@ $(STAMP): constraints.txt pyproject.toml
 run: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/imgcls run
 
-# The default suite (what CI runs); `make test-all` adds the slow tests.
-test: setup
+# ruff: formatting and lint (import order included), configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The default suite (what CI runs): lint, then the tests; `make test-all` adds the slow tests.
+test: setup lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow and not gpu" -q
 
 test-all: setup

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bench.common import write_result
 from tasks.stages import STAGES
-from tests.integration.dvcproject import make_project, sh
+from tests.helpers.dvc_project import make_project, sh
 
 QUICK = {"ingest": {"sample_upscale": 2}, "augment": {"image_size": 16}, "train": {"epochs": 2}}
 DIRECT = ("import sys\n"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tasks.common import run_records
 from tasks.common.params import Paths
 
 
@@ -86,7 +87,7 @@ def publish_model_reports(paths: Paths) -> dict[str, Any]:
     if decision is not None:
         create_markdown_artifact(decision_markdown(decision), key="imgcls-promotion", description="promote: gates and decision")
         found["decision"] = decision
-    run_info = _read_json(Path(paths.train_dir) / "run.json")
+    run_info = run_records.read_run(paths.train_dir, missing_ok=True)
     if run_info is not None:
         url = mlflow_run_url(run_info)
         if url:

@@ -5,8 +5,10 @@ Each task is `tasks.<stage>.run` with the stage's params from params.yaml: the s
 I/O) retry, and never on a UserError/ParamsError: those do not fix themselves."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import inspect
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,10 +20,12 @@ from prefect.runtime import flow_run
 
 from flows import artifacts, dvc_record
 from tasks.stages import STAGES
+from tasks.common import engine
 from tasks.common.atomic import write_json
 from tasks.common.errors import UserError
-from tasks.common.params import ParamsError, Paths, load_stage, parse_section, validate_file
+from tasks.common.params import ParamsError, Paths, load_stage, parse_section, read_yaml, validate_file
 from tasks.common.versioning import dataset_version
+from tasks.common.workspace_lock import workspace_lock
 
 MODEL_STAGES = ("augment", "train", "evaluate", "promote")
 DATA_STAGES = tuple(s for s in STAGES if s not in MODEL_STAGES)
@@ -56,6 +60,24 @@ def record_in_dvc(stages: list[str]) -> dict:
     return dvc_record.record(stages)
 
 
+def one_run_at_a_time(pipeline):
+    """The flow holds the workspace lock (tasks.common.workspace_lock, <paths.cache>/workspace.lock) for
+    its whole run: a second `imgcls run`, or a `dvc repro` / `python -m tasks.<stage>`, refuses while it
+    works. Its own stages run in-process (re-entrant) and what it spawns (dvc commit) inherits the lock."""
+
+    @functools.wraps(pipeline)
+    def locked(*args, **kwargs):
+        bound = inspect.signature(pipeline).bind(*args, **kwargs)
+        bound.apply_defaults()
+        params_path = str(bound.arguments["params_path"])
+        paths = parse_section(read_yaml(params_path), "paths", Paths, params_path)
+        run_name = flow_run.name or "-"
+        with workspace_lock(paths.cache, command=f"imgcls run --params {params_path} (flow run {run_name})"):
+            return pipeline(*bound.args, **bound.kwargs)
+
+    return locked
+
+
 def model_config_digest(data: dict[str, Any]) -> str:
     """Params of the model stages: changing them is a reason to retrain even on the same data."""
     relevant = {stage: data.get(stage) for stage in MODEL_STAGES}
@@ -83,7 +105,9 @@ def skip_note(last: dict | None, version: str, config: str, force: bool) -> str 
             f"augment/train/evaluate/promote params are unchanged; use --force to retrain anyway")
 
 
-@flow(name="imgcls-pipeline", log_prints=True, persist_result=False)
+# Dask (prefect-dask): the stages' per-image work runs on this runner's cluster (tasks.common.engine)
+@flow(name="imgcls-pipeline", log_prints=True, persist_result=False, task_runner=engine.flow_task_runner())
+@one_run_at_a_time
 def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict:
     params_path = str(params_path)
     data = validate_file(params_path)  # a typo anywhere fails now, not after hours of training

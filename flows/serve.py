@@ -1,34 +1,43 @@
 """`imgcls serve`: a small FastAPI app around the pyfunc model.
 
-POST /predict  (multipart `image`)                -> label, score, top_k
-POST /feedback (multipart `image` + form `label`) -> stored in the ingest inbox for the next run
-GET  /health                                      -> model uri/version
+POST /predict  (multipart `image`)                -> label, score, top_k               (open)
+POST /feedback (multipart `image` + form `label`) -> quarantined for ingest's policy    (bearer token)
+GET  /health                                      -> model uri/version                  (open)
+GET  /metrics                                     -> Prometheus text format             (open)
 
-Uploads are bytes only: size is checked from Content-Length and while reading, pixels from the
-image header before decoding, and nothing uploaded is ever unpickled."""
+In front of the routes (flows/guards.py): a token bucket per client address (429), a bearer token on
+every write endpoint (401; 403 when the server has no token), and a body limit counted while the body
+streams in (413 as soon as it is crossed, chunked uploads too). Uploads are bytes only: pixels are
+checked from the image header before decoding, and nothing uploaded is ever unpickled.
+
+Feedback never goes straight into training data: it lands in the quarantine (paths.feedback, format
+in tasks/common/feedback_inbox.py) with who sent it and when, and its label must be a class of the
+served model unless the server was started with --allow-new-labels. Ingest admits it, or sends it to
+review when it contradicts the data."""
 from __future__ import annotations
 
-import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from tasks.common.atomic import atomic_path
-from tasks.common.images import DecodeError, Header, decode, probe
+from flows.guards import BodyLimit, RateLimit, WriteAuth
+from flows.metrics import Metrics, MetricsMiddleware
 from flows.predict import load_model, predict_bytes
+from tasks.common.feedback_inbox import EXTENSIONS, FeedbackError, check_label, write_submission
+from tasks.common.images import DecodeError, Header, decode, probe
 
 # multipart framing and the label field on top of the file itself
 MULTIPART_OVERHEAD = 64 * 1024
-# inbox files get an extension ingest recognises; formats PIL reads but ingest would skip are refused
-INBOX_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "GIF": ".gif",
-                    "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
+OPEN_WRITE_PATHS = ("/predict",)  # POST, but writes nothing: no token needed
 
 
 def sanitize_label(label: str) -> str:
-    """A class name usable as one folder name: no separators, no leading dots, no control characters."""
+    """A new class name (only with allow_new_labels) usable as one folder name: no separators, no
+    leading dots, no control characters."""
     name = re.sub(r"[^\w.\- ]+", "_", label.strip()).strip(" .")
     if not re.search(r"[^\W_]", name):
         raise HTTPException(422, "label must contain at least one letter or digit")
@@ -49,6 +58,19 @@ def model_version(model_uri: str) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except Exception:  # health must answer even when the registry is briefly unreachable
         return None
+
+
+def served_classes(model: Any) -> list[str] | None:
+    """The class names of an imgcls pyfunc model (its predictor's classes); None when the model does
+    not say (another pyfunc)."""
+    try:
+        python_model = model.unwrap_python_model()
+    except Exception:  # not a python_function model built from a PythonModel
+        return None
+    classes = getattr(getattr(python_model, "predictor", None), "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    return None
 
 
 def _reason(exc: DecodeError) -> str:
@@ -75,25 +97,47 @@ def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> 
     return data, header
 
 
-def create_app(model_uri: str, inbox_dir: str | Path, max_upload_bytes: int = 10 * 1024 * 1024,
-               max_pixels: int = 40_000_000) -> FastAPI:
+def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int = 10 * 1024 * 1024,
+               max_pixels: int = 40_000_000, tokens: Iterable[str] = (), rate_limit: float = 20.0,
+               rate_burst: int = 40, allow_new_labels: bool = False,
+               classes: Iterable[str] | None = None) -> FastAPI:
+    """tokens: bearer tokens allowed to write (none: write endpoints answer 403); rate_limit: requests
+    per second per client address (0: off) with bursts of rate_burst; classes: the labels feedback
+    may carry (default: the served model's classes; any label with allow_new_labels)."""
     model = load_model(model_uri)
-    inbox = Path(inbox_dir)
+    quarantine = Path(feedback_dir)
     version = model_version(model_uri)
     run_id = getattr(getattr(model, "metadata", None), "run_id", None)
+    known = list(classes) if classes is not None else served_classes(model)
+    known_set = set(known or ())
+    tokens = list(tokens)
+    metrics = Metrics(model_uri, version, run_id)
     app = FastAPI(title="imgcls", description=f"image classifier {model_uri}")
 
-    @app.middleware("http")
-    async def reject_oversized(request: Request, call_next):
-        # refuse before the multipart body is read and spooled
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": f"upload larger than {max_upload_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    def accept_label(label: str) -> str:
+        try:
+            text = check_label(label)
+        except FeedbackError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if text in known_set:
+            return text
+        if allow_new_labels:
+            return sanitize_label(text)
+        if known is None:
+            raise HTTPException(403, "the served model does not list its classes: feedback labels cannot be checked "
+                                     "(start the server with --allow-new-labels to accept any label)")
+        shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        raise HTTPException(422, f"label {text!r} is not a class of the served model ({shown})")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "model_uri": model_uri, "model_version": version, "run_id": run_id}
+        return {"ok": True, "model_uri": model_uri, "model_version": version, "run_id": run_id,
+                "feedback_enabled": bool(tokens)}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.post("/predict")
     def predict(image: UploadFile = File(...)) -> dict[str, Any]:
@@ -104,18 +148,27 @@ def create_app(model_uri: str, inbox_dir: str | Path, max_upload_bytes: int = 10
         return {"label": result["label"], "score": result["score"], "top_k": result["top_k"], "model_version": version}
 
     @app.post("/feedback")
-    def feedback(image: UploadFile = File(...), label: str = Form(...)) -> dict[str, Any]:
+    def feedback(request: Request, image: UploadFile = File(...), label: str = Form(...)) -> dict[str, Any]:
+        name = accept_label(label)
         data, header = _read_upload(image, max_upload_bytes, max_pixels)
-        ext = INBOX_EXTENSIONS.get(header.format)
-        if ext is None:
+        if header.format not in EXTENSIONS:
             raise HTTPException(415, f"{header.format or 'this'} images are not accepted; send PNG, JPEG, BMP, GIF, TIFF or WebP")
-        name = sanitize_label(label)
-        image_id = hashlib.sha256(data).hexdigest()
-        target = inbox / name / f"{image_id}{ext}"
-        existed = target.exists()
-        if not existed:
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(data)
-        return {"stored": str(target), "image_id": image_id, "label": name, "already_present": existed}
+        client = request.client.host if request.client else "unknown"
+        try:
+            record, stored, existed = write_submission(quarantine, data, name, header.format, header.width,
+                                                       header.height, client, getattr(request.state, "token_id", ""))
+        except FeedbackError as exc:
+            raise HTTPException(422, str(exc)) from None
+        metrics.feedback.labels("already_present" if existed else "stored").inc()
+        # the submission id, not a server path: clients learn nothing about the file system
+        return {"submission": stored.stem, "image_id": record.sha256, "label": record.label,
+                "already_present": existed, "quarantined": True}
 
+    # outermost last: metrics see every answer; the rate limit and the token are checked before any
+    # body byte is read; the body limit wraps the routes' reading of it
+    app.add_middleware(BodyLimit, max_body=max_upload_bytes + MULTIPART_OVERHEAD,
+                       message=f"upload larger than {max_upload_bytes} bytes")
+    app.add_middleware(WriteAuth, tokens=tokens, open_paths=OPEN_WRITE_PATHS)
+    app.add_middleware(RateLimit, rate=rate_limit, burst=rate_burst)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints={route.path for route in app.routes})
     return app

@@ -2,9 +2,11 @@
 `label`, `score`, `top_k` (JSON [[label, score], ...]) and `error` out. Decoding, EXIF orientation,
 mode normalization, resizing, normalization and class names all live inside the model.
 
-Saved as MLflow "models from code" (models/pyfunc_entry.py). Its code is models/ plus the small shared
-base it imports (tasks/common/ errors, images, packages): loading never unpickles anything, works from
-a plain Python session, and needs only the packages in REQUIREMENTS."""
+Saved as MLflow "models from code" (models/pyfunc_entry.py). Its code is the inference part of models/
+(SHIPPED_MODELS) plus the small shared base it imports (tasks/common/ errors, images, packages): loading
+never unpickles anything, works from a plain Python session, and needs only the packages in REQUIREMENTS
+(tests/unit/test_portable_model.py loads it with Lightning, scipy, scikit-learn, albumentations, Prefect,
+DVC and torchvision unimportable, and checks REQUIREMENTS against the shipped code's imports)."""
 from __future__ import annotations
 
 import base64
@@ -31,10 +33,15 @@ MODELS_DIR = Path(__file__).parent
 TASKS_DIR = MODELS_DIR.parent / "tasks"
 # The only tasks/ modules the shipped code imports; a wiring test keeps this list equal to the imports.
 SHIPPED_BASE = ("common/errors.py", "common/images.py", "common/packages.py")
+# The models/ modules inference needs (training code, which imports Lightning and albumentations, stays
+# behind); test_portable_model keeps this equal to the shipped code's import closure.
+SHIPPED_MODELS = ("__init__.py", "contract.py", "networks.py", "predictor.py", "pyfunc.py")
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before allocating them (clean's default limit)
 TOP_K = 5
-# Every package the shipped code imports (a test loads the model with all others unimportable).
-REQUIREMENTS = ("mlflow", "torch", "timm", "safetensors", "numpy", "pandas", "pillow")
+# Every distribution the shipped code imports (a test loads the model with all others unimportable).
+# mlflow-skinny, not mlflow: loading a pyfunc needs none of the server, scipy, scikit-learn, matplotlib
+# or pyarrow that the full distribution pulls in.
+REQUIREMENTS = ("mlflow-skinny", "torch", "timm", "safetensors", "numpy", "pandas", "pillow")
 
 
 class ImgclsModel(PythonModel):
@@ -42,6 +49,10 @@ class ImgclsModel(PythonModel):
 
     def load_context(self, context) -> None:
         self.predictor = predictor_from_files(**{k: context.artifacts[k] for k in ("weights", "stats", "classes", "network")})
+
+    def class_names(self) -> list[str]:
+        """The label set this model predicts (promotion refuses to compare models with different sets)."""
+        return list(self.predictor.classes)
 
     def predict(self, context, model_input, params=None):
         # no type hints: MLflow would read them as a second, competing signature
@@ -105,17 +116,25 @@ def _input_example(image: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
+def _stage(source: Path, relatives, target: Path) -> Path:
+    for relative in relatives:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, target / relative)
+    return target
+
+
 def _shipped_base(staging: Path) -> Path:
     """A `tasks` package holding only the shared base, staged under `staging` for code_paths."""
-    root = staging / "tasks"
-    for relative in ("__init__.py", "common/__init__.py", *SHIPPED_BASE):
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(TASKS_DIR / relative, root / relative)
-    return root
+    return _stage(TASKS_DIR, ("__init__.py", "common/__init__.py", *SHIPPED_BASE), staging / "tasks")
+
+
+def _shipped_models(staging: Path) -> Path:
+    """A `models` package holding only the inference modules, staged under `staging` for code_paths."""
+    return _stage(MODELS_DIR, SHIPPED_MODELS, staging / "models")
 
 
 def _model_kwargs(files: dict[str, Path], example_image: np.ndarray, staging: Path) -> dict:
-    code_paths = [str(MODELS_DIR), str(_shipped_base(staging))]
+    code_paths = [str(_shipped_models(staging)), str(_shipped_base(staging))]
     return dict(
         python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=code_paths,
         signature=_signature(), input_example=_input_example(example_image),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from models import transforms
+from tasks.common import engine
 from tasks.common import prepared as prepared_store
 from tasks.common.atomic import atomic_dir, atomic_path, write_json, write_text
 from tasks.common.entry import stage_main
@@ -118,21 +118,39 @@ def _load_one(job: tuple[str, int, int]) -> tuple[np.ndarray | None, bool, str]:
     return arr, gray, ""
 
 
-def decode_all(paths: list[Path], size: int, channels: int, out: np.ndarray, workers: int) -> bool:
-    """Decode every image once into `out` (N,H,W,channels); True when every image is grayscale."""
-    jobs = [(str(p), size, channels) for p in paths]
-    all_gray = True
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 64 else None
-    try:
-        results = pool.map(_load_one, jobs, chunksize=32) if pool else map(_load_one, jobs)
-        for i, (arr, gray, error) in enumerate(tqdm(results, total=len(jobs), desc="augment: decode", unit="img", disable=None)):
-            if arr is None:
-                raise UserError(f"{paths[i]}: {error} (the image store changed after `clean`; re-run ingest and clean)")
+def _load_partition(paths: list[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Engine task (tasks.common.engine): decode absolute `paths` into uint8 [k, size, size, channels],
+    with a gray flag per image and (position, error) for those that do not decode."""
+    out = np.zeros((len(paths), size, size, channels), np.uint8)
+    gray = np.ones(len(paths), bool)
+    errors = []
+    for i, path in enumerate(paths):
+        arr, gray[i], error = _load_one((path, size, channels))
+        if arr is None:
+            errors.append((i, error))
+        else:
             out[i] = arr
-            all_gray &= gray
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+    return out, gray, errors
+
+
+def decode_all(paths: list[Path], size: int, channels: int, out: np.ndarray, workers: int = 1) -> bool:
+    """Decode every image once into `out` (N,H,W,channels), a partition at a time on the engine
+    (tasks.common.engine: in this process for small data, else Dask workers, which get absolute
+    paths); True when every image is grayscale. `workers` is no longer used: engine.workers is."""
+    cwd = Path.cwd()
+    jobs = [str(p if Path(p).is_absolute() else cwd / p) for p in paths]
+    all_gray = True
+    start = 0
+    with engine.session(len(jobs), what="augment") as eng, \
+            tqdm(total=len(jobs), desc="augment: decode", unit="img", disable=None) as bar:
+        for arrays, gray, errors in eng.map_partitions(_load_partition, jobs, size, channels):
+            if errors:
+                i, error = errors[0]
+                raise UserError(f"{paths[start + i]}: {error} (the image store changed after `clean`; re-run ingest and clean)")
+            out[start:start + len(arrays)] = arrays
+            all_gray &= bool(gray.all())
+            start += len(arrays)
+            bar.update(len(arrays))
     return all_gray
 
 

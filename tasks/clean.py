@@ -8,13 +8,8 @@ of its class). Awkward-but-valid files (CMYK, 16-bit, palette with transparency,
 are normalized by tasks.common.images and kept. Nothing is deleted from the store or the user's source."""
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
-import multiprocessing
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +17,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
+from tasks.common import engine
 from tasks.common.atomic import write_parquet
 from tasks.checks import inspection_cache
 from tasks.common.entry import stage_main
@@ -29,7 +25,7 @@ from tasks.common.errors import UserError
 from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
 from tasks.common.params import Paths, Strict
 from tasks.checks.phash import as_int64, radius_pairs
-from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_chunk
+from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_partition
 from tasks.common.reports import flagged_frame, write_stage_reports
 
 # row position in the sorted manifest -> (reason, detail, kept_image_id)
@@ -45,7 +41,7 @@ class Params(Strict):
     near_duplicate_min_correlation: float = Field(0.99, ge=-1, le=1)
     outlier_zscore: float = Field(5.0, gt=0)
     outlier_min_class_size: int = Field(10, ge=3)
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1)  # no longer used: engine.workers sizes the embedded cluster (docs/scaling.md)
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -96,26 +92,28 @@ def run(params: Params, paths: Paths) -> dict:
 
 def inspect_all(image_ids: list[str], store: str, params: Params,
                 cached: dict[str, Inspection] | None = None) -> dict[str, Inspection]:
-    """Decode every distinct file not in `cached` once, in `params.workers` processes, in chunks."""
+    """Decode every distinct file not in `cached` once, in partitions on the engine (this process
+    for small data, else Dask workers: tasks.common.engine), which are given the absolute store path."""
     cached = cached or {}
     results: dict[str, Inspection] = {i: cached[i] for i in image_ids if i in cached}
-    items = [(image_id, str(store_path(store, image_id))) for image_id in image_ids if image_id not in cached]
-    missing = [image_id for image_id in image_ids if not store_path(store, image_id).is_file()]
+    todo = [image_id for image_id in image_ids if image_id not in cached]
+    missing: list[str] = []
+    with engine.session(len(todo), what="clean") as eng, \
+            tqdm(total=len(todo), desc="clean", unit="img", disable=None) as bar:
+        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store),
+                                           params.max_pixels, str(store)):
+            for image_id, insp in done:
+                if insp is None:
+                    missing.append(image_id)
+                else:
+                    results[image_id] = insp
+            bar.update(len(done))
+    missing += [image_id for image_id in image_ids if image_id in cached and not store_path(store, image_id).is_file()]
     if missing:
+        absent = set(missing)
+        missing = [image_id for image_id in image_ids if image_id in absent]
         raise UserError(f"{len(missing)} image(s) of the ingested manifest are missing from the store "
                         f"{store} (first: {missing[0]}): run the `ingest` stage again")
-    size = max(1, min(256, math.ceil(len(items) / (params.workers * 8))))
-    chunks = [items[k:k + size] for k in range(0, len(items), size)]
-    work = functools.partial(inspect_chunk, max_pixels=params.max_pixels)
-    with contextlib.ExitStack() as stack, tqdm(total=len(items), desc="clean", unit="img", disable=None) as bar:
-        mapper = map
-        if params.workers > 1 and len(chunks) > 1:
-            # spawn, not fork: the caller may be a threaded process (Prefect, a notebook)
-            pool = ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
-            mapper = stack.enter_context(pool).map
-        for done in mapper(work, chunks):
-            results.update(done)
-            bar.update(len(done))
     return results
 
 

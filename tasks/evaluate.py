@@ -3,9 +3,7 @@ classical baseline, write reports/evaluate/ (metrics.json, per_class.csv, predic
 and log all of it to the training run in MLflow."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,14 +12,15 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
+from tasks.common import run_records, tracking
 from tasks.common.atomic import atomic_dir, write_csv, write_json
-from tasks.judging.baseline import BaselineParams, run_baseline
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
-from tasks.judging.metrics import classification_metrics, confusion, per_class_table, reliability_table
 from tasks.common.params import Paths, Strict
-from tasks.judging.plots import confusion_plot, mistakes_gallery, reliability_plot
 from tasks.common.prepared import PreparedStore, read_prepared
+from tasks.judging.baseline import BaselineParams, run_baseline
+from tasks.judging.metrics import classification_metrics, confusion, per_class_table, reliability_table
+from tasks.judging.plots import confusion_plot, mistakes_gallery, reliability_plot
 
 log = logging.getLogger(__name__)
 # Images are scored a batch at a time so a large memory-mapped store is never read into memory whole.
@@ -39,7 +38,7 @@ class Params(Strict):
 
 def run(params: Params, paths: Paths) -> dict:
     store = read_prepared(paths.prepared)
-    train_run = read_run_json(Path(paths.train_dir))
+    train_run = run_records.read_run(paths.train_dir)
     predictor = _load_predictor(Path(paths.train_dir))
     if list(predictor.classes) != store.classes:
         raise UserError(
@@ -86,13 +85,6 @@ def run(params: Params, paths: Paths) -> dict:
     }
 
 
-def read_run_json(train_dir: Path) -> dict:
-    path = train_dir / "run.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found: run the `train` stage first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _load_predictor(train_dir: Path):
     from models.predictor import load_predictor  # torch is imported only when a model is scored
 
@@ -132,10 +124,8 @@ def write_reports(
 
 
 def _use_tracking_uri(train_run: dict) -> None:
-    """The training run lives where train logged it (run.json); without that, the environment decides."""
-    import mlflow
-
-    mlflow.set_tracking_uri(train_run.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    """The training run lives where train logged it (run.json); without that, the project's default."""
+    tracking.use(train_run.get("tracking_uri"))
 
 
 def log_to_training_run(train_run: dict, metrics: dict[str, float], out_dir: Path, baseline_run_id: str | None) -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from tasks.judging import registry
+from tasks.common import run_records
 from tasks.common.atomic import write_json
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
-from tasks.judging.gates import PROMOTION_METRICS, Gate, Rules, Scores, check_gates, failed
 from tasks.common.params import Paths, Strict
+from tasks.judging import registry
+from tasks.judging.gates import PROMOTION_METRICS, Gate, Rules, Scores, check_gates, failed
 from tasks.judging.registry import CHALLENGER, CHAMPION, PREVIOUS
-from tasks.judging.scoring import HeldOut, load_test_set, score_model
+from tasks.judging.scoring import HeldOut, class_names, load_test_set, score_model
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +34,13 @@ class Params(Strict):
     max_ece: float | None = Field(None, ge=0, le=1)
     max_latency_ms: float | None = Field(None, gt=0)  # p50 single-image predict through the pyfunc
     score_batch_size: int = Field(64, ge=1)
+    # auto: register and move aliases, except under `dvc exp run` (an experiment writes its decision and
+    # leaves the production registry alone); always / never force either way
+    registry_writes: Literal["auto", "always", "never"] = "auto"
 
     def rules(self) -> Rules:
         return Rules(self.metric, self.floor, self.min_improvement, self.max_class_recall_drop,
                      self.max_ece, self.max_latency_ms)
-
-
-def read_run_info(train_dir: str | Path) -> dict:
-    path = Path(train_dir) / "run.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found: run the `train` stage first")
-    info = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("run_id", "model_uri") if not info.get(k)]
-    if missing:
-        raise UserError(f"{path}: missing {', '.join(missing)}: run the `train` stage again")
-    return info
 
 
 def register_candidate(client, name: str, info: dict):
@@ -68,13 +63,46 @@ def register_candidate(client, name: str, info: dict):
     return mlflow.register_model(info["model_uri"], name, tags={k: str(v) for k, v in tags.items() if v != ""})
 
 
+def register_or_mark(client, name: str, info: dict, paths: Paths):
+    """(the held-out test set, the candidate's version). Every trained model is either registered or
+    its training run is tagged why not: any error before the version exists is recorded on the run
+    (imgcls.registered=false, imgcls.not_registered_reason) and raised again."""
+    run_id = info["run_id"]
+    try:
+        test = load_test_set(paths.split, paths.store)
+        version = str(register_candidate(client, name, info).version)
+    except Exception as exc:
+        _tag_run(run_records.mark_not_registered, client, run_id, f"promote failed: {exc}")
+        raise
+    _tag_run(run_records.mark_registered, client, run_id, name, version)
+    return test, version
+
+
+def _tag_run(mark: Callable, client, run_id: str, *args) -> None:
+    """Best effort: a run that cannot be tagged (not in this store, store down) must not hide the
+    error that is being reported, nor fail a registration that worked."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mark(client, run_id, *args)
+    except MlflowException as exc:
+        log.warning("could not tag training run %s with its registration state: %s", run_id, exc)
+
+
+def experiment_name() -> str | None:
+    """The DVC experiment this process runs in (`dvc exp run` sets these), else None."""
+    return os.environ.get("DVC_EXP_NAME") or (os.environ.get("DVC_EXP_BASELINE_REV") and "unnamed")
+
+
 def run(params: Params, paths: Paths) -> dict:
-    info = read_run_info(paths.train_dir)
-    test = load_test_set(paths.split, paths.store)
+    info = run_records.read_run(paths.train_dir)
     client = registry.connect()
     name = params.model_name
-    candidate = str(register_candidate(client, name, info).version)
-    scores_of = _scorer(name, candidate, test, params)
+    experiment = experiment_name()
+    if params.registry_writes == "never" or (params.registry_writes == "auto" and experiment):
+        return judge_without_registering(client, name, info, paths, params, experiment)
+    test, candidate = register_or_mark(client, name, info, paths)
+    scores_of = _scorer(name, candidate, info["model_uri"], test, params)
     scores_of(candidate)
     # Score the champion before taking the lock: it is the slow part. Under the lock the alias is read
     # again and a champion that changed meanwhile is scored too, so the compare-and-set is exact.
@@ -94,17 +122,51 @@ def run(params: Params, paths: Paths) -> dict:
     }
 
 
-def _scorer(name: str, candidate: str, test: HeldOut, params: Params) -> Callable[[str], Scores]:
+def judge_without_registering(client, name: str, info: dict, paths: Paths, params: Params,
+                              experiment: str | None) -> dict:
+    """The same judgement against the current champion, written to decision.json, with nothing
+    registered and no alias moved: what an experiment needs to compare, and no more."""
+    test = load_test_set(paths.split, paths.store)
+    candidate = f"run:{info['run_id']}"
+    scores_of = _scorer(name, candidate, info["model_uri"], test, params)
+    champion = registry.aliases(client, name).get(CHAMPION) if registry.model_exists(client, name) else None
+    decision = _decide(name, candidate, champion, scores_of, params.rules())
+    why = f"dvc experiment {experiment}" if experiment else "promote.registry_writes: never"
+    decision.update(test_images=len(test.image_paths), registered=False, would_be=decision["decision"],
+                    decision="not_registered", reason=f"{why}: registry untouched; would be {decision['decision']}: "
+                                                      f"{decision['reason']}")
+    decision["aliases"] = registry.aliases(client, name) if champion else {}
+    write_json(decision, paths.report_dir("promote") / "decision.json")
+    _tag_run(run_records.mark_not_registered, client, info["run_id"], why)
+    log.info("%s", decision["reason"])
+    return {k: decision[k] for k in ("model_name", "decision", "reason", "aliases")} | {
+        "candidate_version": None, "compared_to": champion,
+    }
+
+
+def _scorer(name: str, candidate: str, candidate_uri: str, test: HeldOut, params: Params) -> Callable[[str], Scores]:
+    """version -> its scores on `test`, each model scored once; `candidate` is scored from candidate_uri."""
     cache: dict[str, Scores] = {}
 
     def scores_of(version: str) -> Scores:
         if version not in cache:
             # latency only bounds the candidate; measuring the champion would only cost time
             measure = version == candidate and params.max_latency_ms is not None
-            cache[version] = score_model(f"models:/{name}/{version}", test, params.score_batch_size, measure)
+            uri = candidate_uri if version == candidate else f"models:/{name}/{version}"
+            cache[version] = score_model(uri, test, params.score_batch_size, measure)
         return cache[version]
 
     return scores_of
+
+
+def label_set_change(candidate: tuple[str, ...] | None, champion: tuple[str, ...] | None) -> str | None:
+    """A one-line description of how two declared label sets differ; None when they agree or either is unknown."""
+    if not candidate or not champion or set(candidate) == set(champion):
+        return None
+    added, removed = sorted(set(candidate) - set(champion)), sorted(set(champion) - set(candidate))
+    return (f"label set differs from the champion's (added {added or 'none'}, removed {removed or 'none'}): "
+            f"a new task is not an improvement; confirm with `imgcls promote --new-task --version N --reason ...` "
+            f"or give promote.model_name a new name")
 
 
 def _decide(name: str, candidate: str, champion: str | None, scores_of, rules: Rules) -> dict:
@@ -113,8 +175,11 @@ def _decide(name: str, candidate: str, champion: str | None, scores_of, rules: R
     gates = check_gates(cand, champ, rules)
     bad = failed(gates)
     value = cand.metrics[rules.metric]
+    new_task = label_set_change(cand.classes, champ.classes) if champ else None
     if champion == candidate:
         outcome, reason = "kept", f"version {candidate} is already the champion"
+    elif new_task:
+        outcome, reason = "refused", new_task
     elif bad:
         outcome, reason = "rejected", "failed " + "; ".join(_explain(g) for g in bad)
     elif champ is None:
@@ -153,6 +218,8 @@ def _apply(client, decision: dict) -> None:
             registry.move_alias(client, name, CHALLENGER, None)
     elif decision["decision"] == "rejected":
         registry.move_alias(client, name, CHALLENGER, candidate)
+    elif decision["decision"] == "refused":
+        pass  # another label set: no alias moves until someone confirms the new task
     else:  # kept: the champion's record of how it got there stays as it was
         return
     metric = decision["metric"]
@@ -168,12 +235,19 @@ def _apply(client, decision: dict) -> None:
     })
 
 
-def promote_version(model_name: str, version: str | int, reason: str, *, cache: str | Path = Paths().cache) -> dict:
-    """Make `version` the champion by hand, no gates; the old champion becomes `previous`."""
+def promote_version(model_name: str, version: str | int, reason: str, *, cache: str | Path = Paths().cache,
+                    new_task: bool = False) -> dict:
+    """Make `version` the champion by hand, no gates; the old champion becomes `previous`. A version
+    whose label set differs from the champion's needs new_task=True (`--new-task`)."""
     if not reason or not reason.strip():
         raise UserError("a manual promotion needs a reason (--reason ...)")
     client = registry.connect()
     version = str(registry.model_version(client, model_name, version).version)
+    champion = registry.aliases(client, model_name).get(CHAMPION)
+    if champion and champion != version and not new_task:
+        change = label_set_change(_declared_classes(model_name, version), _declared_classes(model_name, champion))
+        if change:
+            raise UserError(f"version {version}: {change}")
     with registry.registry_lock(registry.lock_path(cache)):
         current = registry.aliases(client, model_name)
         old = current.get(CHAMPION)
@@ -193,6 +267,12 @@ def promote_version(model_name: str, version: str | int, reason: str, *, cache: 
         after = registry.aliases(client, model_name)
     log.info("version %s is now the champion of %s (was %s)", version, model_name, old)
     return {"model_name": model_name, "champion": version, "previous": old, "aliases": after}
+
+
+def _declared_classes(model_name: str, version: str) -> tuple[str, ...] | None:
+    import mlflow.pyfunc
+
+    return class_names(mlflow.pyfunc.load_model(f"models:/{model_name}/{version}"))
 
 
 def rollback(model_name: str, reason: str = "", *, cache: str | Path = Paths().cache) -> dict:

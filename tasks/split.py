@@ -27,12 +27,13 @@ import pandas as pd
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
+from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
-from tasks.common.manifest import SPLITS, read_manifest, store_path
+from tasks.common.manifest import SPLITS, read_manifest
 from tasks.checks.phash import near_duplicate_groups
-from tasks.checks.quality import THUMBNAIL_SIDE, correlated, near_duplicate_thumbnail
+from tasks.checks.quality import THUMBNAIL_SIDE, correlated, thumbnail_partition
 from tasks.common.params import Paths, Strict
 from tasks.common.reports import markdown_table
 
@@ -86,11 +87,19 @@ def thumbnail_check(frame: pd.DataFrame, store: str, min_correlation: float):
     correlate like clean's near-duplicates. Only images in a candidate pair are decoded. Without it,
     hash neighbours chain look-alikes (small centred objects: sneakers, digits) into huge groups."""
     def verify(pairs: np.ndarray) -> np.ndarray:
-        involved = np.unique(pairs)
-        thumbs = np.zeros((len(frame), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
-        for pos in tqdm(involved, desc="split: near-duplicate check", unit="img", disable=None):
-            thumbs[pos] = near_duplicate_thumbnail(store_path(store, frame["image_id"].iat[pos]), max_pixels=2**31)  # clean already refused oversized images
-        return correlated(pairs, thumbs, min_correlation)
+        involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
+        ids = frame["image_id"].to_numpy()[involved].tolist()
+        thumbs = np.zeros((len(involved), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
+        start = 0
+        with engine.session(len(ids), what="split: near-duplicate check") as eng, \
+                tqdm(total=len(ids), desc="split: near-duplicate check", unit="img", disable=None) as bar:
+            # clean already refused oversized images
+            for block in eng.map_partitions(thumbnail_partition, ids, engine.absolute(store), 2**31):
+                thumbs[start:start + len(block)] = block
+                start += len(block)
+                bar.update(len(block))
+        local = correlated(np.searchsorted(involved, pairs), thumbs, min_correlation)
+        return involved[local]
 
     return verify
 

@@ -3,40 +3,47 @@
 Outputs in paths.train_dir: last.ckpt (every `checkpoint_every_n_steps` steps and every epoch),
 best.ckpt (best val/acc), model/ (the MLflow pyfunc, also logged to the run as "model"), run.json,
 and resume.json, the small state that lets a killed run continue: re-running with the same params
-and data resumes from last.ckpt inside the same MLflow run.
+and data resumes from last.ckpt inside the same MLflow run (both records: tasks.common.run_records).
+The run is left tagged imgcls.registered=false until promote registers its model.
 
 dataset_version is tasks.common.versioning.dataset_version (sha256 of the split manifest's (image_id, label,
 split) rows, the same value the Prefect flow records); the resume fingerprint also hashes the
 prepared store's index and specs, so changed augmentation params start a fresh run."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import os
+import math
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from tasks.common import prepared as prepared_store
-from tasks.common.atomic import atomic_dir, write_json
+from tasks.common import run_records, tracking
+from tasks.common.atomic import atomic_dir
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.params import Paths, Strict
 from tasks.common.versioning import dataset_version, git_commit
 
 log = logging.getLogger(__name__)
-STATE_FILE = "resume.json"
+LAST_CKPT, BEST_CKPT = "last.ckpt", "best.ckpt"
 # params that change how fast training runs, not what it computes: a resume may differ in them
 NOT_FINGERPRINTED = {"num_workers", "max_time_minutes"}
 
 
 class Params(Strict):
-    network: str = "resnet_small"              # resnet_small (built in) or any timm architecture name
+    """Checked up front (params validation, before anything is deleted or a run opened): the network
+    must be one models.networks can build, and every count, size and limit must be one that makes sense."""
+
+    network: str = "resnet_small"              # resnet_small / resnet_tiny (built in) or a timm architecture name
     pretrained_path: str | None = None         # local .safetensors to start from; never downloaded
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -46,21 +53,79 @@ class Params(Strict):
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    class_weights: Literal["balanced"] | list[float] | None = None
+    class_weights: Literal["balanced"] | list[float] | None = None  # list: one weight >= 0 per class
     freeze_backbone_epochs: int = Field(0, ge=0)
     early_stopping_patience: int | None = Field(5, ge=1)  # on val/acc; null: off
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = "auto"
+    devices: int | Literal["auto"] = "auto"     # a device count >= 1; "auto": all of them
     channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = Field(2, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)    # numpy's seed range
     deterministic: bool = False
-    experiment: str = "imgcls"
+    experiment: str = Field("imgcls", min_length=1)
     max_time_minutes: float | None = Field(None, gt=0)
     checkpoint_every_n_steps: int = Field(100, ge=1)
     limit_train_batches: int | float | None = None  # tests and smoke runs: batches (int) or fraction
     limit_val_batches: int | float | None = None
+
+    @field_validator("network")
+    @classmethod
+    def _known_network(cls, name: str) -> str:
+        problem = network_problem(name)
+        if problem:
+            raise PydanticCustomError("unknown_network", problem)
+        return name
+
+    # "before" validators: one clear message instead of one per member of the union type
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_count(cls, value):
+        if value == "auto" or _is_int(value) and value >= 1:
+            return value
+        raise PydanticCustomError("devices", "must be a device count >= 1 or 'auto'")
+
+    @field_validator("limit_train_batches", "limit_val_batches", mode="before")
+    @classmethod
+    def _batch_limit(cls, value):
+        if value is None or _is_int(value) and value >= 1 or _is_number(value) and 0 < value <= 1:
+            return value
+        raise PydanticCustomError("batch_limit", "must be a number of batches (an integer >= 1) or a fraction in (0, 1]")
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _weights(cls, value):
+        if value is None or value == "balanced":
+            return value
+        if isinstance(value, list) and value and all(_is_number(w) and w >= 0 for w in value) and any(value):
+            return value
+        raise PydanticCustomError("class_weights", "must be 'balanced', null or a list of weights >= 0 (not all 0), one per class")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@functools.lru_cache(maxsize=32)
+def network_problem(name: str) -> str | None:
+    """None when models.networks can build `name` (our resnet_small / resnet_tiny, registered in timm's
+    registry, or a timm architecture); else one line saying so, with the closest known name. Imports
+    timm (and torch) when called, never when the stage is imported."""
+    import difflib
+
+    import timm
+
+    import models.networks  # noqa: F401  registers our own networks with timm
+
+    if timm.is_model(name):
+        return None
+    near = difflib.get_close_matches(name.split(".", 1)[0], timm.list_models(), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else "see timm.list_models()"
+    return f"unknown network: not resnet_small, resnet_tiny or a timm architecture; {hint}"
 
 
 def flatten(prefix: str, value) -> dict[str, str]:
@@ -75,13 +140,6 @@ def fingerprint(params: Params, version: str, prepared: Path) -> str:
     for name in prepared_store.FINGERPRINTED:
         digest.update((prepared / name).read_bytes())
     return digest.hexdigest()
-
-
-def read_state(train_dir: Path) -> dict:
-    try:
-        return json.loads((train_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def device_settings(params: Params) -> tuple[bool, str, bool]:
@@ -148,110 +206,158 @@ def experiment_id_for(name: str) -> str:
     return found.experiment_id if found else client.create_experiment(name)
 
 
+def resume_point(train_dir: Path, config_hash: str) -> str | None:
+    """The MLflow run to continue from last.ckpt (a run of the same configuration killed before it
+    completed), or None to start a fresh run. Starting fresh deletes the checkpoints left in train_dir:
+    those of another configuration (or of a finished run) must not be resumed or exported."""
+    state, last = run_records.read_resume(train_dir), train_dir / LAST_CKPT
+    if (last.is_file() and not state.get("completed", True) and state.get("fingerprint") == config_hash
+            and run_exists(state.get("run_id"))):
+        log.info("resuming MLflow run %s from %s", state["run_id"], last)
+        return state["run_id"]
+    for stale in (LAST_CKPT, BEST_CKPT):
+        (train_dir / stale).unlink(missing_ok=True)
+    return None
+
+
+def log_inputs(params: Params, paths: Paths, data, version: str, precision: str, channels_last: bool) -> None:
+    """Tags, params and input files of the active MLflow run. Idempotent: a resumed run logs the same
+    values again."""
+    import mlflow
+
+    prepared = Path(paths.prepared)
+    mlflow.set_tags({"git_commit": git_commit(), "dataset_version": version, "stage": "train"})
+    mlflow.log_params(flatten("train", params.model_dump()) | {
+        "data.num_classes": str(len(data.classes)), "data.train_rows": str(len(data.train_index)),
+        "data.val_rows": str(len(data.val_index)), "data.image_size": str(data.stats["image_size"]),
+        "data.channels": str(data.stats["channels"]), "resolved.precision": precision,
+        "resolved.channels_last": str(channels_last),
+    })
+    for artifact in (prepared / prepared_store.TRAIN_SPEC, prepared / prepared_store.CLASSES,
+                     paths.report_dir("augment") / "preview.png"):
+        if artifact.is_file():
+            mlflow.log_artifact(str(artifact))
+
+
+def build_module(params: Params, data, channels_last: bool, fresh: bool) -> tuple:
+    """(the LightningModule, tensor names pretrained_path did not cover). A resumed run (fresh=False)
+    takes every weight from last.ckpt, so pretrained weights are loaded only into a fresh run."""
+    import mlflow
+
+    from models.module import ImageClassifier
+    from models.networks import load_pretrained
+
+    module = ImageClassifier(
+        params.network, data.classes, data.stats, optimizer=params.optimizer, lr=params.lr,
+        weight_decay=params.weight_decay, scheduler=params.scheduler, warmup_epochs=params.warmup_epochs,
+        label_smoothing=params.label_smoothing, class_weights=loss_weights(params, data.class_counts()),
+        channels_last=channels_last,
+    )
+    reinitialised: list[str] = []
+    if params.pretrained_path and fresh:
+        reinitialised = load_pretrained(module.network, params.pretrained_path)
+        mlflow.log_dict({"pretrained_path": params.pretrained_path, "reinitialised": reinitialised}, "pretrained.json")
+    return module, reinitialised
+
+
+def build_trainer(params: Params, train_dir: Path, precision: str, tracking_uri: str, run_id: str) -> tuple:
+    """(the Lightning Trainer logging into MLflow run `run_id`, its best-checkpoint callback)."""
+    import lightning as L
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    best, callbacks = make_callbacks(params, train_dir)
+    trainer = L.Trainer(
+        max_epochs=params.epochs, accelerator=params.accelerator, devices=params.devices, precision=precision,
+        deterministic=params.deterministic, callbacks=callbacks, default_root_dir=train_dir,
+        logger=MLFlowLogger(experiment_name=params.experiment, tracking_uri=tracking_uri, run_id=run_id),
+        max_time={"minutes": params.max_time_minutes} if params.max_time_minutes else None,
+        limit_train_batches=params.limit_train_batches, limit_val_batches=params.limit_val_batches,
+        log_every_n_steps=1,
+    )
+    return trainer, best
+
+
+def fit(trainer, module, data, resume_from: Path | None) -> tuple[dict | None, float]:
+    """Train, from `resume_from` (last.ckpt) when given. Returns (where it resumed: epoch and
+    global_step, or None; seconds per epoch run here)."""
+    import torch
+
+    resumed_from = None
+    if resume_from is not None:
+        checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
+        resumed_from = {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
+        log.info("resuming at epoch %d, step %d", *resumed_from.values())
+    first_epoch = resumed_from["epoch"] if resumed_from else 0
+    fit_started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        # resume.json and run.json live beside the checkpoints by design
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    epochs_run = max(1, trainer.current_epoch - first_epoch)
+    return resumed_from, (time.perf_counter() - fit_started) / epochs_run
+
+
+def load_best(module, best) -> float:
+    """Put the best checkpoint's weights into `module`; returns its val/acc (nan when none was saved)."""
+    import torch
+
+    if Path(best.best_model_path or "").is_file():
+        checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+    return float(best.best_model_score) if best.best_model_score is not None else float("nan")
+
+
+def export_model(params: Params, module, data, prepared: Path, train_dir: Path) -> None:
+    """The pyfunc: files written once, saved to train_dir/model and logged to the active run as "model"."""
+    from models.predictor import save_model_files
+    from models.pyfunc import log_pyfunc, save_pyfunc
+
+    example_image = prepared_store.open_images(prepared)[int(data.val_index["row"].iloc[0])]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_model_files(tmp, params.network, module.network, data.classes, data.stats)
+        with atomic_dir(train_dir / "model") as model_dir:
+            save_pyfunc(model_dir, files, example_image)
+        log_pyfunc(files, example_image)
+
+
 def run(params: Params, paths: Paths) -> dict:
     import lightning as L
     import mlflow
-    import numpy as np
-    import torch
-    from lightning.pytorch.loggers import MLFlowLogger
 
     from models.data import PreparedDataModule
-    from models.module import ImageClassifier
-    from models.networks import load_pretrained
-    from models.predictor import save_model_files
-    from models.pyfunc import log_pyfunc, save_pyfunc
 
     prepared, train_dir = Path(paths.prepared), Path(paths.train_dir)
     gpu, precision, channels_last = device_settings(params)
     data = PreparedDataModule(prepared, params.batch_size, params.num_workers, params.seed, pin_memory=gpu)
     version = dataset_version(paths)
     config_hash = fingerprint(params, version, prepared)
-
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    mlflow.set_tracking_uri(tracking_uri)
-
-    state, last = read_state(train_dir), train_dir / "last.ckpt"
-    resume = (last.is_file() and not state.get("completed", True) and state.get("fingerprint") == config_hash
-              and run_exists(state.get("run_id")))
-    if not resume:  # checkpoints of another configuration (or run) must not be resumed or exported
-        for stale in ("last.ckpt", "best.ckpt"):
-            (train_dir / stale).unlink(missing_ok=True)
+    uri = tracking.use()
+    resume_id = resume_point(train_dir, config_hash)
     experiment_id = experiment_id_for(params.experiment)
     L.seed_everything(params.seed, workers=True, verbose=False)
     started = time.perf_counter()
 
-    with mlflow.start_run(run_id=state["run_id"] if resume else None, experiment_id=experiment_id,
-                          run_name=None if resume else f"train-{params.network}") as active:
+    with mlflow.start_run(run_id=resume_id, experiment_id=experiment_id,
+                          run_name=None if resume_id else f"train-{params.network}") as active:
         run_id = active.info.run_id
-        write_json({"run_id": run_id, "experiment_id": experiment_id, "fingerprint": config_hash, "completed": False},
-                   train_dir / STATE_FILE)
-        mlflow.set_tags({"git_commit": git_commit(), "dataset_version": version, "stage": "train"})
-        # idempotent: a resumed run logs the same values again
-        mlflow.log_params(flatten("train", params.model_dump()) | {
-            "data.num_classes": str(len(data.classes)), "data.train_rows": str(len(data.train_index)),
-            "data.val_rows": str(len(data.val_index)), "data.image_size": str(data.stats["image_size"]),
-            "data.channels": str(data.stats["channels"]), "resolved.precision": precision,
-            "resolved.channels_last": str(channels_last),
-        })
-        for artifact in (prepared / prepared_store.TRAIN_SPEC, prepared / prepared_store.CLASSES, paths.report_dir("augment") / "preview.png"):
-            if artifact.is_file():
-                mlflow.log_artifact(str(artifact))
-
-        module = ImageClassifier(
-            params.network, data.classes, data.stats, optimizer=params.optimizer, lr=params.lr,
-            weight_decay=params.weight_decay, scheduler=params.scheduler, warmup_epochs=params.warmup_epochs,
-            label_smoothing=params.label_smoothing, class_weights=loss_weights(params, data.class_counts()),
-            channels_last=channels_last,
-        )
-        reinitialised: list[str] = []
-        if params.pretrained_path and not resume:  # a resumed run takes every weight from last.ckpt
-            reinitialised = load_pretrained(module.network, params.pretrained_path)
-            mlflow.log_dict({"pretrained_path": params.pretrained_path, "reinitialised": reinitialised}, "pretrained.json")
-
-        best, callbacks = make_callbacks(params, train_dir)
-        trainer = L.Trainer(
-            max_epochs=params.epochs, accelerator=params.accelerator, devices=params.devices, precision=precision,
-            deterministic=params.deterministic, callbacks=callbacks, default_root_dir=train_dir,
-            logger=MLFlowLogger(experiment_name=params.experiment, tracking_uri=tracking_uri, run_id=run_id),
-            max_time={"minutes": params.max_time_minutes} if params.max_time_minutes else None,
-            limit_train_batches=params.limit_train_batches, limit_val_batches=params.limit_val_batches,
-            log_every_n_steps=1,
-        )
-        resumed_from = None
-        if resume:
-            checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-            resumed_from = {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
-            log.info("resuming MLflow run %s from %s (epoch %d, step %d)", run_id, last, *resumed_from.values())
-        first_epoch = resumed_from["epoch"] if resumed_from else 0
-        fit_started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            # resume.json and run.json live beside the checkpoints by design
-            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-            trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
-        epochs_run = max(1, trainer.current_epoch - first_epoch)
-        seconds_per_epoch = (time.perf_counter() - fit_started) / epochs_run
-
-        if Path(best.best_model_path or "").is_file():
-            checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(checkpoint["state_dict"])
-        best_acc = float(best.best_model_score) if best.best_model_score is not None else float("nan")
+        run_records.write_resume(train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash,
+                                 completed=False)
+        log_inputs(params, paths, data, version, precision, channels_last)
+        module, reinitialised = build_module(params, data, channels_last, fresh=resume_id is None)
+        trainer, best = build_trainer(params, train_dir, precision, uri, run_id)
+        resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
+        best_acc = load_best(module, best)
         mlflow.log_metrics({"val/best_acc": best_acc, "train/seconds_per_epoch": seconds_per_epoch,
                             "train/epochs": float(trainer.current_epoch)})
+        export_model(params, module, data, prepared, train_dir)
+        # every trained model ends up registered, or its run says why not: promote updates this
+        mlflow.set_tags(run_records.pending_registration_tags())
 
-        # the pyfunc: files written once, saved to train_dir/model and logged to the run as "model"
-        example_image = prepared_store.open_images(prepared)[int(data.val_index["row"].iloc[0])]
-        with tempfile.TemporaryDirectory() as tmp:
-            files = save_model_files(tmp, params.network, module.network, data.classes, data.stats)
-            with atomic_dir(train_dir / "model") as model_dir:
-                save_pyfunc(model_dir, files, example_image)
-            log_pyfunc(files, example_image)
-
-    info = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
-            "model_uri": f"runs:/{run_id}/model", "dataset_version": version, "baseline_run_id": None}
-    write_json(info, train_dir / "run.json")
-    write_json({"run_id": run_id, "experiment_id": experiment_id, "fingerprint": config_hash, "completed": True},
-               train_dir / STATE_FILE)
+    info = run_records.write_run(train_dir, run_id=run_id, experiment_id=experiment_id, tracking_uri=uri,
+                                 dataset_version=version)
+    run_records.write_resume(train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash,
+                             completed=True)
     return info | {
         "epochs": trainer.current_epoch, "resumed_from": resumed_from, "best_val_acc": best_acc,
         "seconds_per_epoch": round(seconds_per_epoch, 3), "seconds": round(time.perf_counter() - started, 1),

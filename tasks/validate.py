@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.checks import suspect_cache
+from tasks.common import engine
 from tasks.common.atomic import write_parquet
 from tasks.checks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
 from tasks.common.entry import stage_main
@@ -179,33 +180,57 @@ _CNN_SIZE = 32
 _CHUNK = 512  # images turned into kernel features at a time: memory stays flat on large datasets
 
 
-def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> list[FitPredict]:
-    """Decode every scored image once and build the out-of-fold models `cfg.model` asks for."""
-    use_kernel, use_cnn = cfg.model in ("kernel", "ensemble"), cfg.model in ("cnn", "ensemble")
-    chunks, gray, pixels, cnn_images = [], [], [], []
-    for image_id, source in tqdm(zip(frame["image_id"], frame["source_path"]), total=len(frame),
-                                 desc="validate: decoding", unit="img", disable=None):
+def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None, cnn: bool):
+    """Engine task (tasks.common.engine): decode stored images named by id under the absolute `store`
+    into kernel features (image_features of a 32x32 gray copy and kernel_size^2 RGB pixels; None when
+    kernel_size is None) and 32x32 RGB arrays for the CNN (None unless `cnn`); or, for the first image
+    that does not decode, (its position, the error) as the third item."""
+    gray, pixels, cnn_images = [], [], []
+    for pos, image_id in enumerate(image_ids):
         try:
             img = decode(store_path(store, image_id))
         except (DecodeError, OSError) as exc:
-            raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({exc}); rerun clean") from None
-        if use_cnn:
+            return None, None, (pos, str(exc))
+        if cnn:
             cnn_images.append(to_array(img, _CNN_SIZE, 3))
-        if use_kernel:
+        if kernel_size is not None:
             gray.append(to_array(img, _HOG_SIZE, 1)[:, :, 0])
-            pixels.append(to_array(img, cfg.image_size, 3))
-            if len(gray) == _CHUNK:
-                chunks.append(image_features(np.stack(gray), np.stack(pixels)))
-                gray, pixels = [], []
+            pixels.append(to_array(img, kernel_size, 3))
+    features = image_features(np.stack(gray), np.stack(pixels)) if kernel_size is not None and gray else None
+    return features, (np.stack(cnn_images) if cnn and cnn_images else None), None
+
+
+def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> list[FitPredict]:
+    """Decode every scored image once (a partition at a time on the engine, tasks.common.engine) and
+    build the out-of-fold models `cfg.model` asks for. The driver keeps the kernel features and, for
+    the CNN, the 32x32 copies it trains on; never the decoded originals."""
+    use_kernel, use_cnn = cfg.model in ("kernel", "ensemble"), cfg.model in ("cnn", "ensemble")
+    ids = frame["image_id"].tolist()
+    chunks, cnn_chunks = [], []
+    start = 0
+    with engine.session(len(ids), what="validate") as eng, \
+            tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar:
+        parts = engine.partitions(ids, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
+        for features, cnn_images, error in eng.imap(_decode_partition, parts, engine.absolute(store),
+                                                    cfg.image_size if use_kernel else None, use_cnn):
+            if error is not None:
+                pos, message = error
+                source, image_id = frame["source_path"].iat[start + pos], ids[start + pos]
+                raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({message}); rerun clean")
+            n = len(features) if features is not None else len(cnn_images)
+            if features is not None:
+                chunks.append(features)
+            if cnn_images is not None:
+                cnn_chunks.append(cnn_images)
+            start += n
+            bar.update(n)
     models = []
     if use_kernel:
-        if gray:
-            chunks.append(image_features(np.stack(gray), np.stack(pixels)))
         models.append(kernel_model(np.concatenate(chunks), cfg.seed))
     if use_cnn:
         from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
 
-        models.append(cnn_model(np.stack(cnn_images), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
+        models.append(cnn_model(np.concatenate(cnn_chunks), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
     return models
 
 

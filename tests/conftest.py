@@ -1,3 +1,4 @@
+"""Fixtures every test may use. Builders and stub models live in tests/helpers/ (plain functions)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +23,19 @@ def project(tmp_path, monkeypatch):
             return path
 
     return Project()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow sqlite store in tmp_path as the tracking URI, for this process (mlflow's
+    globals) and for the subprocesses and stages it starts (MLFLOW_TRACKING_URI); the autouse
+    fixtures below put the previous one back afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def pin_mlflow_state(mp: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,7 @@ def test_every_stage_is_a_module_a_dvc_stage_and_a_params_section():
 @pytest.mark.parametrize("stage", list(DVC))
 def test_dvc_stage_runs_its_module_with_its_params(stage):
     spec = DVC[stage]
-    assert spec["cmd"] == f"python -m tasks.{stage}"
+    assert spec["cmd"] == f"${{python}} -m tasks.{stage}"
     assert {stage, "paths"} <= set(spec["params"])
 
 

@@ -16,14 +16,16 @@ from tasks.common.atomic import write_parquet
 from tasks.checks.quality import Inspection
 
 log = logging.getLogger(__name__)
-_CODE = ("quality.py", "phash.py", "images.py")  # everything an Inspection is computed by
+_HERE = Path(__file__).parent
+# everything an Inspection is computed by
+_CODE = (_HERE / "quality.py", _HERE / "phash.py", _HERE.parent / "common" / "images.py")
 _SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash")
 
 
 def code_version() -> str:
     digest = hashlib.sha256()
-    for name in _CODE:
-        digest.update((Path(__file__).with_name(name)).read_bytes())
+    for source in _CODE:
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
 

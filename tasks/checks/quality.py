@@ -123,3 +123,34 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
 def inspect_chunk(items: list[tuple[str, str]], max_pixels: int) -> list[tuple[str, Inspection]]:
     """Worker entry point: (image_id, path) pairs in, (image_id, Inspection) pairs out."""
     return [(image_id, inspect(path, max_pixels)) for image_id, path in items]
+
+
+def inspect_partition(image_ids: list[str], store: str, max_pixels: int,
+                      shown_store: str | None = None) -> list[tuple[str, Inspection | None]]:
+    """Engine task (tasks.common.engine): inspect stored images named by id under the absolute `store`
+    path it is given; None for an id whose file is not in the store. A decoder message naming the
+    file names it under `shown_store` (the store as params.yaml gives it), so reports and the cache
+    read the same wherever the work ran."""
+    from tasks.common.manifest import store_path
+
+    out: list[tuple[str, Inspection | None]] = []
+    for image_id in image_ids:
+        path = store_path(store, image_id)
+        if not path.is_file():
+            out.append((image_id, None))
+            continue
+        insp = inspect(path, max_pixels)
+        if shown_store is not None and str(path) in insp.detail:
+            insp.detail = insp.detail.replace(str(path), str(store_path(shown_store, image_id)))
+        out.append((image_id, insp))
+    return out
+
+
+def thumbnail_partition(image_ids: list[str], store: str, max_pixels: int) -> np.ndarray:
+    """Engine task: near_duplicate_thumbnail of stored images named by id, float32 [k, THUMBNAIL_SIDE**2]."""
+    from tasks.common.manifest import store_path
+
+    out = np.zeros((len(image_ids), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
+    for i, image_id in enumerate(image_ids):
+        out[i] = near_duplicate_thumbnail(store_path(store, image_id), max_pixels=max_pixels)
+    return out

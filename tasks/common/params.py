@@ -26,6 +26,7 @@ class Paths(Strict):
     """Where every stage reads and writes, relative to the project root (the working directory)."""
 
     inbox: str = "data/inbox"
+    feedback: str = "data/feedback"
     store: str = "data/store"
     ingested: str = "data/manifests/ingested.parquet"
     cleaned: str = "data/manifests/cleaned.parquet"
@@ -94,12 +95,29 @@ def validate_file(params_path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     from tasks.stages import STAGES
 
     data = read_yaml(params_path)
-    known = {"paths", *STAGES}
+    known = {"paths", "engine", *STAGES}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ParamsError(f"{params_path}: {unknown[0]}: unknown section (expected one of {', '.join(sorted(known))})")
     parse_section(data, "paths", Paths, params_path)
+    engine_params = parse_engine(data, params_path)
     for stage in STAGES:
         if stage in data:
             parse_section(data, stage, stage_params_model(stage), params_path)
+    from tasks.common import engine
+
+    # the stages run next in this context use this file's engine (see tasks.common.engine.current)
+    engine.use(engine_params)
     return data
+
+
+def parse_engine(data: dict[str, Any], params_path: str | Path = DEFAULT_PARAMS):
+    """The `engine:` section (tasks.common.engine.EngineParams), validated; defaults when absent."""
+    from tasks.common.engine import SECTION, EngineParams
+
+    return parse_section(data, SECTION, EngineParams, params_path)
+
+
+def load_engine(params_path: str | Path = DEFAULT_PARAMS):
+    """The engine settings of a params file (IMGCLS_DASK_ADDRESS is applied by engine.current())."""
+    return parse_engine(read_yaml(params_path), params_path)

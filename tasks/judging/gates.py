@@ -23,6 +23,7 @@ class Scores:
     metrics: dict[str, float]
     per_class_recall: dict[str, float]
     latency_ms: float | None = None  # p50 single-image latency, measured only when a bound asks for it
+    classes: tuple[str, ...] | None = None  # the label set the model predicts, when the model declares it
 
 
 @dataclass(frozen=True)

@@ -7,21 +7,21 @@ import datetime as dt
 import fcntl
 import getpass
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from tasks.common import tracking
 from tasks.common.errors import UserError
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's default sqlite:///mlflow.db in the working directory: exactly
-    what the fluent calls used here (register_model, pyfunc.load_model) resolve, so client and fluent
-    calls always talk to the same store. Never set process-wide, so nothing leaks into callers."""
-    import mlflow
-
-    return mlflow.get_tracking_uri()
+    """The project's store (tasks.common.tracking: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the
+    working directory), which is also what the fluent calls used here (register_model,
+    pyfunc.load_model) resolve unless a stage pointed them elsewhere. Never set process-wide here, so
+    nothing leaks into callers."""
+    return tracking.tracking_uri()
 
 
 def connect():
@@ -67,6 +67,14 @@ def aliases(client, name: str) -> dict[str, str]:
         raise
 
 
+def model_exists(client, name: str) -> bool:
+    try:
+        aliases(client, name)
+    except UserError:
+        return False
+    return True
+
+
 def model_version(client, name: str, version: str | int):
     from mlflow.exceptions import MlflowException
 
@@ -101,4 +109,4 @@ def actor() -> str:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

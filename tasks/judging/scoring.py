@@ -2,6 +2,7 @@
 code path for the candidate and for the champion, so neither is judged by numbers from another day."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -52,7 +53,18 @@ def score_model(model_uri: str, test: HeldOut, batch_size: int, measure_latency:
         predicted += out["label"].astype(str).tolist()
         confidence += out["score"].astype(float).tolist()
     latency = single_image_p50_ms(model, test.image_paths) if measure_latency else None
-    return score_predictions(test.labels, predicted, confidence, latency)
+    scores = score_predictions(test.labels, predicted, confidence, latency)
+    return dataclasses.replace(scores, classes=class_names(model))
+
+
+def class_names(model) -> tuple[str, ...] | None:
+    """The label set a loaded pyfunc declares through its python model's class_names(); None when the
+    model does not say (a foreign pyfunc), in which case promotion cannot check the label set."""
+    try:
+        names = model.unwrap_python_model().class_names()
+    except Exception:  # not a python-model flavour, or no class_names(): nothing declared
+        return None
+    return tuple(str(n) for n in names)
 
 
 def single_image_p50_ms(model, image_paths: list[str]) -> float:

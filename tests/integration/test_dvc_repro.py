@@ -4,7 +4,7 @@ import json
 import pandas as pd
 
 from tasks.stages import STAGES
-from tests.integration.dvcproject import make_project, sh
+from tests.helpers.dvc_project import make_project, sh
 
 # the sample at 16 px and two epochs: every stage runs for real, in about a minute
 SMALL = {"ingest": {"sample_upscale": 2}, "augment": {"image_size": 16},

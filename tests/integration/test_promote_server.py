@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from tasks.common.params import Paths
 from tasks.promote import Params, run
-from tests.registry_models import train_run, write_split
+from tests.helpers.brightness_models import train_run, write_split
 
 PARAMS = Params(model_name="imgcls", floor=0.6, min_improvement=0.02, score_batch_size=16)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.unit.prepared_fixture import CLASSES, make_prepared_store, stripes
+from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES, make_prepared_store, stripes
 from tasks.judging.baseline import BaselineParams, hog_features, run_baseline
 from tasks.common.prepared import read_prepared
 

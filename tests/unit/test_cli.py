@@ -7,7 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.unit.brightness_model import png_bytes, save
+from tests.helpers.brightness_models import save
+from tests.helpers.images import png_bytes
 from flows.cli import main
 
 

@@ -8,7 +8,7 @@ import torch
 
 from models.data import PreparedDataModule
 from tasks.common.errors import UserError
-from tests.unit.train_data import make_project
+from tests.helpers.prepared_store import make_project
 
 
 def test_train_keeps_balance_copies_and_val_does_not(tmp_path):

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.unit.prepared_fixture import CLASSES, make_prepared_store
-from tests.unit.train_data import make_project
 from tasks.common.errors import UserError
-from tasks.evaluate import Params, log_to_training_run, run, write_reports
-from tasks.judging.metrics import classification_metrics, per_class_table
 from tasks.common.params import Paths
 from tasks.common.prepared import read_prepared
+from tasks.evaluate import Params, log_to_training_run, run, write_reports
+from tasks.judging.metrics import classification_metrics, per_class_table
+from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES
+from tests.helpers.prepared_store import make_prepared_store, make_project
 
 REPORTS = ["metrics.json", "per_class.csv", "predictions.csv", "confusion.png", "confusion_normalized.png",
            "reliability.png", "mistakes.png"]

@@ -1,14 +1,23 @@
-"""The pure parts of the flow: dataset version, skip rule and the markdown shown in Prefect."""
+"""The parts of the flow that run without Prefect's engine: dataset version, skip rule, the markdown
+shown in Prefect, and the workspace lock the flow holds."""
 from __future__ import annotations
 
+import json
+import os
+
 import pandas as pd
+import pytest
+import yaml
 
 from flows.artifacts import data_quality_markdown, decision_markdown, metrics_markdown, mlflow_run_url
-from flows.pipeline import DATA_STAGES, MODEL_STAGES, model_config_digest, skip_note
-from tasks.stages import STAGES
+from flows.pipeline import DATA_STAGES, MODEL_STAGES, imgcls_pipeline, model_config_digest, one_run_at_a_time, skip_note
 from tasks.common.atomic import write_parquet
+from tasks.common.entry import stage_main
 from tasks.common.params import Paths
 from tasks.common.versioning import dataset_version
+from tasks.common.workspace_lock import WorkspaceBusy, lock_path
+from tasks.stages import STAGES
+from tests.unit.test_workspace_lock import holding_process
 
 
 def split_paths(tmp_path, rows) -> Paths:
@@ -71,3 +80,26 @@ def test_mlflow_link_only_for_a_server():
     run = {"run_id": "r1", "experiment_id": "7", "tracking_uri": "http://127.0.0.1:5000/"}
     assert mlflow_run_url(run) == "http://127.0.0.1:5000/#/experiments/7/runs/r1"
     assert mlflow_run_url({**run, "tracking_uri": "sqlite:///mlflow.db"}) is None
+
+
+def test_the_flow_holds_the_workspace_for_its_own_stages_and_refuses_a_second_run(tmp_path):
+    cache = tmp_path / "cache"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"cache": str(cache), "reports": str(tmp_path / "reports")}}))
+    seen = {}
+
+    @one_run_at_a_time
+    def pipeline(params_path: str = "params.yaml", force: bool = False) -> str:
+        # what the flow does in-process: run a stage, which takes the same lock again
+        seen["stage"] = stage_main("split", lambda p, paths: {"ran": True}, ["--params", params_path])
+        seen["holder"] = json.loads(lock_path(cache).read_text())
+        return "done"
+
+    assert pipeline(params_path=str(params)) == "done"
+    assert seen["stage"] == 0 and seen["holder"]["pid"] == os.getpid()
+    assert seen["holder"]["command"].startswith(f"imgcls run --params {params}")
+    assert lock_path(cache).read_text() == ""  # released when the flow returned
+
+    with holding_process(cache) as holder, pytest.raises(WorkspaceBusy, match=f"pid {holder.pid}"):
+        imgcls_pipeline.fn(params_path=str(params))
+    assert not (tmp_path / "reports").exists()  # refused before any stage ran

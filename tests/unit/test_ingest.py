@@ -5,10 +5,10 @@ import pytest
 
 from tasks.common.errors import UserError
 from tasks.common.images import sha256_file
-from tasks.ingest import Params, run
 from tasks.common.manifest import INGESTED_COLUMNS, store_path
 from tasks.common.params import Paths
-from tests.imagegen import pattern, write_png
+from tasks.ingest import Params, run
+from tests.helpers.images import pattern, write_png
 
 
 def _run(source, **kw):

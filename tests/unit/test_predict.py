@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from tests.unit.brightness_model import png_bytes, save
+from tests.helpers.brightness_models import save
+from tests.helpers.images import png_bytes
 from tasks.common.errors import UserError
 from flows.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
 

@@ -1,4 +1,4 @@
-"""promote against a real MLflow sqlite registry, with real pyfunc models (tests/brightness_pyfunc.py)
+"""promote against a real MLflow sqlite registry, with real pyfunc models (tests/helpers/brightness_pyfunc.py)
 scored on generated images."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks.judging import registry
 from tasks.common.errors import UserError
 from tasks.common.params import Paths
+from tasks.judging import registry
 from tasks.promote import Params, main, promote_version, rollback, run
-from tests.registry_models import train_run, write_split
+from tests.helpers.brightness_models import train_run, write_split
 
 NAME = "imgcls"
 # floor low enough that deliberately imperfect models can become champion
@@ -64,6 +64,28 @@ def test_first_model_below_floor_is_not_promoted(paths):
     assert not gate(decision, "floor")["passed"] and gate(decision, "floor")["value"] < 0.6
     assert decision["champion"] is None
     assert client().get_model_version(NAME, "1").tags["promotion_decision"] == "rejected"
+
+
+def _run_tags(train: Paths) -> dict[str, str]:
+    run_id = json.loads((Path(train.train_dir) / "run.json").read_text())["run_id"]
+    return client().get_run(run_id).data.tags
+
+
+def test_every_trained_model_is_registered_or_its_run_says_why_not(paths):
+    train = candidate(paths, "a", {"dark": 0.5, "mid": 0.5, "bright": 0.5})
+    # no split manifest yet: promote cannot score, registers nothing, and the training run says why
+    with pytest.raises(UserError) as err:
+        run(PARAMS, train)
+    tags = _run_tags(train)
+    assert tags["imgcls.registered"] == "false"
+    assert tags["imgcls.not_registered_reason"] == f"promote failed: {err.value}"
+    assert client().search_model_versions(f"name='{NAME}'") == []
+    # a model that fails the gates is still registered (as the challenger), and its run says which version
+    write_split(paths, ALL_CLASSES)
+    assert run(PARAMS, train)["decision"] == "rejected"
+    tags = _run_tags(train)
+    assert tags["imgcls.registered"] == "true" and tags["imgcls.registered_version"] == "1"
+    assert tags["imgcls.registered_model"] == NAME and "imgcls.not_registered_reason" not in tags
 
 
 def test_first_good_model_becomes_champion_with_its_record(paths):
@@ -251,3 +273,38 @@ def test_stage_entry_reports_a_missing_training_run_as_one_line(paths, capsys):
     assert main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "run.json not found" in err and len(err.splitlines()) == 1
+
+
+def test_an_experiment_is_judged_but_never_registered(paths, monkeypatch):
+    write_split(paths, ALL_CLASSES)
+    run(PARAMS, candidate(paths, "a", {"dark": 0.1, "mid": 0.1, "bright": 0.1}))  # production: champion v1
+    monkeypatch.setenv("DVC_EXP_NAME", "lower-lr")  # what `dvc exp run` sets
+    better = candidate(paths, "b", {})
+    result = run(PARAMS, better)
+    assert result["decision"] == "not_registered" and "lower-lr" in result["reason"]
+    decision = decision_file(paths)
+    assert decision["would_be"] == "promoted" and decision["registered"] is False
+    assert decision["champion"]["version"] == "1"
+    assert [str(v.version) for v in client().search_model_versions(f"name='{NAME}'")] == ["1"]
+    assert aliases() == {"champion": "1"}
+    assert _run_tags(better)["imgcls.registered"] == "false"
+    # the params switch does the same outside DVC; `always` registers even under dvc exp
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert run(PARAMS.model_copy(update={"registry_writes": "never"}), better)["decision"] == "not_registered"
+    monkeypatch.setenv("DVC_EXP_NAME", "lower-lr")
+    assert run(PARAMS.model_copy(update={"registry_writes": "always"}), better)["decision"] == "promoted"
+
+
+def test_another_label_set_is_refused_until_confirmed(paths):
+    write_split(paths, ALL_CLASSES)
+    run(PARAMS, candidate(paths, "a", {"dark": 0.1, "mid": 0.1, "bright": 0.1}))
+    garments = [["dark", 40], ["mid", 128], ["bright", 215], ["white", 250]]
+    result = run(PARAMS, candidate(paths, "b", {}, classes=garments))
+    assert result["decision"] == "refused"
+    assert "label set differs" in result["reason"] and "white" in result["reason"]
+    decision = decision_file(paths)
+    assert decision["decision"] == "refused" and "--new-task" in decision["reason"]
+    assert aliases() == {"champion": "1"}
+    with pytest.raises(UserError, match="label set differs"):
+        promote_version(NAME, 2, "new garment classes", cache=paths.cache)
+    assert promote_version(NAME, 2, "new garment classes", cache=paths.cache, new_task=True)["champion"] == "2"

@@ -19,7 +19,7 @@ from PIL import Image
 from models.predictor import load_predictor
 from tasks.common.images import decode, to_array
 from tasks.train import Params, run
-from tests.unit.train_data import CLASSES, make_project
+from tests.helpers.prepared_store import BRIGHTNESS_CLASSES as CLASSES, make_project
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_params_yaml_section_equals_the_defaults():
 def test_hash_neighbours_are_grouped_only_when_their_pictures_correlate(tmp_path):
     """A re-encoded copy follows the original's given split; a different picture whose perceptual hash
     happens to be as close (look-alikes: sneakers, digits) does not, so groups cannot chain through it."""
-    from tests.imagegen import pattern, store_image
+    from tests.helpers.images import pattern, store_image
 
     paths = tmp_paths(tmp_path)
     original = pattern(1, size=32)

@@ -19,9 +19,10 @@ from safetensors.torch import save_file
 
 from models.networks import build_network
 from models.predictor import load_predictor
+from tasks.common import run_records
 from tasks.common.errors import UserError
-from tasks.train import Params, device_settings, loss_weights, run
-from tests.unit.train_data import make_project
+from tasks.train import Params, device_settings, loss_weights, resume_point, run
+from tests.helpers.prepared_store import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(epochs=2, batch_size=8, lr=0.01, num_workers=0, checkpoint_every_n_steps=3, early_stopping_patience=None)
@@ -56,6 +57,9 @@ def test_training_learns_and_records_the_run(tmp_path, tracking):
     assert record.info.status == "FINISHED"
     assert record.data.tags["stage"] == "train" and record.data.tags["dataset_version"] == info["dataset_version"]
     assert record.data.tags["git_commit"]
+    # not registered until promote says otherwise, and the run says so
+    assert record.data.tags["imgcls.registered"] == "false"
+    assert record.data.tags["imgcls.not_registered_reason"] == "promote has not run on this model yet"
     assert record.data.params["train.network"] == "resnet_small" and record.data.params["train.lr"] == "0.01"
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1"):
         assert len(client.get_metric_history(info["run_id"], name)) == 2, name
@@ -63,8 +67,9 @@ def test_training_learns_and_records_the_run(tmp_path, tracking):
     assert {"augment.json", "classes.json"} <= logged
 
     # the exported model and the best checkpoint predict the same, and better than chance
-    from tests.unit.train_data import CLASSES
     import pandas as pd
+
+    from tests.helpers.prepared_store import BRIGHTNESS_CLASSES as CLASSES
 
     index = pd.read_parquet(Path(paths.prepared) / "index.parquet")
     test = index[index["split"] == "test"]
@@ -92,6 +97,25 @@ def test_transfer_from_safetensors_to_another_class_count(tmp_path, tracking):
     assert trained["fc.weight"].shape == (3, source.num_features)
     client = mlflow.MlflowClient(tracking)
     assert "pretrained.json" in {a.path for a in client.list_artifacts(summary["run_id"])}
+
+
+def test_only_an_unfinished_run_of_the_same_configuration_is_resumed(tmp_path, tracking):
+    with mlflow.start_run() as unfinished:
+        pass
+
+    def leave(completed: bool, fingerprint: str = "f", run_id: str = unfinished.info.run_id) -> None:
+        for name in ("last.ckpt", "best.ckpt"):
+            (tmp_path / name).write_bytes(b"checkpoint")
+        run_records.write_resume(tmp_path, run_id=run_id, experiment_id="0", fingerprint=fingerprint,
+                                 completed=completed)
+
+    leave(completed=False)
+    assert resume_point(tmp_path, "f") == unfinished.info.run_id and (tmp_path / "last.ckpt").is_file()
+    for other in (dict(completed=True), dict(completed=False, fingerprint="g"), dict(completed=False, run_id="gone")):
+        leave(**other)
+        assert resume_point(tmp_path, "f") is None, other
+        # checkpoints of another configuration or run are never resumed or exported
+        assert not (tmp_path / "last.ckpt").exists() and not (tmp_path / "best.ckpt").exists()
 
 
 def test_missing_prepared_store_is_one_clear_error(tmp_path, tracking):

@@ -1,6 +1,8 @@
 """Images the tests make themselves: nothing is downloaded."""
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,13 @@ def pattern(seed: int, size: int = 32, channels: int = 1) -> np.ndarray:
     return img[:, :, 0] if channels == 1 else img
 
 
+def png_bytes(value: int, size: int = 16, mode: str = "L") -> bytes:
+    """A flat PNG of one brightness (0..255), grey or RGB."""
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), value if mode == "L" else (value,) * 3).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_png(path: str | Path, pixels: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +33,6 @@ def write_png(path: str | Path, pixels: np.ndarray) -> Path:
 
 def store_image(store: str | Path, pixels: np.ndarray, fmt: str = "PNG") -> str:
     """Write an image into a content-addressed store the way ingest does; returns its image_id."""
-    import hashlib
-    import io
-
     from tasks.common.manifest import store_path
 
     buffer = io.BytesIO()

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", "pyproject.toml", "data/inbox/.gitkeep"]
+CODE = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", "pyproject.toml", "data/inbox/.gitkeep",
+        "data/feedback/.gitkeep"]
 
 
 def project_env(root: Path) -> dict[str, str]:

@@ -1,21 +1,28 @@
-"""Test helpers for the registry: tiny generated images in a content-addressed store, a split
-manifest, and real training runs that log a real pyfunc (tests/brightness_pyfunc.py)."""
+"""Saving and logging the stub pyfunc (tests/helpers/brightness_pyfunc.py) as real MLflow models, and
+the images it is scored on: tiny generated PNGs in a content-addressed store and a split manifest."""
 from __future__ import annotations
 
-import hashlib
-import io
-import math
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from tasks.common.manifest import store_path
+from tests.helpers.images import store_image
 
+# "models from code": MLflow copies the file at this path into every model saved or logged here
 MODEL_CODE = Path(__file__).with_name("brightness_pyfunc.py")
-CLASSES = [["dark", 40], ["mid", 128], ["bright", 215]]
+CLASSES = [["dark", 40], ["mid", 128], ["bright", 215]]  # [name, centre brightness] for registry runs
+
+
+def save(path, strict: bool = False) -> str:
+    """A two-class model (dark / bright) saved at `path`; `strict` fails a whole call on one bad image."""
+    import mlflow.pyfunc
+
+    mlflow.pyfunc.save_model(path=str(path), python_model=str(MODEL_CODE), pip_requirements=["mlflow"],
+                             model_config={"strict": strict})
+    return str(path)
 
 
 def write_images(store: Path, label: str, centre: int, n: int, seed: int) -> list[str]:
@@ -26,14 +33,7 @@ def write_images(store: Path, label: str, centre: int, n: int, seed: int) -> lis
     for k in range(n):
         pixels = np.clip(centre + rng.integers(-12, 13, size=(8, 8)), 0, 255).astype(np.uint8)
         pixels[0, 0] = math.ceil(k * 256 / n)  # in [k/n, (k+1)/n) once divided by 256
-        buf = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-        data = buf.getvalue()
-        image_id = hashlib.sha256(data).hexdigest()
-        target = store_path(store, image_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        ids.append(image_id)
+        ids.append(store_image(store, pixels))
     return ids
 
 
@@ -54,16 +54,16 @@ def write_split(paths, per_class: dict[str, int], seed: int = 0, train_per_class
 
 
 def train_run(train_dir: Path, error_rates: dict[str, float], logged_metrics: dict[str, float] | None = None,
-              dataset_version: str = "ds-1") -> dict:
-    """A real MLflow run in the current tracking store logging the brightness pyfunc as "model",
-    and the run.json that train writes."""
+              dataset_version: str = "ds-1", classes: list | None = None) -> dict:
+    """A real MLflow run in the current tracking store logging the stub (three classes, these error
+    rates) as "model", and the run.json that train writes."""
     import mlflow
 
     with mlflow.start_run() as run:
         mlflow.set_tags({"git_commit": "abc1234", "dataset_version": dataset_version, "stage": "train"})
         mlflow.pyfunc.log_model(
             name="model", python_model=str(MODEL_CODE), pip_requirements=["mlflow"],
-            model_config={"classes": CLASSES, "error_rates": error_rates},
+            model_config={"classes": classes or CLASSES, "error_rates": error_rates},
         )
         mlflow.log_metrics(logged_metrics or {})
     info = {

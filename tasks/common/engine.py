@@ -1,0 +1,246 @@
+"""Where the stages' per-image work runs: in this process for small data, else on Dask.
+
+`engine:` in params.yaml (EngineParams) chooses it. A stage cuts its images into partitions of
+`partition_size` and hands a module-level function plus one partition at a time to `Engine.imap`,
+which yields the partition results in order. Behind it is either
+
+- in-process: the function is called here, one partition after another (data below
+  `in_process_below` images, where starting worker processes costs more than it saves: `make run`
+  and the unit tests need no set-up and start nothing);
+- a dask.distributed Client: to `address` (tcp://host:8786; the environment variable
+  IMGCLS_DASK_ADDRESS, set by `imgcls run --cluster`, overrides it), else to the cluster of the Prefect
+  flow's DaskTaskRunner when a stage runs inside `imgcls run` (one cluster for the whole flow run),
+  else to a LocalCluster sized to this machine that lives as long as the stage.
+
+Either way the results are the same, in the same order: a partition is computed by the same function
+on the same inputs, and the driver consumes them in submission order. At most `window` partitions are
+in flight, so the driver never holds more than that many partitions' results at once (augment writes
+each decoded partition into its memory map and drops it).
+
+Workers receive everything explicitly: a function importable from `tasks` (imgcls must be installed
+on every worker, see docs/scaling.md) and plain arguments, among them the absolute store path. They
+read nothing else of the driver's disk: no params file, no manifest, no relative path."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tasks.common.errors import UserError
+from tasks.common.params import Strict
+
+log = logging.getLogger(__name__)
+
+ADDRESS_ENV = "IMGCLS_DASK_ADDRESS"
+SECTION = "engine"
+
+
+class EngineParams(Strict):
+    address: str | None = None              # tcp://host:8786 of a running scheduler; null: embedded
+    workers: int | Literal["auto"] = "auto"  # embedded LocalCluster: worker processes (auto: usable CPUs)
+    memory_limit: str = "auto"               # per embedded worker, Dask syntax ("2GiB"); auto: RAM / workers
+    partition_size: int = Field(512, ge=1)   # images per task
+    in_process_below: int = Field(5000, ge=0)  # fewer images than this: no cluster, work in this process
+    window: int | Literal["auto"] = "auto"   # partitions in flight at once (auto: 2 per worker thread)
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("must be a scheduler URL such as tcp://host:8786, or null")
+        return value
+
+    @field_validator("workers", "window")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 or auto")
+        return value
+
+
+_CONFIG: contextvars.ContextVar[EngineParams | None] = contextvars.ContextVar("imgcls_engine", default=None)
+
+
+def use(cfg: EngineParams) -> None:
+    """Make `cfg` the engine of the stages run from now on in this context. Called by
+    tasks.common.params.validate_file, which every entry point (`python -m tasks.X`, DVC, the flow)
+    runs on its params file before a stage starts."""
+    _CONFIG.set(cfg)
+
+
+@contextlib.contextmanager
+def configured(cfg: EngineParams) -> Iterator[EngineParams]:
+    """`cfg` in force inside the block only (tests, benchmarks)."""
+    token = _CONFIG.set(cfg)
+    try:
+        yield cfg
+    finally:
+        _CONFIG.reset(token)
+
+
+def flow_task_runner():
+    """The Prefect flow's task runner: prefect-dask's DaskTaskRunner. Its cluster starts only when a
+    stage asks the engine for one (data above engine.in_process_below), then serves every later stage of
+    the flow run; engine.address / IMGCLS_DASK_ADDRESS point it at a running scheduler instead of a
+    LocalCluster (see _flow_runner_client)."""
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(client_kwargs={"set_as_default": False})
+
+
+def current() -> EngineParams:
+    """The engine settings in force: those of the params file validated last in this context
+    (defaults when none was, e.g. a stage's run() called directly), with IMGCLS_DASK_ADDRESS
+    overriding the address."""
+    cfg = _CONFIG.get() or EngineParams()
+    env = os.environ.get(ADDRESS_ENV, "").strip()
+    if not env:
+        return cfg
+    if "://" not in env:
+        raise UserError(f"{ADDRESS_ENV}={env!r}: must be a scheduler URL such as tcp://host:8786")
+    return cfg.model_copy(update={"address": env})
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_cluster_kwargs(cfg: EngineParams) -> dict[str, Any]:
+    """LocalCluster arguments: one single-threaded worker process per usable CPU (decoding is
+    CPU-bound Python/PIL work that a thread per process runs without contending for the GIL)."""
+    workers = usable_cpus() if cfg.workers == "auto" else cfg.workers
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+            "memory_limit": cfg.memory_limit, "dashboard_address": None}
+
+
+def partitions(items: Sequence, size: int) -> list[Sequence]:
+    return [items[k:k + size] for k in range(0, len(items), size)]
+
+
+def absolute(path: str | Path) -> str:
+    """A path as workers must receive it: absolute, not relative to the driver's working directory."""
+    return str(Path(path).resolve())
+
+
+class _Done:
+    """A finished in-process "future"."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+class InProcess:
+    """The in-process executor: submit/map/gather like a distributed.Client, computed on the spot."""
+
+    def submit(self, fn: Callable, *args, **kwargs) -> _Done:
+        kwargs.pop("pure", None)
+        return _Done(fn(*args, **kwargs))
+
+    def map(self, fn: Callable, *iterables: Iterable, **kwargs) -> list[_Done]:
+        return [self.submit(fn, *args, **kwargs) for args in zip(*iterables)]
+
+    def gather(self, futures: Iterable[_Done]) -> list:
+        return [f.result() for f in futures]
+
+
+class Engine:
+    def __init__(self, executor: Any, kind: str, threads: int, cfg: EngineParams) -> None:
+        self.executor = executor  # InProcess or a distributed.Client
+        self.kind = kind          # "in-process" | "local-cluster" | "flow-cluster" | "cluster"
+        self.threads = threads    # worker threads behind the executor (1 in-process)
+        self.partition_size = cfg.partition_size
+        self.window = max(2, 2 * threads) if cfg.window == "auto" else cfg.window
+
+    @property
+    def client(self):
+        """The distributed.Client, or None in-process."""
+        return None if isinstance(self.executor, InProcess) else self.executor
+
+    def imap(self, fn: Callable, parts: Iterable, *args, **kwargs) -> Iterator:
+        """fn(part, *args, **kwargs) for every part, yielded in order, at most `window` in flight.
+        `args`/`kwargs` are the same for every part: keep them small (they travel with each task)."""
+        if self.client is None:
+            for part in parts:
+                yield fn(part, *args, **kwargs)
+            return
+        pending: collections.deque = collections.deque()
+        parts = iter(parts)
+        try:
+            for part in parts:
+                pending.append(self.executor.submit(fn, part, *args, pure=False, **kwargs))
+                if len(pending) >= self.window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # an error or an abandoned generator: stop the rest
+                future.cancel()
+
+    def map_partitions(self, fn: Callable, items: Sequence, *args, **kwargs) -> Iterator:
+        return self.imap(fn, partitions(items, self.partition_size), *args, **kwargs)
+
+
+def _flow_runner_client(cfg: EngineParams):
+    """The Client of the running Prefect flow's DaskTaskRunner (its cluster is started on first use,
+    with this engine's address or LocalCluster sizing), or None outside such a flow."""
+    try:
+        from prefect.context import FlowRunContext
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        return None
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    if runner._client is None and runner._cluster is None and not runner.address:
+        if cfg.address:
+            runner.address = cfg.address
+        else:
+            runner.cluster_kwargs = {**local_cluster_kwargs(cfg), **runner.cluster_kwargs}
+    return runner.client
+
+
+def _threads(client) -> int:
+    return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()))
+
+
+@contextlib.contextmanager
+def session(n_items: int, cfg: EngineParams | None = None, what: str = "") -> Iterator[Engine]:
+    """An Engine for `n_items` images of per-image work."""
+    cfg = cfg or current()
+    if n_items < cfg.in_process_below:
+        yield Engine(InProcess(), "in-process", 1, cfg)
+        return
+    import distributed
+
+    with contextlib.ExitStack() as stack:
+        client = _flow_runner_client(cfg)
+        kind = "flow-cluster"
+        if client is None and cfg.address:
+            kind = "cluster"
+            try:
+                client = stack.enter_context(distributed.Client(cfg.address, timeout="20s", set_as_default=False))
+            except (OSError, TimeoutError) as exc:
+                raise UserError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); start it "
+                                f"(`dask scheduler`) or unset engine.address / {ADDRESS_ENV}") from None
+        elif client is None:
+            kind = "local-cluster"
+            cluster = stack.enter_context(distributed.LocalCluster(**local_cluster_kwargs(cfg)))
+            client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
+        engine = Engine(client, kind, _threads(client), cfg)
+        log.info("%s: %d images on %s (%d worker threads, %d per task)", what or "engine", n_items, kind,
+                 engine.threads, engine.partition_size)
+        yield engine

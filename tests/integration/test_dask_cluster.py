@@ -1,0 +1,158 @@
+"""The data stages on a real dask.distributed LocalCluster (2 worker processes, one thread each, small
+memory) give exactly what they give in-process: the same manifests, flags and prepared images, in the
+same order. Also the Prefect flow's DaskTaskRunner serving the stages' work."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.planted import plant
+from tasks import augment, clean, ingest, split, validate
+from tasks.common import engine
+from tasks.common.params import Paths
+
+pytestmark = pytest.mark.timeout(240)
+
+# small partitions: many tasks per stage, so ordering across workers is really exercised
+ON_CLUSTER = dict(in_process_below=0, partition_size=16)
+OUTPUTS = ("data/manifests/cleaned.parquet", "data/manifests/validated.parquet", "data/manifests/split.parquet",
+           "reports/clean/flagged.csv", "reports/validate/flagged.csv", "data/prepared/index.parquet",
+           "data/prepared/stats.json")
+
+
+def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, str]]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return [(np.asarray(Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)),
+             f"digit_{d}") for d in classes for img in digits.images[digits.target == d][:per_class]]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="768MiB",
+                                  dashboard_address=None) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """One ingested project (planted faults: corrupt, duplicates, near-duplicates, outliers, ...)."""
+    root = tmp_path_factory.mktemp("ingested")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        plant(_digits(), root / "planted", seed=1, per_fault=1, flip_fraction=0.03)
+        ingest.run(ingest.Params(source=str(root / "planted" / "images")), Paths())
+    finally:
+        os.chdir(old)
+    return root
+
+
+def _run_data_stages(root: Path) -> None:
+    os.chdir(root)
+    paths = Paths()
+    clean.run(clean.Params(), paths)
+    validate.run(validate.Params(min_per_class=5, suspect_label={"model": "kernel", "folds": 3, "retrain": False}), paths)
+    split.run(split.Params(group_radius=12), paths)  # wide: hash-near pairs to verify by thumbnails
+    augment.run(augment.Params(image_size=16, preview={"images": 2, "draws": 1}), paths)
+
+
+def _copy(ingested: Path, target: Path) -> Path:
+    shutil.copytree(ingested, target)
+    return target
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    for name in OUTPUTS:
+        if name.endswith(".parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name))
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    np.testing.assert_array_equal(np.load(a / "data/prepared/images.npy"), np.load(b / "data/prepared/images.npy"))
+
+
+def test_stages_on_a_local_cluster_match_in_process(ingested, cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
+    here, there = _copy(ingested, tmp_path / "in_process"), _copy(ingested, tmp_path / "cluster")
+    with engine.configured(engine.EngineParams()):  # default threshold: this small set stays in-process
+        _run_data_stages(here)
+    import distributed
+
+    with distributed.Client(cluster, set_as_default=False) as client, distributed.get_task_stream(client) as stream, \
+            engine.configured(engine.EngineParams(address=cluster.scheduler_address, **ON_CLUSTER)):
+        _run_data_stages(there)
+    ran = {task["key"][0] if isinstance(task["key"], tuple) else task["key"] for task in stream.data}
+    # every stage's per-image work ran on the cluster's workers
+    for name in ("inspect_partition", "_decode_partition", "thumbnail_partition", "_load_partition"):
+        assert any(name in key for key in map(str, ran)), (name, ran)
+    _assert_same_outputs(here, there)
+    flagged = pd.read_csv(there / "reports/clean/flagged.csv", keep_default_na=False)
+    assert {"corrupt", "duplicate", "near_duplicate"} <= set(flagged["reason"])
+    assert len(pd.read_parquet(there / "data/manifests/cleaned.parquet")) > 100
+
+
+def test_engine_spreads_partitions_over_workers_in_order(cluster):
+    cfg = engine.EngineParams(address=cluster.scheduler_address, in_process_below=0, partition_size=3, window=3)
+    with engine.session(20, cfg) as eng:
+        assert eng.kind == "cluster" and eng.threads == 2
+        out = list(eng.map_partitions(_worker_and_items, list(range(20))))
+    assert [x for _, items in out for x in items] == list(range(20))
+    assert len({worker for worker, _ in out}) == 2  # both worker processes took partitions
+
+
+def _worker_and_items(items):
+    import time
+
+    from distributed import get_worker
+
+    time.sleep(0.05)
+    return get_worker().address, list(items)
+
+
+@pytest.mark.slow  # Prefect's temporary API server alone took 75 s to start on a loaded 2-core machine
+@pytest.mark.timeout(600)
+def test_flow_on_the_dask_task_runner(ingested, tmp_path, monkeypatch):
+    """The pipeline flow's task runner (DaskTaskRunner) starts its LocalCluster when a stage asks the
+    engine for one and serves every data stage of the run; outputs equal the in-process ones."""
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    import flows.pipeline as pipeline
+
+    monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
+    here, there = _copy(ingested, tmp_path / "in_process"), _copy(ingested, tmp_path / "flow")
+    monkeypatch.chdir(here)
+    with engine.configured(engine.EngineParams()):
+        _run_data_stages(here)
+    kinds = []
+
+    @flow(task_runner=pipeline.imgcls_pipeline.task_runner, persist_result=False)
+    def data_stages(params_path: str) -> None:
+        from prefect.context import FlowRunContext
+
+        runner = FlowRunContext.get().task_runner
+        for stage in ("clean", "validate", "split", "augment"):
+            pipeline.stage_task(stage)(stage, params_path)
+            kinds.append(runner._client is not None)
+
+    import yaml
+
+    (there / "params.yaml").write_text(yaml.safe_dump({
+        "engine": {"workers": 2, "memory_limit": "768MiB", **ON_CLUSTER},
+        "validate": {"min_per_class": 5, "suspect_label": {"model": "kernel", "folds": 3, "retrain": False}},
+        "augment": {"image_size": 16, "preview": {"images": 2, "draws": 1}},
+    }))
+    monkeypatch.chdir(there)
+    with prefect_test_harness(server_startup_timeout=180):  # a loaded machine starts the API slowly
+        data_stages("params.yaml")
+    assert kinds == [True] * 4  # the runner's cluster was started by clean and used by the others
+    _assert_same_outputs(here, there)
