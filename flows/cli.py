@@ -60,15 +60,16 @@ def cmd_run(args) -> int:
     validate_file(args.params)  # bad params: one line before Prefect starts anything
     from flows.pipeline import imgcls_pipeline
 
-    if not os.environ.get("PREFECT_API_URL"):
-        print("PREFECT_API_URL is not set: running on a temporary local Prefect API "
-              "(start `prefect server start` and export PREFECT_API_URL to keep runs in the UI)", file=sys.stderr)
+    if not os.environ.get("PREFECT_API_URL") and not _profile_api_url():
+        home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        print(f"PREFECT_API_URL is not set: running on a temporary local Prefect API, runs kept in {home} "
+              f"(to browse them: PREFECT_HOME={home} prefect server start)", file=sys.stderr)
     if getattr(args, "cluster", None):
         from tasks.common import engine
 
         os.environ[engine.ADDRESS_ENV] = args.cluster  # engine.current() reads it, in this process and its tasks
         engine.current()  # a malformed address: one line now
-    summary = imgcls_pipeline(params_path=args.params, force=args.force)
+    summary = imgcls_pipeline(params_path=args.params, force=args.force, retrain_on_drift=args.retrain_on_drift)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -83,7 +84,8 @@ def cmd_schedule(args) -> int:
 
     # the served process runs the flow in its own working directory: pin the params file absolutely
     imgcls_pipeline.serve(name=args.name, cron=args.cron,
-                          parameters={"params_path": str(Path(args.params).resolve()), "force": False})
+                          parameters={"params_path": str(Path(args.params).resolve()), "force": False,
+                                      "retrain_on_drift": args.retrain_on_drift})
     return 0
 
 
@@ -108,16 +110,19 @@ def cmd_predict(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from flows.drift import default_log_dir
     from flows.guards import TOKEN_ENV, load_tokens
     from flows.serve import create_app
 
     tokens = load_tokens(args.token_file)
     if not tokens:
         print(f"no feedback token ({TOKEN_ENV} or --token-file): POST /feedback answers 403", file=sys.stderr)
-    app = create_app(_model_uri(args), args.feedback_dir or _paths(args.params).feedback,
+    paths = _paths(args.params)
+    input_log = None if args.no_input_log else (args.input_log or default_log_dir(paths))
+    app = create_app(_model_uri(args), args.feedback_dir or paths.feedback,
                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=_max_pixels(args),
                      tokens=tokens, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                     allow_new_labels=args.allow_new_labels)
+                     allow_new_labels=args.allow_new_labels, input_log=input_log)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -178,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)")
     p.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help=f"deployment name (default {DEFAULT_DEPLOYMENT})")
+    for flow_command in (sub.choices["run"], p):
+        flow_command.add_argument("--retrain-on-drift", action="store_true",
+                       help="retrain when the served inputs drifted from the training set (imgcls drift)")
 
     p = command("stage", cmd_stage, "run one stage, as `python -m tasks.NAME`")
     p.add_argument("name", choices=list(STAGES))
@@ -203,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept feedback labels that are not classes of the served model")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-pixels", type=int, default=None, help="default: clean.max_pixels from params")
+    p.add_argument("--input-log", default=None,
+                   help="where scored inputs are recorded for `imgcls drift` (default: paths.reports/serve/inputs)")
+    p.add_argument("--no-input-log", action="store_true", help="do not record scored inputs (no drift watch)")
 
     from flows.export import DEFAULT_OUT, FORMATS
 
@@ -231,8 +242,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PREFECT_HOME_DIR = Path(".imgcls") / "prefect"  # under the project root (gitignored with .imgcls/)
+# Each only where the user has not set it. Telemetry: Prefect's server heartbeat (which also fails with
+# "database is locked" tracebacks on a busy sqlite file) and SDK events, MLflow's usage events
+# (both SDKs honour DO_NOT_TRACK=true). A first run creates Prefect's database, which on a busy
+# machine takes longer than Prefect's 20 s wait for its temporary server. MLflow's "Downloading
+# artifacts" bars are for remote stores: here they are noise around local copies of a few files.
+QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def _profile_api_url() -> bool:
+    """Whether the active profile of the user's Prefect home (~/.prefect/profiles.toml) points at a server."""
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    return bool((data.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL"))
+
+
+def quiet_defaults(root: Path | None = None) -> dict[str, str]:
+    """Process-wide defaults for a quiet, self-contained run, set before Prefect or MLflow is imported;
+    returns what it set. Besides QUIET_DEFAULTS: with no PREFECT_HOME and no Prefect server configured
+    (PREFECT_API_URL, or one in the user's active profile) Prefect's home, and so the temporary API's
+    database, is <project>/.imgcls/prefect: every project keeps its own flow runs, none waits on
+    another's sqlite file."""
+    wanted = dict(QUIET_DEFAULTS)
+    if not os.environ.get("PREFECT_HOME") and not os.environ.get("PREFECT_API_URL") and not _profile_api_url():
+        wanted["PREFECT_HOME"] = str((root or Path.cwd()).resolve() / PREFECT_HOME_DIR)
+    set_now = {k: v for k, v in wanted.items() if k not in os.environ}
+    if "PREFECT_HOME" in set_now:  # Prefect makes its home without parents: a fresh project has no .imgcls/
+        Path(set_now["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.update(set_now)
+    return set_now
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_defaults()
     try:
         return args.func(args)
     except (ParamsError, UserError) as exc:

@@ -30,6 +30,24 @@ MIN_TOKEN_CHARS = 16
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
+# A refused request whose announced body is at most this big is read and discarded first: closing a
+# connection with unread bytes makes the kernel send a reset, and the client never sees the answer.
+DRAIN_LIMIT = 256 * 1024
+
+
+async def drain(scope, receive) -> None:
+    """Read and drop a small announced request body (never more than DRAIN_LIMIT bytes)."""
+    length = _header(scope, b"content-length")
+    if not (length and length.isdigit() and int(length) <= DRAIN_LIMIT):
+        return
+    received = 0
+    while received <= DRAIN_LIMIT:
+        message = await receive()
+        received += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 async def refuse(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
@@ -101,6 +119,7 @@ class WriteAuth:
         if isinstance(result, tuple):
             status, detail = result
             headers = {"www-authenticate": 'Bearer realm="imgcls"'} if status == 401 else None
+            await drain(scope, receive)
             return await refuse(send, status, detail, headers)
         scope.setdefault("state", {})["token_id"] = result
         return await self.app(scope, receive, send)
@@ -149,6 +168,7 @@ class RateLimit:
         client = (scope.get("client") or ("unknown", 0))[0]
         wait = self.buckets.take(client)
         if wait > 0:
+            await drain(scope, receive)
             return await refuse(send, 429, f"too many requests from {client}; retry in {wait:.1f} s",
                                 {"retry-after": str(max(1, math.ceil(wait)))})
         return await self.app(scope, receive, send)

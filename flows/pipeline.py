@@ -10,18 +10,23 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
+import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows import artifacts, dvc_record
+from flows import artifacts, drift, dvc_record
 from tasks.stages import STAGES
 from tasks.common import engine
 from tasks.common.atomic import write_json
+from tasks.common.entry import summary_line
 from tasks.common.errors import UserError
 from tasks.common.params import ParamsError, Paths, load_stage, parse_section, read_yaml, validate_file
 from tasks.common.versioning import dataset_version
@@ -37,8 +42,37 @@ LAST_RUN_FILE = ".last_flow.json"  # under paths.reports: what the last successf
 
 def run_stage(stage: str, params_path: str) -> Any:
     params, paths = load_stage(stage, params_path)
+    started = time.perf_counter()
     result = STAGES[stage].run(params, paths)
-    return result.summary() if hasattr(result, "summary") else result
+    summary = result.summary() if hasattr(result, "summary") else result
+    # the same one line as `python -m tasks.<stage>`, in the task run's log (terminal and Prefect UI)
+    get_run_logger().info(summary_line(summary, time.perf_counter() - started))
+    return summary
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+def quiet_logging() -> None:
+    """What the flow's process shows, set once per flow run: the stages' own INFO lines (validate's
+    out-of-fold progress, train's resume notes) next to Prefect's, and nothing a user cannot act on.
+    Filters here are for noise from libraries that no setting of ours can turn off."""
+    logging.getLogger("tasks").setLevel(logging.INFO)
+    import lightning  # noqa: F401  (train imports it anyway; its loggers must exist to be configured)
+
+    if logging.getLogger().handlers:
+        # `lightning` always adds its own console handler and still propagates to the root handler
+        # Prefect installs: every Lightning line would print twice
+        for handler in list(logging.getLogger("lightning").handlers):
+            logging.getLogger("lightning").removeHandler(handler)
+    # Lightning logs an advertisement for its cloud logger on every Trainer without one; no option
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
+    # Lightning's own _pytree.py uses torch's deprecated LeafSpec (fixed in a later Lightning, not our code)
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -108,8 +142,9 @@ def skip_note(last: dict | None, version: str, config: str, force: bool) -> str 
 # Dask (prefect-dask): the stages' per-image work runs on this runner's cluster (tasks.common.engine)
 @flow(name="imgcls-pipeline", log_prints=True, persist_result=False, task_runner=engine.flow_task_runner())
 @one_run_at_a_time
-def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict:
+def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False, retrain_on_drift: bool = False) -> dict:
     params_path = str(params_path)
+    quiet_logging()
     data = validate_file(params_path)  # a typo anywhere fails now, not after hours of training
     paths = parse_section(data, "paths", Paths, params_path)
     summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
@@ -123,6 +158,10 @@ def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False) -> di
     config = model_config_digest(data)
     summary["dataset_version"] = version
     last = read_last_run(paths)
+    if retrain_on_drift:  # served inputs that moved away from the training set are a reason to retrain
+        report = drift.check_drift(paths, missing_ok=True)
+        summary["drift"] = {"status": report.get("status"), "retrain": drift.should_retrain(report)}
+        force = force or summary["drift"]["retrain"]
     note = skip_note(last, version, config, force)
     if note:
         print(f"skipping {', '.join(MODEL_STAGES)}: {note}")

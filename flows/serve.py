@@ -13,7 +13,11 @@ checked from the image header before decoding, and nothing uploaded is ever unpi
 Feedback never goes straight into training data: it lands in the quarantine (paths.feedback, format
 in tasks/common/feedback_inbox.py) with who sent it and when, and its label must be a class of the
 served model unless the server was started with --allow-new-labels. Ingest admits it, or sends it to
-review when it contradicts the data."""
+review when it contradicts the data.
+
+With `input_log` set, every scored /predict input is also recorded for the drift watch
+(flows/drift.py: one JSON line of image statistics + the served label and score) after the response
+has gone out, from the image already decoded for the size checks; `imgcls drift` reads that log."""
 from __future__ import annotations
 
 import re
@@ -21,9 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import BackgroundTasks, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import Response
+from PIL import Image
 
+from flows.drift import InputRecorder
 from flows.guards import BodyLimit, RateLimit, WriteAuth
 from flows.metrics import Metrics, MetricsMiddleware
 from flows.predict import load_model, predict_bytes
@@ -78,7 +84,8 @@ def _reason(exc: DecodeError) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", str(exc))
 
 
-def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> tuple[bytes, Header]:
+def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> tuple[bytes, Header, Image.Image]:
+    """The upload's bytes, header and decoded image (L or RGB; decoded once, to refuse corrupt files)."""
     data = upload.file.read(max_upload_bytes + 1)
     if len(data) > max_upload_bytes:
         raise HTTPException(413, f"upload larger than {max_upload_bytes} bytes")
@@ -91,19 +98,20 @@ def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> 
     if header.pixels > max_pixels:
         raise HTTPException(413, f"{header.width}x{header.height} image exceeds the pixel limit {max_pixels}")
     try:
-        decode(data, max_pixels=max_pixels)
+        image = decode(data, max_pixels=max_pixels)
     except DecodeError as exc:
         raise HTTPException(400, f"corrupt image: {_reason(exc)}") from None
-    return data, header
+    return data, header, image
 
 
 def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int = 10 * 1024 * 1024,
                max_pixels: int = 40_000_000, tokens: Iterable[str] = (), rate_limit: float = 20.0,
                rate_burst: int = 40, allow_new_labels: bool = False,
-               classes: Iterable[str] | None = None) -> FastAPI:
+               classes: Iterable[str] | None = None, input_log: str | Path | None = None) -> FastAPI:
     """tokens: bearer tokens allowed to write (none: write endpoints answer 403); rate_limit: requests
     per second per client address (0: off) with bursts of rate_burst; classes: the labels feedback
-    may carry (default: the served model's classes; any label with allow_new_labels)."""
+    may carry (default: the served model's classes; any label with allow_new_labels); input_log: the
+    folder the drift watch's input log goes to (flows.drift.default_log_dir; None: not recorded)."""
     model = load_model(model_uri)
     quarantine = Path(feedback_dir)
     version = model_version(model_uri)
@@ -112,6 +120,7 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
     known_set = set(known or ())
     tokens = list(tokens)
     metrics = Metrics(model_uri, version, run_id)
+    recorder = InputRecorder(input_log) if input_log is not None else None
     app = FastAPI(title="imgcls", description=f"image classifier {model_uri}")
 
     def accept_label(label: str) -> str:
@@ -132,7 +141,7 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"ok": True, "model_uri": model_uri, "model_version": version, "run_id": run_id,
-                "feedback_enabled": bool(tokens)}
+                "feedback_enabled": bool(tokens), "input_log": recorder is not None}
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -140,17 +149,20 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
         return Response(body, media_type=content_type)
 
     @app.post("/predict")
-    def predict(image: UploadFile = File(...)) -> dict[str, Any]:
-        data, _ = _read_upload(image, max_upload_bytes, max_pixels)
+    def predict(background: BackgroundTasks, image: UploadFile = File(...)) -> dict[str, Any]:
+        data, _, decoded = _read_upload(image, max_upload_bytes, max_pixels)
         result = predict_bytes(model, data)
         if result["error"]:
             raise HTTPException(422, f"model could not score the image: {result['error']}")
+        if recorder is not None:  # after the response is sent; record() never raises
+            background.add_task(recorder.record, decoded, label=result["label"], score=result["score"],
+                                model_version=version)
         return {"label": result["label"], "score": result["score"], "top_k": result["top_k"], "model_version": version}
 
     @app.post("/feedback")
     def feedback(request: Request, image: UploadFile = File(...), label: str = Form(...)) -> dict[str, Any]:
         name = accept_label(label)
-        data, header = _read_upload(image, max_upload_bytes, max_pixels)
+        data, header, _ = _read_upload(image, max_upload_bytes, max_pixels)
         if header.format not in EXTENSIONS:
             raise HTTPException(415, f"{header.format or 'this'} images are not accepted; send PNG, JPEG, BMP, GIF, TIFF or WebP")
         client = request.client.host if request.client else "unknown"

@@ -1,14 +1,15 @@
 """ONNX export of a Predictor, and the parity check that the ONNX graph scores like PyTorch.
 
 The graph holds everything Predictor.predict_proba does after decoding: the uint8 -> float cast,
-Normalize(mean, std, max_pixel_value=255), NHWC -> NCHW, the network, softmax and, when the model was
-trained with test_time_flip, the mean over the image and its mirror. So an ONNX runtime needs only the
+Normalize(mean, std, max_pixel_value=255), NHWC -> NCHW, the network, the division of the logits by the
+model's temperature (stats["temperature"], fitted by train; none when it is 1 or absent), softmax and,
+when the model was trained with test_time_flip, the mean over the image and its mirror. So an ONNX runtime needs only the
 decoded, resized pixels (tasks.common.images.to_array gives exactly those):
 
     input  "images"         uint8   [batch, image_size, image_size, channels]   (NHWC, 0..255)
     output "probabilities"  float32 [batch, num_classes]   (rows sum to 1; column j = classes[j])
 
-The class names, image size, channels and flip setting are in the file's metadata_props (METADATA_KEYS).
+The class names, image size, channels, flip setting and temperature are in the file's metadata_props (METADATA_KEYS).
 Exported with torch.onnx.export(dynamo=True), the maintained exporter (it needs onnxscript); the
 TorchScript exporter (dynamo=False) still works in torch 2.14 but is deprecated. Not part of the
 shipped pyfunc (SHIPPED_MODELS)."""
@@ -29,7 +30,7 @@ from tasks.common.errors import UserError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-METADATA_KEYS = ("classes", "image_size", "channels", "test_time_flip", "mean", "std")
+METADATA_KEYS = ("classes", "image_size", "channels", "test_time_flip", "mean", "std", "temperature")
 DEFAULT_MAX_DIFF = 1e-4
 
 
@@ -40,6 +41,7 @@ class ProbabilityGraph(nn.Module):
         super().__init__()
         self.network = predictor.network
         self.test_time_flip = predictor.test_time_flip
+        self.temperature = predictor.temperature  # a constant in the graph, divided by as Predictor does
         channels = predictor.channels
         # the same float32 constants, in the same order of operations, as Predictor
         mean = np.asarray(predictor.stats["mean"], dtype=np.float32).reshape(1, 1, 1, channels) * 255.0
@@ -49,10 +51,13 @@ class ProbabilityGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = ((images.to(torch.float32) - self.mean) / self.std).permute(0, 3, 1, 2)
-        probs = torch.softmax(self.network(x).float(), dim=1)
+        probs = torch.softmax(self._scaled(self.network(x).float()), dim=1)
         if self.test_time_flip:
-            probs = (probs + torch.softmax(self.network(x.flip(3)).float(), dim=1)) / 2
+            probs = (probs + torch.softmax(self._scaled(self.network(x.flip(3)).float()), dim=1)) / 2
         return probs
+
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
@@ -72,7 +77,8 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     model = program.model_proto
     stats = predictor.stats
     values = {"classes": list(predictor.classes), "image_size": predictor.image_size, "channels": predictor.channels,
-              "test_time_flip": predictor.test_time_flip, "mean": list(stats["mean"]), "std": list(stats["std"])}
+              "test_time_flip": predictor.test_time_flip, "mean": list(stats["mean"]), "std": list(stats["std"]),
+              "temperature": predictor.temperature}
     for key in METADATA_KEYS:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(values[key])

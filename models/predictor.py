@@ -23,7 +23,8 @@ class Predictor:
     network: nn.Module
     classes: list[str]
     # {"image_size", "channels", "mean", "std"} on the 0..1 scale, and "test_time_flip" (absent in models
-    # saved before it existed: False), as written by augment
+    # saved before it existed: False), as written by augment; "temperature" as fitted by train
+    # (models/calibration.py; absent in models saved before it existed: 1.0, no scaling)
     stats: dict
     batch_size: int = 256
 
@@ -33,6 +34,8 @@ class Predictor:
         # Normalize(mean, std, max_pixel_value=255), as in eval.json
         self._mean = np.asarray(self.stats["mean"], dtype=np.float32).reshape(1, 1, 1, channels) * 255.0
         self._std = np.asarray(self.stats["std"], dtype=np.float32).reshape(1, 1, 1, channels) * 255.0
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"stats temperature must be a finite number > 0, got {self.stats['temperature']!r}")
 
     @property
     def image_size(self) -> int:
@@ -46,26 +49,55 @@ class Predictor:
     def test_time_flip(self) -> bool:
         return bool(self.stats.get("test_time_flip", False))
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.network(x).float(), dim=1)
-        if self.test_time_flip:  # mean of the image and its mirror (flip along the width axis)
-            probs = (probs + torch.softmax(self.network(x.flip(3)).float(), dim=1)) / 2
-        return probs
+    @property
+    def temperature(self) -> float:
+        return float(self.stats.get("temperature", 1.0))
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, C] (H = W = image_size, C = channels) -> float [N, num_classes]; with
-        test_time_flip the mean over the image and its mirror."""
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The logits of each view: the image and, with test_time_flip, its mirror (flip along the width axis)."""
+        views = [self.network(x).float()]
+        if self.test_time_flip:
+            views.append(self.network(x.flip(3)).float())
+        return views
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over the views of softmax(logits / temperature); T = 1 divides by nothing."""
+        t = self.temperature
+        probs = [torch.softmax(z if t == 1.0 else z / t, dim=1) for z in self._views(x)]
+        return probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2
+
+    def _batches(self, images: np.ndarray):
+        """(start, normalized NCHW batch on the network's device) over uint8 NHWC `images`."""
         images = np.asarray(images)
         expected = (self.image_size, self.image_size, self.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"expected uint8 images of shape [N, {', '.join(map(str, expected))}], got {images.shape}")
-        out = np.empty((len(images), len(self.classes)), dtype=np.float32)
         device = next(self.network.parameters()).device
+        for start in range(0, len(images), self.batch_size):
+            chunk = (images[start:start + self.batch_size].astype(np.float32) - self._mean) / self._std
+            yield start, torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(device)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, C] (H = W = image_size, C = channels) -> float [N, num_classes]: softmax of
+        the logits divided by the model's temperature; with test_time_flip the mean over the image and
+        its mirror."""
+        images = np.asarray(images)
+        out = np.empty((len(images), len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                chunk = (images[start:start + self.batch_size].astype(np.float32) - self._mean) / self._std
-                x = torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(device)
-                out[start:start + len(chunk)] = self._probabilities(x).cpu().numpy()
+            for start, x in self._batches(images):
+                out[start:start + len(x)] = self._probabilities(x).cpu().numpy()
+        return out
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 [views, N, num_classes]: the raw logits (no temperature) of each view predict_proba
+        averages (1 view, or 2 with test_time_flip); what models.calibration fits the temperature on."""
+        images = np.asarray(images)
+        views = 2 if self.test_time_flip else 1
+        out = np.empty((views, len(images), len(self.classes)), dtype=np.float32)
+        with torch.inference_mode():
+            for start, x in self._batches(images):
+                for v, z in enumerate(self._views(x)):
+                    out[v, start:start + len(x)] = z.cpu().numpy()
         return out
 
 

@@ -3,9 +3,11 @@
 Every stored image is decoded once (in a worker pool), then each manifest row is either kept or set
 aside with one reason code: corrupt, too_large (decided from the header, never decoded), too_small,
 low_information, duplicate / near_duplicate (one copy kept, the report names it), label_conflict (the
-same or a near-identical picture under different labels: every copy), outlier (nothing like the rest
-of its class). Awkward-but-valid files (CMYK, 16-bit, palette with transparency, EXIF-rotated, ...)
-are normalized by tasks.common.images and kept. Nothing is deleted from the store or the user's source."""
+same or a near-identical picture under different labels: every copy, except that admitted server
+feedback (origin "feedback") never sets the data it contradicts aside: only the feedback copy is
+flagged), outlier (nothing like the rest of its class). Awkward-but-valid files (CMYK, 16-bit, palette
+with transparency, EXIF-rotated, ...) are normalized by tasks.common.images and kept. Nothing is
+deleted from the store or the user's source."""
 from __future__ import annotations
 
 import time
@@ -134,9 +136,18 @@ def _alive(rows: pd.DataFrame, flags: Flags) -> list[int]:
     return [pos for pos in range(len(rows)) if pos not in flags]
 
 
+def _from_feedback(rows: pd.DataFrame) -> np.ndarray:
+    """Per row: admitted server feedback (origin "feedback"), which never outranks the data."""
+    if "origin" not in rows.columns:
+        return np.zeros(len(rows), dtype=bool)
+    return (rows["origin"].astype(str) == "feedback").to_numpy()
+
+
 def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flags: Flags) -> None:
     """Same decoded pixels (byte-identical files, or one picture in two containers): keep the lowest
-    source_path; if the copies carry different labels none of them can be trusted."""
+    source_path; if the copies carry different labels none of them can be trusted, except that
+    feedback contradicting the data is set aside alone (one POST must not remove a training image)."""
+    feedback = _from_feedback(rows)
     groups: dict[str, list[int]] = defaultdict(list)
     for pos in _alive(rows, flags):
         groups[inspections[rows.at[pos, "image_id"]].pixel_hash].append(pos)
@@ -144,6 +155,16 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
         if len(members) < 2:
             continue
         labels = sorted(set(rows.loc[members, "label"].astype(str)))
+        trusted = [pos for pos in members if not feedback[pos]]
+        trusted_labels = set(rows.loc[trusted, "label"].astype(str))
+        if len(labels) > 1 and len(trusted_labels) == 1:
+            (label,) = trusted_labels
+            for pos in members:
+                if feedback[pos] and str(rows.at[pos, "label"]) != label:
+                    flags[pos] = ("label_conflict", f"feedback: same pixels as {rows.at[trusted[0], 'source_path']} "
+                                                    f"labelled {label}", "")
+            labels = [label]
+        members = sorted((pos for pos in members if pos not in flags), key=lambda pos: feedback[pos])  # data first
         if len(labels) > 1:
             for pos in members:
                 flags[pos] = ("label_conflict", f"same pixels as {len(members) - 1} other file(s); labels {', '.join(labels)}", "")
@@ -164,10 +185,12 @@ def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, radius: int, min_correlat
 
 
 def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
-    """Near pairs (see near_pairs) with different labels are a label_conflict for both; otherwise,
-    in source_path order, an image not yet set aside is kept and its same-label neighbours are
+    """Near pairs (see near_pairs) with different labels are a label_conflict for both, unless one is
+    feedback and the other is not: then only the feedback copy (the data stays); otherwise, in
+    source_path order, an image not yet set aside is kept and its same-label neighbours are
     flagged naming it (so every flagged one is a near pair of its kept one)."""
     alive = _alive(rows, flags)
+    feedback = _from_feedback(rows)[alive]
     found = [inspections[rows.at[pos, "image_id"]] for pos in alive]
     hashes = np.array([insp.phash for insp in found], dtype=np.uint64)
     thumbs = np.stack([insp.thumbnail for insp in found]) if found else np.zeros((0, 1))
@@ -180,13 +203,17 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
     def bits(a: int, b: int) -> int:
         return int(hashes[a] ^ hashes[b]).bit_count()
 
-    conflicted = {a for a, near in neighbours.items() if any(labels[b] != labels[a] for b in near)}
+    def contradicts(b: int, a: int) -> bool:
+        """b's label casts doubt on a's: different, and not feedback against the data."""
+        return labels[b] != labels[a] and not (feedback[b] and not feedback[a])
+
+    conflicted = {a for a, near in neighbours.items() if any(contradicts(b, a) for b in near)}
     for a in sorted(conflicted):
-        b = min(n for n in neighbours[a] if labels[n] != labels[a])
+        b = min(n for n in neighbours[a] if contradicts(n, a))
         flags[alive[a]] = ("label_conflict", f"{bits(a, b)} bits from {rows.at[alive[b], 'source_path']} "
                                              f"labelled {labels[b]}", "")
     set_aside: set[int] = set(conflicted)
-    for a in range(len(alive)):
+    for a in sorted(range(len(alive)), key=lambda a: feedback[a]):  # a copy in the data is kept before feedback
         if a in set_aside:
             continue
         for b in sorted(neighbours.get(a, ())):

@@ -19,6 +19,7 @@ from tasks.common.errors import UserError
 from tasks.common.params import Paths, Strict
 from tasks.judging import registry
 from tasks.judging.gates import PROMOTION_METRICS, Gate, Rules, Scores, check_gates, failed
+from tasks.judging.model_card import attach_model_card, model_card
 from tasks.judging.registry import CHALLENGER, CHAMPION, PREVIOUS
 from tasks.judging.scoring import HeldOut, class_names, load_test_set, score_model
 
@@ -33,6 +34,10 @@ class Params(Strict):
     max_class_recall_drop: float = Field(0.05, ge=0, le=1)
     max_ece: float | None = Field(None, ge=0, le=1)
     max_latency_ms: float | None = Field(None, gt=0)  # p50 single-image predict through the pyfunc
+    # paired gate: exact McNemar on per-image correctness vs the champion (tasks/judging/gates.py); off,
+    # its p-value and discordant counts are still written to decision.json
+    paired_gate: bool = False
+    max_paired_p: float = Field(0.05, gt=0, le=1)  # pass only when better (b > c) with p below this
     score_batch_size: int = Field(64, ge=1)
     # auto: register and move aliases, except under `dvc exp run` (an experiment writes its decision and
     # leaves the production registry alone); always / never force either way
@@ -40,7 +45,7 @@ class Params(Strict):
 
     def rules(self) -> Rules:
         return Rules(self.metric, self.floor, self.min_improvement, self.max_class_recall_drop,
-                     self.max_ece, self.max_latency_ms)
+                     self.max_ece, self.max_latency_ms, paired_gate=self.paired_gate, max_paired_p=self.max_paired_p)
 
 
 def register_candidate(client, name: str, info: dict):
@@ -117,6 +122,9 @@ def run(params: Params, paths: Paths) -> dict:
         decision["aliases"] = registry.aliases(client, name)
     write_json(decision, paths.report_dir("promote") / "decision.json")
     log.info("version %s: %s (%s)", candidate, decision["decision"], decision["reason"])
+    card = model_card(paths, model_name=name, version=candidate, decision=decision,
+                      dataset_version=info.get("dataset_version"), run_id=info["run_id"])
+    attach_model_card(client, name, candidate, card)
     return {k: decision[k] for k in ("model_name", "decision", "reason", "aliases")} | {
         "candidate_version": candidate, "compared_to": champion,
     }

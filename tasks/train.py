@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 LAST_CKPT, BEST_CKPT = "last.ckpt", "best.ckpt"
 # params that change how fast training runs, not what it computes: a resume may differ in them
 NOT_FINGERPRINTED = {"num_workers", "max_time_minutes"}
+DATASET_DIGEST_CHARS = 12  # of dataset_version, as MLflow's dataset digest
 
 
 class Params(Strict):
@@ -68,6 +69,7 @@ class Params(Strict):
     checkpoint_every_n_steps: int = Field(100, ge=1)
     limit_train_batches: int | float | None = None  # tests and smoke runs: batches (int) or fraction
     limit_val_batches: int | float | None = None
+    calibrate: bool = True                      # temperature scaling on the val split (models/calibration.py)
 
     @field_validator("network")
     @classmethod
@@ -196,14 +198,29 @@ def run_exists(run_id: str | None) -> bool:
 
 
 def experiment_id_for(name: str) -> str:
-    """The experiment's id, created when missing. Unlike mlflow.set_experiment this leaves no process-wide
-    state (set_experiment also exports MLFLOW_EXPERIMENT_ID, which would follow into later runs and
-    subprocesses that use another tracking store)."""
-    import mlflow
+    """The experiment's id, created when missing (tracking.experiment_id: artifacts under the project,
+    the kind tag that opens MLflow's UI on the runs, no process-wide state)."""
+    return tracking.experiment_id(name)
 
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+
+def log_dataset(paths: Paths, version: str) -> None:
+    """The split manifest as the run's input dataset (MLflow's Dataset column and lineage): its
+    (image_id, label, split) rows, digest = dataset_version (shortened to the 12 characters the flow
+    also shows; MLflow keeps at most 36, the full value is the run's dataset_version tag), source = the
+    manifest file. A resumed run logs the same dataset again, which MLflow records once."""
+    import mlflow
+    import mlflow.data
+
+    from tasks.common.manifest import read_manifest
+
+    manifest = read_manifest(paths.split, "split")[["image_id", "label", "split"]].astype(str)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source class twice (for "" and "file:" paths) and warns that a
+        # path could be either; both are the same class, so its choice is right
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(manifest, source=Path(paths.split).resolve().as_uri(), name="split",
+                                          digest=version[:DATASET_DIGEST_CHARS])
+    mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
 
 
 def resume_point(train_dir: Path, config_hash: str) -> str | None:
@@ -227,6 +244,7 @@ def log_inputs(params: Params, paths: Paths, data, version: str, precision: str,
 
     prepared = Path(paths.prepared)
     mlflow.set_tags({"git_commit": git_commit(), "dataset_version": version, "stage": "train"})
+    log_dataset(paths, version)
     mlflow.log_params(flatten("train", params.model_dump()) | {
         "data.num_classes": str(len(data.classes)), "data.train_rows": str(len(data.train_index)),
         "data.val_rows": str(len(data.val_index)), "data.image_size": str(data.stats["image_size"]),
@@ -308,6 +326,36 @@ def load_best(module, best) -> float:
     return float(best.best_model_score) if best.best_model_score is not None else float("nan")
 
 
+def calibrate(params: Params, module, data, prepared: Path) -> float | None:
+    """Temperature scaling of the loaded best model: fit T on the val split's logits (as Predictor
+    computes them, test-time flip included), put it in data.stats so export saves it with the model,
+    and log T and the val ECE before/after to the active run. None when train.calibrate is off. The
+    val ECE after is measured on the images T was fitted on; evaluate's test/ece is the honest figure."""
+    if not params.calibrate:
+        return None
+    import mlflow
+    import numpy as np
+
+    from models.calibration import fit_temperature, probabilities
+    from models.predictor import Predictor
+    from tasks.judging.gates import ECE_BINS
+    from tasks.judging.metrics import expected_calibration_error
+
+    uncalibrated = {k: v for k, v in data.stats.items() if k != "temperature"}
+    predictor = Predictor(module.network, data.classes, uncalibrated)
+    images, rows = prepared_store.open_images(prepared), data.val_index["row"].to_numpy()
+    logits = np.concatenate([predictor.logits(np.asarray(images[rows[i:i + 4096]])) for i in range(0, len(rows), 4096)],
+                            axis=1)
+    labels = data.val_index["label_idx"].to_numpy()
+    temperature = fit_temperature(logits, labels)
+    before = expected_calibration_error(labels, probabilities(logits, 1.0), ECE_BINS)
+    after = expected_calibration_error(labels, probabilities(logits, temperature), ECE_BINS)
+    data.stats = uncalibrated | {"temperature": temperature}
+    mlflow.log_metrics({"val/temperature": temperature, "val/ece_uncalibrated": before, "val/ece_calibrated": after})
+    log.info("temperature %.4g fitted on %d val images: val ECE %.4f -> %.4f", temperature, len(labels), before, after)
+    return temperature
+
+
 def export_model(params: Params, module, data, prepared: Path, train_dir: Path) -> None:
     """The pyfunc: files written once, saved to train_dir/model and logged to the active run as "model"."""
     from models.predictor import save_model_files
@@ -348,6 +396,7 @@ def run(params: Params, paths: Paths) -> dict:
         trainer, best = build_trainer(params, train_dir, precision, uri, run_id)
         resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
         best_acc = load_best(module, best)
+        calibrate(params, module, data, prepared)
         mlflow.log_metrics({"val/best_acc": best_acc, "train/seconds_per_epoch": seconds_per_epoch,
                             "train/epochs": float(trainer.current_epoch)})
         export_model(params, module, data, prepared, train_dir)

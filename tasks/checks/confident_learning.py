@@ -29,6 +29,9 @@ The out-of-fold probabilities are the mean of one or more models: `kernel_model`
 """
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -36,6 +39,7 @@ from tqdm import tqdm
 
 from tasks.checks.hog import hog_features
 
+log = logging.getLogger(__name__)
 Method = Literal["prune_by_noise_rate", "confident_joint", "both"]
 # (labels [N], train_idx, test_idx, num_classes) -> probabilities [len(test_idx), num_classes], 0 for a
 # class the training rows never show: one out-of-fold model (kernel_model here, tasks.checks.oof_cnn.cnn_model)
@@ -153,13 +157,49 @@ def out_of_fold_probabilities(models: Sequence[FitPredict], labels: np.ndarray, 
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train_idx, test_idx in tqdm(list(splitter.split(np.zeros(len(labels)), labels)), desc="validate: out-of-fold models",
-                                    unit="fold", disable=None):
-        kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
-        if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
-            train_idx = kept
-        probs[test_idx] = np.mean([fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0)
+    round_ = "without the first round's suspects" if exclude is not None else "first round"
+    with Progress(folds, f"validate: out-of-fold models ({round_})", "fold", every=0.0) as progress:
+        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+            kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
+            if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
+                train_idx = kept
+            probs[test_idx] = np.mean([fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0)
+            progress.update()
     return probs
+
+
+class Progress:
+    """Progress of a long loop with an estimate of the time left: a tqdm bar on a terminal; elsewhere
+    (a pipe, a log file, the Prefect flow) a logged line after a step when `every` seconds have passed
+    since the last one (0: every step), and always after the last. The estimate is the mean time per
+    step so far times the steps left."""
+
+    def __init__(self, total: int, desc: str, unit: str, *, every: float = 10.0, leave: bool = True):
+        self.total, self.desc, self.unit, self.every = max(int(total), 1), desc, unit, every
+        self.done, self.started = 0, time.perf_counter()
+        self.last_logged = self.started
+        self.bar = tqdm(total=self.total, desc=desc, unit=unit, leave=leave) if sys.stderr.isatty() else None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.done < self.total and now - self.last_logged < self.every:
+            return
+        self.last_logged = now
+        elapsed = now - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        log.info("%s: %s %d/%d, %.1f s so far, %s", self.desc, self.unit, self.done, self.total, elapsed,
+                 f"~{left:.0f} s left" if self.done < self.total else "done")
 
 
 def kernel_model(features: np.ndarray, seed: int) -> FitPredict:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.checks.confident_learning import FitPredict
+from tasks.checks.confident_learning import FitPredict, Progress
 
 WIDTH = 16          # channels of the first stage (then 2x, 4x)
 BATCH_SIZE = 64
@@ -71,17 +71,20 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Fit
         optimizer = torch.optim.AdamW(model.parameters(), LEARNING_RATE, weight_decay=5e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
         model.train()
-        for _ in range(n_epochs):
-            perm = torch.randperm(len(train), generator=order)
-            for start in range(0, len(train), BATCH_SIZE):
-                chosen = perm[start:start + BATCH_SIZE]
-                if len(chosen) < 2:  # BatchNorm needs two images
-                    continue
-                loss = F.cross_entropy(model(batch(train[chosen])), targets[chosen])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        # one fold's epochs: on a terminal a bar that goes when the fold is done; in a log, a line every 10 s
+        with Progress(n_epochs, f"validate: CNN on {len(train)} images", "epoch", leave=False) as progress:
+            for _ in range(n_epochs):
+                perm = torch.randperm(len(train), generator=order)
+                for start in range(0, len(train), BATCH_SIZE):
+                    chosen = perm[start:start + BATCH_SIZE]
+                    if len(chosen) < 2:  # BatchNorm needs two images
+                        continue
+                    loss = F.cross_entropy(model(batch(train[chosen])), targets[chosen])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                progress.update()
         model.eval()
         test = torch.from_numpy(np.asarray(test_idx))
         with torch.no_grad():

@@ -19,7 +19,8 @@ INGESTED_COLUMNS = [
     "height",
     "mode",          # PIL mode from the header (L, RGB, P, CMYK, I;16, ...)
     "ingested_at",   # UTC ISO timestamp of first ingestion
-    "origin",        # "source" or "inbox"
+    "origin",        # "source", "inbox" or "feedback" (admitted from the server's quarantine; clean
+                     # sets a feedback copy aside when it contradicts the data, never the data itself)
     "given_split",   # split named by the source manifest ("" when none)
 ]
 # columns added by clean

@@ -1,10 +1,17 @@
 """Promotion gates, pure: metrics from predictions on one test set, and the checks a candidate must
-pass against the floor and against the champion scored on the same images."""
+pass against the floor and against the champion scored on the same images.
+
+The paired gate tells an improvement from noise: both models answer the same test images, so only the
+images exactly one of them gets right carry evidence (b: candidate right, champion wrong; c: the other
+way round). Under "equally good" each such image is a fair coin, so the exact McNemar test is a
+binomial test of b against b + c at 1/2; the gate passes when b > c and the two-sided p-value is below
+promote.max_paired_p. One image better out of 167 (b = 1, c = 0) has p = 1: not evidence."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.metrics import f1_score, recall_score
 
 from tasks.judging.metrics import calibration_error
@@ -24,6 +31,8 @@ class Scores:
     per_class_recall: dict[str, float]
     latency_ms: float | None = None  # p50 single-image latency, measured only when a bound asks for it
     classes: tuple[str, ...] | None = None  # the label set the model predicts, when the model declares it
+    # per test image, in test-image order: was the prediction right (the paired gate's input)
+    correct: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class Rules:
     max_class_recall_drop: float
     max_ece: float | None = None
     max_latency_ms: float | None = None
+    paired_gate: bool = False   # enforce the paired (McNemar) gate; off, it is still computed and reported
+    max_paired_p: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,20 @@ def score_predictions(actual, predicted, confidence, latency_ms: float | None = 
     }
     if latency_ms is not None:
         metrics["test/latency_p50_ms"] = float(latency_ms)
-    return Scores(metrics, {c: float(r) for c, r in zip(classes, recalls)}, latency_ms)
+    return Scores(metrics, {c: float(r) for c, r in zip(classes, recalls)}, latency_ms,
+                  correct=tuple(bool(x) for x in correct))
+
+
+def mcnemar_exact(candidate_correct, champion_correct) -> tuple[int, int, float]:
+    """(b, c, p): b images only the candidate gets right, c only the champion, and the exact two-sided
+    McNemar p-value, min(1, 2 * P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2); p = 1 when b + c = 0."""
+    cand = np.asarray(candidate_correct, dtype=bool)
+    champ = np.asarray(champion_correct, dtype=bool)
+    if cand.shape != champ.shape:
+        raise ValueError(f"correctness vectors differ in length: {cand.shape} vs {champ.shape}")
+    b, c = int((cand & ~champ).sum()), int((~cand & champ).sum())
+    p = 1.0 if b + c == 0 else float(min(1.0, 2.0 * binom.cdf(min(b, c), b + c, 0.5)))
+    return b, c, p
 
 
 def check_gates(candidate: Scores, champion: Scores | None, rules: Rules) -> list[Gate]:
@@ -79,6 +103,7 @@ def check_gates(candidate: Scores, champion: Scores | None, rules: Rules) -> lis
     if champion is None:
         gates.append(Gate("improvement", None, rules.min_improvement, True, "no champion to beat"))
         gates.append(Gate("class_recall_drop", None, rules.max_class_recall_drop, True, "no champion to compare"))
+        gates.append(Gate("paired", None, rules.max_paired_p if rules.paired_gate else None, True, "no champion to compare"))
     else:
         delta = value - champion.metrics[rules.metric]
         gates.append(Gate(
@@ -86,6 +111,7 @@ def check_gates(candidate: Scores, champion: Scores | None, rules: Rules) -> lis
             f"{rules.metric} {value:.4f} vs champion {champion.metrics[rules.metric]:.4f}",
         ))
         gates.append(_class_recall_gate(candidate, champion, rules.max_class_recall_drop))
+        gates.append(_paired_gate(candidate, champion, rules))
     ece = candidate.metrics["test/ece"]
     if rules.max_ece is None:
         gates.append(Gate("ece", ece, None, True, "no bound (max_ece: null)"))
@@ -107,6 +133,28 @@ def _class_recall_gate(candidate: Scores, champion: Scores, max_drop: float) -> 
     detail = f"largest drop: class {worst!r} {champion.per_class_recall[worst]:.3f} -> " \
              f"{candidate.per_class_recall.get(worst, 0.0):.3f}" if worst is not None else "no classes"
     return Gate("class_recall_drop", drop, max_drop, drop <= max_drop + _TOLERANCE, detail)
+
+
+def _paired_gate(candidate: Scores, champion: Scores, rules: Rules) -> Gate:
+    """Exact McNemar on the two models' per-image correctness (module docstring). Off
+    (paired_gate: false) it still reports p and the discordant counts, and passes."""
+    threshold = rules.max_paired_p if rules.paired_gate else None
+    off = "" if rules.paired_gate else " (not enforced: promote.paired_gate: false)"
+    if candidate.correct is None or champion.correct is None or len(candidate.correct) != len(champion.correct):
+        # asked for but not measurable: fail rather than pass silently (as the latency bound does)
+        return Gate("paired", None, threshold, not rules.paired_gate,
+                    f"per-image correctness of both models on the same test images is not available{off}")
+    b, c, p = mcnemar_exact(candidate.correct, champion.correct)
+    significant = b > c and p < rules.max_paired_p
+    if significant:
+        verdict = f"significant improvement (p < {rules.max_paired_p:g})"
+    elif b > c:
+        verdict = f"better on {b - c} more images, not significant (p >= {rules.max_paired_p:g})"
+    else:
+        verdict = "not better than the champion"
+    detail = (f"exact McNemar on {len(candidate.correct)} test images: b={b} only the candidate right, "
+              f"c={c} only the champion right, two-sided p={p:.4g}: {verdict}{off}")
+    return Gate("paired", p, threshold, significant or not rules.paired_gate, detail)
 
 
 def failed(gates: list[Gate]) -> list[Gate]:

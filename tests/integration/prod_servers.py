@@ -18,9 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import requests
 
@@ -97,7 +97,7 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)  # the server and the workers it started
             try:
-                self.popen.wait(20)
+                self.popen.wait(10)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.popen.pid, signal.SIGKILL)
@@ -251,7 +251,8 @@ def mlflow_server(workdir: Path, backend_uri: str, artifacts: str, s3: S3) -> It
 @contextlib.contextmanager
 def prefect_server(workdir: Path, database_url: str, auth: str) -> Iterator[tuple[str, Proc]]:
     """`prefect server start` on `database_url` (postgresql+asyncpg://...), basic auth `auth` (user:pass);
-    the scheduler and UI are off: the test's flow run reports its own states."""
+    its services run (task runs reach the database through the task-run recorder service), but for the
+    scheduler and late-run marker, which only deployments need; no UI."""
     port = free_port()
     home = workdir / "prefect-server-home"
     home.mkdir()
@@ -261,7 +262,8 @@ def prefect_server(workdir: Path, database_url: str, auth: str) -> Iterator[tupl
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(name, None)
     proc = spawn("prefect server", [sys.executable, "-m", "prefect", "server", "start", "--host", HOST,
-                                    "--port", str(port), "--no-services", "--no-ui", "--analytics-off"],
+                                    "--port", str(port), "--no-scheduler", "--no-late-runs", "--no-ui",
+                                    "--analytics-off"],
                  workdir / "prefect-server.log", env=env, cwd=workdir)
     try:
         yield f"http://{HOST}:{port}/api", proc

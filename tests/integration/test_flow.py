@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,40 @@ def test_flow_trains_then_skips_until_new_data(tmp_path, monkeypatch):
         third = pipeline.imgcls_pipeline("params.yaml")
         assert third["skipped"] == [] and third["dataset_version"] != first["dataset_version"]
         assert third["mlflow_run_id"] != first["mlflow_run_id"]
+
+
+QUIET_FORBIDDEN = ("Traceback", "ERROR", "database is locked", "telemetry")
+
+
+def test_first_run_from_the_cli_is_quiet(tmp_path):
+    """`imgcls run` in a fresh project as a new user gets it (no Prefect/MLflow settings, an empty HOME):
+    nothing in its output a user cannot act on, Prefect's home and MLflow's artifacts inside the project,
+    every stage's one-line summary, an experiment MLflow's UI opens on its runs, a run with its dataset."""
+    import mlflow
+
+    project = tmp_path / "project"
+    write_images(project / "source", per_class=14, seed=0)
+    params = small_params(project / "source")
+    params["validate"]["suspect_label"]["model"] = "kernel"  # the CNN's cost adds nothing to this check
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST")}
+    env["HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    for forbidden in QUIET_FORBIDDEN:  # case matters but for telemetry ("error" in a summary key is fine)
+        found = forbidden.lower() in output.lower() if forbidden == "telemetry" else forbidden in output
+        assert not found, f"{forbidden!r} in the output:\n{output[-3000:]}"
+    for stage in STAGES:
+        assert f"Task run {stage!r} - finished in " in output
+    assert (project / ".imgcls" / "prefect" / "prefect.db").is_file() and not (tmp_path / "home" / ".prefect").exists()
+
+    run_info = json.loads((project / "artifacts" / "train" / "run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiment = client.get_experiment(run_info["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (project.resolve() / "mlruns" / "imgcls").as_uri()
+    inputs = client.get_run(run_info["run_id"]).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("split", run_info["dataset_version"][:12])]

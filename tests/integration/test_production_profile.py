@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ import requests
 from PIL import Image
 
 from tasks.stages import STAGES
-from tests.integration import prod_servers as ps
 from tests.helpers.dvc_project import make_project, project_env, sh
+from tests.integration import prod_servers as ps
 
 MISSING = ps.missing_requirements()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.timeout(900)]
@@ -74,6 +73,19 @@ def run(args: list[str], root: Path, env: dict, timeout: float = 600) -> subproc
     return proc
 
 
+def stage_task_runs(prefect_api: str, flow_run_id: str, timeout: float = 60) -> list[dict]:
+    """The flow run's task runs, once all eight stages are COMPLETED: task runs reach the server's database
+    as events, through its task-run recorder service, a moment after the client reported them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = requests.post(f"{prefect_api}/task_runs/filter", auth=PREFECT_AUTH, timeout=10,
+                              json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        done = {t["name"] for t in found if t["state_type"] == "COMPLETED"}
+        if set(STAGES) <= done or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
 def digit_images(folder: Path, n: int = 4) -> list[str]:
     from sklearn.datasets import load_digits
 
@@ -94,7 +106,7 @@ def test_pipeline_on_postgres_s3_mlflow_and_prefect_servers(production, tmp_path
     started = time.monotonic()
     out = run([str(Path(sys.executable).parent / "imgcls"), "run"], root, env)
     flow_seconds = time.monotonic() - started
-    summary = json.loads(out.stdout[out.stdout.index("{\n"):])
+    summary = json.loads(out.stdout[out.stdout.rfind("\n{\n") + 1:])  # the CLI prints the summary last
     assert list(summary["stages"]) == list(STAGES) and summary["skipped"] == []
     assert summary["dvc"] == {"recorded": True, "committed": list(STAGES), "pushed": True}
     run_id, flow_run_id = summary["mlflow_run_id"], summary["flow_run_id"]
@@ -118,18 +130,17 @@ def test_pipeline_on_postgres_s3_mlflow_and_prefect_servers(production, tmp_path
 
     # the model's files and the run's reports are objects in the artifacts bucket
     keys = s3.keys(MLFLOW_BUCKET)
-    model_keys = [k for k in keys if version.model_id and version.model_id in k]
-    assert any(k.endswith("/MLmodel") for k in model_keys), keys[:50]
-    assert any(run_id in k for k in keys), keys[:50]
+    model_id = version.model_id or version.source.rsplit("/", 1)[-1]  # MLflow 3: source is models:/<model_id>
+    mlmodels = [k for k in keys if k.endswith("/MLmodel")]
+    assert any(f"/{model_id}/" in k for k in mlmodels), (version.source, mlmodels)
+    assert any(f"/{run_id}/artifacts/evaluate/" in k for k in keys), keys[:50]
 
     # Prefect: the flow run and its stage task runs, through the authenticated API and in its database
     assert requests.get(f"{prefect_api}/flow_runs/{flow_run_id}", timeout=10).status_code == 401
     flow_run = requests.get(f"{prefect_api}/flow_runs/{flow_run_id}", auth=PREFECT_AUTH, timeout=10).json()
     assert flow_run["state_type"] == "COMPLETED" and flow_run["name"] == summary["flow_run_name"]
-    task_runs = requests.post(f"{prefect_api}/task_runs/filter", auth=PREFECT_AUTH, timeout=10,
-                              json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-    assert set(STAGES) <= {t["name"] for t in task_runs}
-    assert all(t["state_type"] == "COMPLETED" for t in task_runs)
+    task_runs = stage_task_runs(prefect_api, flow_run_id)
+    assert {t["name"]: t["state_type"] for t in task_runs if t["name"] in STAGES} == dict.fromkeys(STAGES, "COMPLETED")
     assert pg.query("prefect", "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id "
                                "WHERE r.id = %s", (flow_run_id,)) == [("imgcls-pipeline", "COMPLETED")]
 

@@ -215,6 +215,46 @@ def test_posting_a_training_image_with_another_label_does_not_set_the_original_a
     assert "label_conflict" not in set(flagged["reason"])
 
 
+def _encoded(path, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, save", [("JPEG", {"quality": 50}), ("BMP", {})])  # near copy / same pixels
+def test_a_reencoded_copy_posted_with_another_label_flags_only_the_feedback(data, fmt, save):
+    """A re-encoded copy is a new file to ingest (another sha256), so it is admitted; clean then sees a
+    label conflict between it and the training image, and only the feedback copy may pay for it."""
+    src, client = data
+    copy = _encoded(src / "dog" / "1.png", fmt, **save)
+    other = _post(client, copy, "cat")
+    same = _post(client, _encoded(src / "cat" / "0.png", fmt, **save), "cat")  # agrees: a mere duplicate
+    assert _ingest(src)["from_feedback"] == 2
+    clean.run(clean.Params(workers=1), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False).set_index("image_id")
+    assert len(flagged) == 2
+    conflict = flagged.loc[other["image_id"]]
+    assert conflict["reason"] == "label_conflict" and conflict["label"] == "cat"
+    assert conflict["source_path"].startswith("data/feedback/") and "dog/1.png" in conflict["detail"]
+    duplicate = flagged.loc[same["image_id"]]
+    expected = "duplicate" if fmt == "BMP" else "near_duplicate"
+    # the copy in the data is the one kept, although data/feedback/... sorts before cat/...
+    assert duplicate["reason"] == expected and duplicate["kept_image_id"] == hashlib.sha256(
+        (src / "cat" / "0.png").read_bytes()).hexdigest()
+    cleaned = pd.read_parquet("data/manifests/cleaned.parquet")
+    assert sorted(cleaned["source_path"]) == sorted(f"{c}/{i}.png" for i, c in enumerate(CLASSES * 3))
+    assert (cleaned["origin"] != "feedback").all()
+
+
+def test_training_images_that_disagree_with_each_other_are_still_both_set_aside(data):
+    src, _ = data
+    (src / "cat" / "copy.jpg").write_bytes(_encoded(src / "dog" / "1.png", "JPEG", quality=50))
+    _ingest(src)
+    clean.run(clean.Params(workers=1), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv")
+    assert sorted(flagged.loc[flagged["reason"] == "label_conflict", "source_path"]) == ["cat/copy.jpg", "dog/1.png"]
+
+
 def test_feedback_disagreeing_with_itself_goes_to_review(data, project):
     src, client = data
     new = png(pattern(200))

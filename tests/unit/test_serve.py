@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import json
 import threading
 import time
@@ -14,9 +15,11 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from flows.drift import check_drift, default_log_dir, read_log
 from flows.serve import create_app
 from tests.helpers.brightness_models import save
 from tests.helpers.images import png_bytes
+from tests.helpers.prepared_store import make_project
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,35 @@ def test_metrics_count_requests_by_endpoint_and_status(client, model_dir):
     assert "imgcls_model_version -1.0" in text
 
 
+def test_scored_inputs_are_recorded_after_the_response_and_drift_reads_them(model_dir, tmp_path):
+    paths = make_project(tmp_path / "project")
+    log_dir = default_log_dir(paths)
+    app = create_app(model_dir, tmp_path / "feedback", max_upload_bytes=20_000, max_pixels=256 * 256,
+                     tokens=[TOKEN], classes=["dark", "bright"], input_log=log_dir)
+    values = [30 + 13 * i for i in range(14)]
+    with TestClient(app) as c:
+        assert c.get("/health").json()["input_log"] is True
+        for value in values:
+            assert c.post("/predict", files=upload(png_bytes(value, mode="RGB"))).status_code == 200
+        assert c.post("/predict", files=upload(b"not an image")).status_code == 400  # not scored: not recorded
+        c.post("/feedback", files=upload(png_bytes(200)), data={"label": "bright"}, headers=AUTH)  # not /predict
+    records, skipped = read_log(log_dir, 1000)
+    assert len(records) == len(values) and skipped == 0
+    assert [r["brightness"] for r in records] == pytest.approx([v / 255 for v in values], abs=1e-4)
+    assert [r["label"] for r in records] == ["dark" if v < 128 else "bright" for v in values]
+    assert records[0]["channels"] == 3 and records[0]["width"] == 16 and records[0]["score"] == pytest.approx(1 - 30 / 255, abs=1e-5)
+    report = check_drift(paths, window=100, min_samples=10, publish=False)
+    assert report["served"] == len(values) and report["status"] in ("ok", "drift") and report["psi"]
+    dark = sum(v < 128 for v in values) / len(values)
+    assert report["served_label_shares"] == {"bright": round(1 - dark, 4), "dark": round(dark, 4)}
+
+
+def test_without_an_input_log_nothing_is_recorded(client, tmp_path):
+    assert client.get("/health").json()["input_log"] is False
+    assert client.post("/predict", files=upload(png_bytes(250))).status_code == 200
+    assert not any(p.name.endswith(".jsonl") for p in tmp_path.rglob("*"))
+
+
 @contextlib.contextmanager
 def running(app):
     """The app behind a real uvicorn on a free port of 127.0.0.1, in a thread of this process."""
@@ -184,3 +216,20 @@ def test_refused_writer_is_cut_off_before_the_body(model_dir, tmp_path):
         response = http.post(url + "/feedback", content=multipart_stream(counter, 256 * 1024 * 1024, {"label": "dark"}),
                              headers={"Content-Type": "multipart/form-data; boundary=imgclsboundary"})
     assert response.status_code == 401 and counter["sent"] < 32 * 1024 * 1024
+
+
+def test_rate_limited_clients_get_429_and_no_connection_errors(model_dir, tmp_path):
+    """Past the burst, one client gets 429s (with the unread body drained first, flows/guards.drain), and
+    every refused request still reaches the client as an answer."""
+    app = create_app(model_dir, tmp_path / "feedback", rate_limit=1.0, rate_burst=2)
+    statuses, errors = [], 0
+    with running(app) as url:
+        for _ in range(30):
+            with httpx.Client(timeout=30) as http:  # a new connection each time, as load tools do
+                try:
+                    body = {"image": ("x.png", os.urandom(150_000))}  # over a socket read, under the drain limit
+                    statuses.append(http.post(url + "/predict", files=body).status_code)
+                except httpx.TransportError:
+                    errors += 1
+    assert errors == 0, f"{errors} connections reset"
+    assert statuses.count(429) >= 20 and set(statuses) <= {400, 429}  # 400: not an image, once admitted
