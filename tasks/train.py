@@ -356,8 +356,9 @@ def calibrate(params: Params, module, data, prepared: Path) -> float | None:
     return temperature
 
 
-def export_model(params: Params, module, data, prepared: Path, train_dir: Path) -> None:
-    """The pyfunc: files written once, saved to train_dir/model and logged to the active run as "model"."""
+def export_model(params: Params, module, data, prepared: Path, train_dir: Path) -> str:
+    """The pyfunc: files written once, saved to train_dir/model and logged to the active run as "model".
+    Returns the logged model's URI (models:/m-..., what registering it should name)."""
     from models.predictor import save_model_files
     from models.pyfunc import log_pyfunc, save_pyfunc
 
@@ -366,7 +367,7 @@ def export_model(params: Params, module, data, prepared: Path, train_dir: Path) 
         files = save_model_files(tmp, params.network, module.network, data.classes, data.stats)
         with atomic_dir(train_dir / "model") as model_dir:
             save_pyfunc(model_dir, files, example_image)
-        log_pyfunc(files, example_image)
+        return log_pyfunc(files, example_image).model_uri
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -399,12 +400,12 @@ def run(params: Params, paths: Paths) -> dict:
         calibrate(params, module, data, prepared)
         mlflow.log_metrics({"val/best_acc": best_acc, "train/seconds_per_epoch": seconds_per_epoch,
                             "train/epochs": float(trainer.current_epoch)})
-        export_model(params, module, data, prepared, train_dir)
+        model_uri = export_model(params, module, data, prepared, train_dir)
         # every trained model ends up registered, or its run says why not: promote updates this
         mlflow.set_tags(run_records.pending_registration_tags())
 
     info = run_records.write_run(train_dir, run_id=run_id, experiment_id=experiment_id, tracking_uri=uri,
-                                 dataset_version=version)
+                                 dataset_version=version, model_uri=model_uri)
     run_records.write_resume(train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash,
                              completed=True)
     return info | {

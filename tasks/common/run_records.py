@@ -3,7 +3,7 @@ knows their names, writes them (atomically) and reads them back.
 
 run.json (written when a training run has finished and exported its model; read by evaluate, promote
 and the flow's artifacts):
-    run_id, experiment_id, tracking_uri (the store the run lives in), model_uri ("runs:/<id>/model"),
+    run_id, experiment_id, tracking_uri (the store the run lives in), model_uri (the logged model, models:/m-...),
     dataset_version, baseline_run_id.
 
 resume.json (train's own bookkeeping, rewritten at the start and the end of every run):
@@ -33,10 +33,12 @@ def resume_path(train_dir: str | Path) -> Path:
 
 
 def write_run(train_dir: str | Path, *, run_id: str, experiment_id: str, tracking_uri: str,
-              dataset_version: str, baseline_run_id: str | None = None) -> dict[str, Any]:
-    """Write run.json for a finished training run; returns what was written."""
+              dataset_version: str, baseline_run_id: str | None = None, model_uri: str | None = None
+              ) -> dict[str, Any]:
+    """Write run.json for a finished training run; returns what was written. model_uri: the logged
+    model (MLflow 3's models:/m-...; registering runs:/<id>/model makes MLflow warn and look it up)."""
     info = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
-            "model_uri": f"runs:/{run_id}/model", "dataset_version": dataset_version,
+            "model_uri": model_uri or f"runs:/{run_id}/model", "dataset_version": dataset_version,
             "baseline_run_id": baseline_run_id}
     write_json(info, run_path(train_dir))
     return info

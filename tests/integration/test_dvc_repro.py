@@ -67,7 +67,9 @@ def experiment_metrics(shown: list) -> dict[str, dict]:
 def registered_versions(root: Path) -> list[str]:
     code = ("from mlflow import MlflowClient\n"
             "print(','.join(str(v.version) for v in MlflowClient().search_model_versions(\"name='imgcls'\")))")
-    return [v for v in user_shell(f".venv/bin/python -c \"{code}\"", root).stdout.strip().split(",") if v]
+    result = subprocess.run([str(root / ".venv/bin/python"), "-c", code], cwd=root, env=project_env(root),
+                            capture_output=True, text=True, check=True)
+    return [v for v in result.stdout.strip().split(",") if v]
 
 
 def test_readme_dvc_commands_repro_noop_push_and_two_experiments(tmp_path):
