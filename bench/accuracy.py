@@ -9,6 +9,7 @@ evaluate stage runs on the same split, so every result carries its own classical
 Fashion-MNIST: the 60k training images are split train/val (90/10, by image hash); the official 10k
 test images keep split=test through the manifest's split column. Writes bench/results/accuracy_<dataset>.json
 and prints a Markdown table (test accuracy, macro-F1, baseline accuracy, epochs, seconds per stage)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ from mlflow import MlflowClient
 
 from bench import fashion
 from bench.common import run_stages, write_result
-from tasks.stages import STAGES
 from tasks.common.params import Paths
+from tasks.stages import STAGES
 
 PIPELINE = [s for s in STAGES if s != "promote"]  # the registry decision is not what is measured here
 # Published Fashion-MNIST test accuracies, for the table (zalandoresearch/fashion-mnist benchmark
@@ -37,10 +38,14 @@ def fashion_sections(data_dir: Path, per_class: int | None, test_per_class: int 
     return {
         "ingest": {"source": str(manifest)},
         "split": {"train": 0.9, "val": 0.1, "test": 0.0},  # test = the official test rows (split column)
-        "augment": {"image_size": 28, "test_time_flip": True, "transforms": [
-            {"name": "HorizontalFlip", "p": 0.5},
-            {"name": "Affine", "translate_percent": [-0.06, 0.06], "scale": [0.95, 1.05], "p": 0.5},
-        ]},
+        "augment": {
+            "image_size": 28,
+            "test_time_flip": True,
+            "transforms": [
+                {"name": "HorizontalFlip", "p": 0.5},
+                {"name": "Affine", "translate_percent": [-0.06, 0.06], "scale": [0.95, 1.05], "p": 0.5},
+            ],
+        },
         "evaluate": {"baseline": {"image_size": 28}},
     }
 
@@ -76,8 +81,16 @@ def parse_overrides(pairs: list[str]) -> dict:
     return sections
 
 
-def measure(dataset: str, root: Path, budget_minutes: float, network: str | None, epochs: int | None,
-            per_class: int | None, test_per_class: int | None, overrides: dict | None = None) -> dict:
+def measure(
+    dataset: str,
+    root: Path,
+    budget_minutes: float,
+    network: str | None,
+    epochs: int | None,
+    per_class: int | None,
+    test_per_class: int | None,
+    overrides: dict | None = None,
+) -> dict:
     sections = fashion_sections(root / "data", per_class, test_per_class) if dataset == "fashion" else {}
     sections["train"] = {"max_time_minutes": budget_minutes}
     if network:
@@ -95,24 +108,35 @@ def measure(dataset: str, root: Path, budget_minutes: float, network: str | None
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"]).data
     return {
-        "dataset": dataset, "budget_minutes": budget_minutes, "train": params["train"],
-        "augment": params["augment"], "seconds": seconds,
-        "test_acc": metrics["test/acc"], "test_macro_f1": metrics["test/macro_f1"],
-        "val_acc": metrics.get("val/acc"), "baseline_test_acc": metrics.get("baseline/test/acc"),
+        "dataset": dataset,
+        "budget_minutes": budget_minutes,
+        "train": params["train"],
+        "augment": params["augment"],
+        "seconds": seconds,
+        "test_acc": metrics["test/acc"],
+        "test_macro_f1": metrics["test/macro_f1"],
+        "val_acc": metrics.get("val/acc"),
+        "baseline_test_acc": metrics.get("baseline/test/acc"),
         "baseline_kind": params["evaluate"]["baseline"]["kind"],
-        "image_stats": index_rows, "mlflow_run_id": summary["run_id"],
+        "image_stats": index_rows,
+        "mlflow_run_id": summary["run_id"],
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU",
-        "precision": run.params.get("resolved.precision"), "epochs_run": int(run.metrics.get("train/epochs", 0)),
+        "precision": run.params.get("resolved.precision"),
+        "epochs_run": int(run.metrics.get("train/epochs", 0)),
         "seconds_per_epoch": run.metrics.get("train/seconds_per_epoch"),
         "references": REFERENCES if dataset == "fashion" else {},
     }
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['dataset']}: training budget {result['budget_minutes']} min, network {result['train']['network']}",
-             "", "| model | test accuracy |", "|---|---|",
-             f"| imgcls ({result['train']['network']}, {result.get('device', 'this CPU')}) | {result['test_acc']:.4f} |",
-             f"| imgcls baseline ({result['baseline_kind']}, same split) | {result['baseline_test_acc']:.4f} |"]
+    lines = [
+        f"{result['dataset']}: training budget {result['budget_minutes']} min, network {result['train']['network']}",
+        "",
+        "| model | test accuracy |",
+        "|---|---|",
+        f"| imgcls ({result['train']['network']}, {result.get('device', 'this CPU')}) | {result['test_acc']:.4f} |",
+        f"| imgcls baseline ({result['baseline_kind']}, same split) | {result['baseline_test_acc']:.4f} |",
+    ]
     lines += [f"| {name} (published) | {acc:.3f} |" for name, acc in result["references"].items()]
     lines.append(f"\n{result['epochs_run']} epochs at {result['seconds_per_epoch']} s each, {result['precision']}")
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
@@ -120,16 +144,23 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.accuracy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", choices=["fashion", "digits"], default="fashion")
     parser.add_argument("--budget-minutes", type=float, default=15.0, help="train.max_time_minutes")
     parser.add_argument("--network", default=None, help="train.network (default: params.yaml)")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml)")
     parser.add_argument("--per-class", type=int, default=None, help="fashion: train images per class (default all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="fashion: test images per class (default all)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="any params.yaml value, e.g. --set clean.workers=16 --set train.batch_size=256")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any params.yaml value, e.g. --set clean.workers=16 --set train.batch_size=256",
+    )
     parser.add_argument("--quick", action="store_true", help="fashion, 100 train + 20 test per class, 1 epoch")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the project here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/accuracy_<dataset>.json")
@@ -140,8 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="accuracy_") as tmp:
         root = (args.workdir or Path(tmp)).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        result = measure(args.dataset, root, args.budget_minutes, args.network, args.epochs,
-                         args.per_class, args.test_per_class, parse_overrides(args.overrides))
+        result = measure(
+            args.dataset,
+            root,
+            args.budget_minutes,
+            args.network,
+            args.epochs,
+            args.per_class,
+            args.test_per_class,
+            parse_overrides(args.overrides),
+        )
     write_result(result, out)
     print(markdown(result))
     return 0

@@ -5,6 +5,7 @@ exponent log(t4n/tn)/log 4 of 1; the goal is time(4n)/time(n) <= 5.
 
     python -m bench.clean_scaling [--n 5000] [--workers 2]
     python -m bench.clean_scaling --quick       # n=100"""
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def subset_manifests(source: Path, sizes: list[int], seed: int) -> dict[int, Pat
     manifests = {}
     for k in sizes:
         manifests[k] = source / f"manifest_{k}.csv"
-        pd.DataFrame({"path": order[:k], "label": [f.split("/", 1)[0] for f in order[:k]]}).to_csv(manifests[k], index=False)
+        pd.DataFrame({"path": order[:k], "label": [f.split("/", 1)[0] for f in order[:k]]}).to_csv(
+            manifests[k], index=False
+        )
     return manifests
 
 
@@ -65,15 +68,18 @@ def measure(n: int, workers: int, seed: int, workdir: Path) -> dict:
 
 def markdown(result: dict) -> str:
     rows = [[r["images"], r["seconds"], r["images_per_s"], r["kept"]] for r in result["runs"].values()]
-    return (f"clean on Fashion-MNIST subsets, {result['settings']['workers']} worker(s)\n\n"
-            + table(["images", "clean s", "images/s", "kept"], rows)
-            + f"\n\ntime(4n)/time(n): {result['time_ratio_4n_n']:.2f} (goal <= {GOAL}); "
-              f"growth exponent: {result['growth_exponent']:.2f}")
+    return (
+        f"clean on Fashion-MNIST subsets, {result['settings']['workers']} worker(s)\n\n"
+        + table(["images", "clean s", "images/s", "kept"], rows)
+        + f"\n\ntime(4n)/time(n): {result['time_ratio_4n_n']:.2f} (goal <= {GOAL}); "
+        f"growth exponent: {result['growth_exponent']:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.clean_scaling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.clean_scaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=5000, help="smallest set (default 5000; 4n <= 60000)")
     parser.add_argument("--workers", type=int, default=2, help="clean's decoding processes")
     parser.add_argument("--seed", type=int, default=0)

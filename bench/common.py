@@ -1,13 +1,13 @@
 """Helpers shared by the speed benchmarks: the machine and library versions a figure was measured
 with, a JSON writer, a Markdown table, and small projects built from real Fashion-MNIST images by
 running the stages' own run() functions (ingest -> clean -> validate -> split -> augment)."""
+
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from bench import fashion
-from tasks.common.params import Paths, parse_section
 from tasks.common.packages import installed_version
+from tasks.common.params import Paths, parse_section
 from tasks.common.versioning import git_commit
 from tasks.stages import STAGES
 
@@ -39,7 +39,7 @@ def machine() -> dict:
     import torch
 
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -120,8 +120,11 @@ def build_prepared(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
     """A prepared store (what `augment` writes) from n Fashion-MNIST images, made by the real data
     stages with params.yaml defaults (workers aside). Returns the prepared directory."""
     write_fashion_folder(root / "source", n, seed)
-    sections = {"ingest": {"source": str(root / "source")}, "clean": {"workers": workers},
-                "augment": {"workers": workers}}
+    sections = {
+        "ingest": {"source": str(root / "source")},
+        "clean": {"workers": workers},
+        "augment": {"workers": workers},
+    }
     run_stages(write_params(root / "project", sections), DATA_STAGES)
     return Path(project_paths(root / "project").prepared)
 
@@ -132,12 +135,17 @@ def device_setup(accelerator: str) -> tuple:
     hand-written loops of the benchmarks run with the settings Lightning gets."""
     import torch
 
-    from tasks.train import Params as TrainParams, device_settings
+    from tasks.train import Params as TrainParams
+    from tasks.train import device_settings
 
     gpu, precision, channels_last = device_settings(TrainParams(accelerator=accelerator))
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--accelerator gpu: no CUDA device here")
-    return torch.device("cuda" if gpu else "cpu"), (torch.bfloat16 if precision.startswith("bf16") else None), channels_last
+    return (
+        torch.device("cuda" if gpu else "cpu"),
+        (torch.bfloat16 if precision.startswith("bf16") else None),
+        channels_last,
+    )
 
 
 def synchronized_clock(device) -> float:
@@ -149,8 +157,17 @@ def synchronized_clock(device) -> float:
     return time.perf_counter()
 
 
-def plain_training_steps(network, loader, optimizer, label_smoothing: float, steps: int, schedule=None,
-                         device=None, amp_dtype=None, channels_last: bool = False):
+def plain_training_steps(
+    network,
+    loader,
+    optimizer,
+    label_smoothing: float,
+    steps: int,
+    schedule=None,
+    device=None,
+    amp_dtype=None,
+    channels_last: bool = False,
+):
     """A hand-written PyTorch training loop (no Lightning): yields the step number after each optimizer
     step and stops after `steps` (the loader is re-iterated when an epoch is shorter). On a GPU the
     batch is copied over, optionally in channels_last, and the forward pass autocasts to `amp_dtype`."""

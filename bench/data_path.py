@@ -14,6 +14,7 @@ against torchvision?
 
     python -m bench.data_path [--n 8000 | --prepared DIR] [--batches 30] [--images 3000]
     python -m bench.data_path --quick"""
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def step_rate(prepared: Path, tp, steps: int, warmup: int = 2) -> dict:
     device, amp_dtype, channels_last = device_setup(tp.accelerator)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batches = [(x.to(device).contiguous(memory_format=memory_format), y.to(device)) for x, y in batches]
-    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device, memory_format=memory_format)
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(
+        device, memory_format=memory_format
+    )
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     network.train()
     images, started = 0, None
@@ -89,8 +92,13 @@ def torchvision_twin(spec: dict):
             (tx0, tx1), (ty0, ty1) = (t["translate_percent"]["x"], t["translate_percent"]["y"])
             if not (-tx0 == tx1 and -ty0 == ty1 and -t["rotate"][0] == t["rotate"][1]):
                 raise SystemExit("torchvision twin: only symmetric Affine translate/rotate ranges are mapped")
-            affine = v2.RandomAffine(degrees=t["rotate"][1], translate=(tx1, ty1), scale=tuple(t["scale"]["x"]),
-                                     interpolation=v2.InterpolationMode.BILINEAR, fill=0)
+            affine = v2.RandomAffine(
+                degrees=t["rotate"][1],
+                translate=(tx1, ty1),
+                scale=tuple(t["scale"]["x"]),
+                interpolation=v2.InterpolationMode.BILINEAR,
+                fill=0,
+            )
             steps.append(v2.RandomApply([affine], p=t["p"]))
         elif name == "Normalize":
             steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=t["mean"], std=t["std"])]
@@ -122,43 +130,68 @@ def augment_rates(prepared: Path, count: int, rounds: int = 2) -> dict:
 
     seconds = {"albumentations": 0.0, "torchvision": 0.0}
     for r in range(rounds):
-        for name, fn in ((("albumentations", run_album), ("torchvision", run_tv)) if r % 2 == 0
-                         else (("torchvision", run_tv), ("albumentations", run_album))):
+        for name, fn in (
+            (("albumentations", run_album), ("torchvision", run_tv))
+            if r % 2 == 0
+            else (("torchvision", run_tv), ("albumentations", run_album))
+        ):
             started = time.perf_counter()
             fn()
             seconds[name] += time.perf_counter() - started
     rates = {name: round(len(images) * rounds / s, 1) for name, s in seconds.items()}
-    return {"images": len(images), "rounds": rounds, "albumentations_images_per_s": rates["albumentations"],
-            "torchvision_images_per_s": rates["torchvision"],
-            "ratio": ratio(rates["albumentations"], rates["torchvision"])}
+    return {
+        "images": len(images),
+        "rounds": rounds,
+        "albumentations_images_per_s": rates["albumentations"],
+        "torchvision_images_per_s": rates["torchvision"],
+        "ratio": ratio(rates["albumentations"], rates["torchvision"]),
+    }
 
 
 def markdown(result: dict) -> str:
     s, f = result["settings"], result["feed"]
     a = result["augment"]
-    return "\n".join([
-        f"{s.get('accelerator', 'cpu')}: {s['network']}, batch {s['batch_size']}, DataLoader with {s['num_workers']} workers, "
-        f"torch threads {s['threads']}", "",
-        table(["measure", "images/s"], [["train DataLoader (memmap + albumentations)", f["loader"]["images_per_s"]],
-                                        ["training step (forward + backward, preloaded)", f["step"]["images_per_s"]]]),
-        f"\nsupply/demand ratio: {f['ratio']:.2f} (>= 1: the loader keeps up)", "",
-        table(["pipeline (one image at a time)", "images/s"],
-              [["albumentations (augment.json)", a["albumentations_images_per_s"]],
-               ["torchvision.transforms.v2 twin", a["torchvision_images_per_s"]]]),
-        f"\nalbumentations/torchvision ratio: {a['ratio']:.2f}",
-    ])
+    return "\n".join(
+        [
+            f"{s.get('accelerator', 'cpu')}: {s['network']}, batch {s['batch_size']}, DataLoader with {s['num_workers']} workers, "
+            f"torch threads {s['threads']}",
+            "",
+            table(
+                ["measure", "images/s"],
+                [
+                    ["train DataLoader (memmap + albumentations)", f["loader"]["images_per_s"]],
+                    ["training step (forward + backward, preloaded)", f["step"]["images_per_s"]],
+                ],
+            ),
+            f"\nsupply/demand ratio: {f['ratio']:.2f} (>= 1: the loader keeps up)",
+            "",
+            table(
+                ["pipeline (one image at a time)", "images/s"],
+                [
+                    ["albumentations (augment.json)", a["albumentations_images_per_s"]],
+                    ["torchvision.transforms.v2 twin", a["torchvision_images_per_s"]],
+                ],
+            ),
+            f"\nalbumentations/torchvision ratio: {a['ratio']:.2f}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.data_path", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.data_path", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=8000, help="Fashion-MNIST images for the store (default 8000)")
     parser.add_argument("--prepared", type=Path, default=None, help="use this prepared store instead of building one")
     parser.add_argument("--batches", type=int, default=30, help="loader batches timed")
     parser.add_argument("--steps", type=int, default=10, help="training steps timed")
     parser.add_argument("--images", type=int, default=3000, help="images per augmentation round")
-    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
-                        help="where the training step runs (gpu: bf16 autocast, channels_last)")
+    parser.add_argument(
+        "--accelerator",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where the training step runs (gpu: bf16 autocast, channels_last)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
     parser.add_argument("--network", default=None, help="default: train.network")
@@ -174,16 +207,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"batch_size": args.batch_size or (16 if args.quick else None), "num_workers": args.num_workers,
-                 "network": args.network}
+    overrides = {
+        "batch_size": args.batch_size or (16 if args.quick else None),
+        "num_workers": args.num_workers,
+        "network": args.network,
+    }
     tp = TrainParams(accelerator=args.accelerator, **{k: v for k, v in overrides.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="data_path_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
         loader, step = loader_rate(prepared, tp, args.batches), step_rate(prepared, tp, args.steps)
         augment = augment_rates(prepared, args.images)
     result = {
-        "settings": {"accelerator": tp.accelerator, "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
-                     "threads": torch.get_num_threads(), "n": None if args.prepared else args.n},
+        "settings": {
+            "accelerator": tp.accelerator,
+            "network": tp.network,
+            "batch_size": tp.batch_size,
+            "num_workers": tp.num_workers,
+            "threads": torch.get_num_threads(),
+            "n": None if args.prepared else args.n,
+        },
         "feed": {"loader": loader, "step": step, "ratio": ratio(loader["images_per_s"], step["images_per_s"])},
         "augment": augment,
     }

@@ -2,6 +2,7 @@
 
 `python -m bench.fashion --out bench/data/fashion [--per-class N]` writes PNGs and a manifest.csv
 (path, label, split) keeping the official 10k test set as the test split."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
     dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -65,7 +66,9 @@ def write_folder(out: Path, per_class: int | None = None, test_per_class: int | 
             if not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(images[i], mode="L").save(target)
-            rows.append({"path": rel.as_posix(), "label": CLASSES[labels[i]], "split": "test" if split == "test" else ""})
+            rows.append(
+                {"path": rel.as_posix(), "label": CLASSES[labels[i]], "split": "test" if split == "test" else ""}
+            )
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest

@@ -19,6 +19,7 @@ here by the train stage on a generated prepared store), with the drift input log
 
     python -m bench.load_test [--requests 2000 --concurrency 8 --upload-gb 2] [--out bench/results/load_test.json]
     python -m bench.load_test --quick"""
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,18 @@ from bench.common import table, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 # the installed `imgcls` entry point beside this interpreter (python -m flows.cli where there is none)
-IMGCLS = ([str(Path(sys.executable).with_name("imgcls"))] if Path(sys.executable).with_name("imgcls").exists()
-          else [sys.executable, "-m", "flows.cli"])
+IMGCLS = (
+    [str(Path(sys.executable).with_name("imgcls"))]
+    if Path(sys.executable).with_name("imgcls").exists()
+    else [sys.executable, "-m", "flows.cli"]
+)
 TOKEN = "load-test-token-0123456789abcdef"
 CHUNK = 1 << 20
 DEFAULT_RATE, DEFAULT_BURST = 20.0, 40  # imgcls serve's defaults
 
 
 # --------------------------------------------------------------------------------------------- setup
+
 
 def train_model(root: Path, epochs: int) -> tuple[str, dict, Path, Path]:
     """resnet_small trained by the train stage on a generated prepared store (tests.helpers: dark /
@@ -105,8 +110,19 @@ def served(model_uri: str, params: Path, env: dict, log: Path, extra: list[str],
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
     if token:
         environ["IMGCLS_FEEDBACK_TOKEN"] = token
-    cmd = [*IMGCLS, "serve", "--params", str(params), "--model", model_uri, "--host", "127.0.0.1",
-           "--port", str(port), *extra]
+    cmd = [
+        *IMGCLS,
+        "serve",
+        "--params",
+        str(params),
+        "--model",
+        model_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=params.parent, env=environ, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -156,11 +172,16 @@ class LoadSampler:
 
     def summary(self) -> dict:
         s = np.array(self.samples or [os.getloadavg()[0]])
-        return {"start": round(float(s[0]), 2), "end": round(float(s[-1]), 2), "max": round(float(s.max()), 2),
-                "mean": round(float(s.mean()), 2)}
+        return {
+            "start": round(float(s[0]), 2),
+            "end": round(float(s[-1]), 2),
+            "max": round(float(s.max()), 2),
+            "mean": round(float(s.mean()), 2),
+        }
 
 
 # --------------------------------------------------------------------------------------------- phases
+
 
 async def _load(url: str, images: list[bytes], requests: int, concurrency: int) -> dict:
     import httpx
@@ -193,12 +214,22 @@ async def _load(url: str, images: list[bytes], requests: int, concurrency: int) 
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"requests": requests, "concurrency": concurrency, "statuses": statuses,
-            "errors": requests - statuses.get("200", 0), "error_examples": errors,
-            "wall_s": round(wall, 2), "throughput_rps": round(requests / wall, 1),
-            "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
-                           "p99": round(float(np.percentile(ms, 99)), 1), "mean": round(float(ms.mean()), 1),
-                           "max": round(float(ms.max()), 1)}}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "statuses": statuses,
+        "errors": requests - statuses.get("200", 0),
+        "error_examples": errors,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(requests / wall, 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 1),
+            "p95": round(float(np.percentile(ms, 95)), 1),
+            "p99": round(float(np.percentile(ms, 99)), 1),
+            "mean": round(float(ms.mean()), 1),
+            "max": round(float(ms.max()), 1),
+        },
+    }
 
 
 def writers(url: str, image: bytes) -> dict:
@@ -206,8 +237,13 @@ def writers(url: str, image: bytes) -> dict:
 
     out = {}
     for name, headers in (("no_token", {}), ("wrong_token", {"Authorization": "Bearer not-the-right-token-xxxxxxxx"})):
-        r = httpx.post(url + "/feedback", files={"image": ("x.png", image, "image/png")}, data={"label": "dark"},
-                       headers=headers, timeout=30)
+        r = httpx.post(
+            url + "/feedback",
+            files={"image": ("x.png", image, "image/png")},
+            data={"label": "dark"},
+            headers=headers,
+            timeout=30,
+        )
         out[name] = r.status_code
     return out
 
@@ -220,8 +256,10 @@ def big_upload(url: str, total: int, limit: int) -> dict:
     boundary = "loadtestboundary"
 
     def body():
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-               "Content-Type: image/png\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
         block = b"\x89PNG" + b"0" * (CHUNK - 4)
         while sent["bytes"] < total:
             sent["bytes"] += CHUNK
@@ -230,28 +268,42 @@ def big_upload(url: str, total: int, limit: int) -> dict:
 
     started = time.perf_counter()
     try:
-        r = httpx.post(url + "/predict", content=body(), timeout=120,
-                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        r = httpx.post(
+            url + "/predict",
+            content=body(),
+            timeout=120,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         status, detail = r.status_code, r.text[:200]
         chunked = "content-length" not in {k.lower() for k in r.request.headers}
     except httpx.HTTPError as exc:
         status, detail, chunked = type(exc).__name__, str(exc)[:200], True
     buffers = socket_buffers()
-    return {"offered_bytes": total, "status": status, "detail": detail, "chunked": chunked,
-            "body_limit_bytes": limit, "chunk_bytes": CHUNK, "sent_bytes": sent["bytes"],
-            "sent_over_limit_bytes": sent["bytes"] - limit,
-            "within_limit_plus_one_chunk": sent["bytes"] <= limit + CHUNK,
-            "within_limit_plus_chunk_plus_socket_buffers": sent["bytes"] <= limit + CHUNK + buffers["max_total"],
-            "socket_buffers": buffers, "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "offered_bytes": total,
+        "status": status,
+        "detail": detail,
+        "chunked": chunked,
+        "body_limit_bytes": limit,
+        "chunk_bytes": CHUNK,
+        "sent_bytes": sent["bytes"],
+        "sent_over_limit_bytes": sent["bytes"] - limit,
+        "within_limit_plus_one_chunk": sent["bytes"] <= limit + CHUNK,
+        "within_limit_plus_chunk_plus_socket_buffers": sent["bytes"] <= limit + CHUNK + buffers["max_total"],
+        "socket_buffers": buffers,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def socket_buffers() -> dict:
     """Loopback TCP buffer maxima: bytes the client can hand to the kernel that the server never read."""
+
     def third(path):
         try:
             return int(Path(path).read_text().split()[2])
         except (OSError, IndexError, ValueError):
             return 0
+
     w, r = third("/proc/sys/net/ipv4/tcp_wmem"), third("/proc/sys/net/ipv4/tcp_rmem")
     return {"tcp_wmem_max": w, "tcp_rmem_max": r, "max_total": w + r}
 
@@ -281,8 +333,13 @@ async def _burst(url: str, n: int, concurrency: int, image: bytes) -> dict:
 
     started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return {"requests": n, "concurrency": concurrency, "seconds": round(time.perf_counter() - started, 2),
-            "statuses": statuses, "retry_after": sorted(v for v in retry_after if v)}
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "seconds": round(time.perf_counter() - started, 2),
+        "statuses": statuses,
+        "retry_after": sorted(v for v in retry_after if v),
+    }
 
 
 def metrics_counts(url: str) -> dict:
@@ -299,6 +356,7 @@ def metrics_counts(url: str) -> dict:
 
 # --------------------------------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     import httpx
 
@@ -309,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-requests", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 requests, 64 MB upload, 1 epoch")
-    parser.add_argument("--out", default=None, help="results JSON (default bench/results/load_test.json; none with --quick)")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default bench/results/load_test.json; none with --quick)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.upload_gb, args.burst_requests, args.epochs = 60, 0.0625, 80, 1
@@ -332,27 +392,54 @@ def main(argv: list[str] | None = None) -> int:
         rate, burst = 1e6, 1_000_000
         print(f"model {model_uri} trained in {train_s} s; {len(images)} distinct request images", flush=True)
 
-        with served(model_uri, params, env, log, ["--rate-limit", str(rate), "--rate-burst", str(burst),
-                                                  "--input-log", str(input_log), "--max-upload-mb", str(limit_mb)],
-                    TOKEN) as url:
+        with served(
+            model_uri,
+            params,
+            env,
+            log,
+            [
+                "--rate-limit",
+                str(rate),
+                "--rate-burst",
+                str(burst),
+                "--input-log",
+                str(input_log),
+                "--max-upload-mb",
+                str(limit_mb),
+            ],
+            TOKEN,
+        ) as url:
             asyncio.run(_load(url, images, min(40, args.requests), args.concurrency))  # warm-up, not counted
             records_before = sum(1 for p in input_log.glob("inputs*.jsonl") for _ in open(p, "rb"))
             with LoadSampler() as sampler:
                 load = asyncio.run(_load(url, images, args.requests, args.concurrency))
             load["machine_load_1m"] = sampler.summary()
             time.sleep(1.0)  # the last background records
-            load["input_log_records"] = sum(1 for p in input_log.glob("inputs*.jsonl") for _ in open(p, "rb")) - records_before
+            load["input_log_records"] = (
+                sum(1 for p in input_log.glob("inputs*.jsonl") for _ in open(p, "rb")) - records_before
+            )
             load["server_metrics_predict"] = metrics_counts(url)
-            print(f"load: {load['statuses']} in {load['wall_s']} s, {load['throughput_rps']} req/s, "
-                  f"latency {load['latency_ms']}, load avg {load['machine_load_1m']}", flush=True)
+            print(
+                f"load: {load['statuses']} in {load['wall_s']} s, {load['throughput_rps']} req/s, "
+                f"latency {load['latency_ms']}, load avg {load['machine_load_1m']}",
+                flush=True,
+            )
             auth = writers(url, images[0])
             upload = big_upload(url, int(args.upload_gb * (1 << 30)), int(limit_mb * 1024 * 1024) + 64 * 1024)
-            print(f"feedback without/with a wrong token: {auth}; upload: {upload['status']} after "
-                  f"{upload['sent_bytes']:,} bytes sent", flush=True)
+            print(
+                f"feedback without/with a wrong token: {auth}; upload: {upload['status']} after "
+                f"{upload['sent_bytes']:,} bytes sent",
+                flush=True,
+            )
             alive_after = httpx.get(url + "/health", timeout=30).status_code
 
-        drift = subprocess.run([*IMGCLS, "drift", "--params", str(params), "--log-dir", str(input_log),
-                                "--window", "500"], cwd=root, env=os.environ | env | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        drift = subprocess.run(
+            [*IMGCLS, "drift", "--params", str(params), "--log-dir", str(input_log), "--window", "500"],
+            cwd=root,
+            env=os.environ | env | {"PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
 
         with served(model_uri, params, env, log, ["--no-input-log"], None) as url:
             no_token = writers(url, images[0])
@@ -360,10 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no token configured: {no_token}; default rate limit: {limited['statuses']}", flush=True)
 
     result = {
-        "settings": {"requests": args.requests, "concurrency": args.concurrency, "model": "resnet_small, "
-                     f"{args.epochs} epochs on 120 generated 32x32 grey images (train stage)", "model_train_s": train_s,
-                     "server": "imgcls serve (uvicorn, 1 process) on 127.0.0.1, input log on; clients in this process",
-                     "load_rate_limit": [rate, burst], "max_upload_mb": limit_mb, "quick": args.quick},
+        "settings": {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "model": f"resnet_small, {args.epochs} epochs on 120 generated 32x32 grey images (train stage)",
+            "model_train_s": train_s,
+            "server": "imgcls serve (uvicorn, 1 process) on 127.0.0.1, input log on; clients in this process",
+            "load_rate_limit": [rate, burst],
+            "max_upload_mb": limit_mb,
+            "quick": args.quick,
+        },
         "load": load,
         "feedback_unauthenticated": auth,
         "feedback_no_token_configured": no_token,
@@ -372,17 +465,43 @@ def main(argv: list[str] | None = None) -> int:
         "rate_limit_default": {"rate": DEFAULT_RATE, "burst": DEFAULT_BURST, **limited},
         "drift_cli": {"exit_code": drift.returncode, "output": (drift.stdout + drift.stderr).strip()[-1500:]},
     }
-    print(table(["requests", "clients", "errors", "p50 ms", "p95 ms", "p99 ms", "req/s", "load avg (max)"],
-                [[args.requests, args.concurrency, load["errors"], load["latency_ms"]["p50"], load["latency_ms"]["p95"],
-                  load["latency_ms"]["p99"], load["throughput_rps"], load["machine_load_1m"]["max"]]]))
+    print(
+        table(
+            ["requests", "clients", "errors", "p50 ms", "p95 ms", "p99 ms", "req/s", "load avg (max)"],
+            [
+                [
+                    args.requests,
+                    args.concurrency,
+                    load["errors"],
+                    load["latency_ms"]["p50"],
+                    load["latency_ms"]["p95"],
+                    load["latency_ms"]["p99"],
+                    load["throughput_rps"],
+                    load["machine_load_1m"]["max"],
+                ]
+            ],
+        )
+    )
     if out:
         write_result(result, out)
         print(f"-> {out}")
-    ok = (load["errors"] == 0 and load["input_log_records"] == args.requests and set(auth.values()) == {401}
-          and set(no_token.values()) == {403} and upload["status"] == 413 and limited["statuses"].get("429", 0) > 0)
+    ok = (
+        load["errors"] == 0
+        and load["input_log_records"] == args.requests
+        and set(auth.values()) == {401}
+        and set(no_token.values()) == {403}
+        and upload["status"] == 413
+        and limited["statuses"].get("429", 0) > 0
+    )
     if not ok:
-        print("FAILED: " + json.dumps({k: result[k] for k in ("load", "feedback_unauthenticated", "chunked_upload",
-                                                               "rate_limit_default")}, default=str)[:3000], file=sys.stderr)
+        print(
+            "FAILED: "
+            + json.dumps(
+                {k: result[k] for k in ("load", "feedback_unauthenticated", "chunked_upload", "rate_limit_default")},
+                default=str,
+            )[:3000],
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 

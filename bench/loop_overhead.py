@@ -12,6 +12,7 @@ Runs alternate (Lightning, plain, plain, Lightning, ...) so warm-up and machine 
 
     python -m bench.loop_overhead [--n 8000 | --prepared DIR] [--steps 40] [--repeats 2]
     python -m bench.loop_overhead --quick      # tiny store, batch 16, 6 steps: a smoke run for tests"""
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, device_setup, plain_training_steps, ratio, synchronized_clock, table, write_result
+from bench.common import (
+    build_prepared,
+    device_setup,
+    plain_training_steps,
+    ratio,
+    synchronized_clock,
+    table,
+    write_result,
+)
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
 PROFILE_DIR: Path | None = None  # --profile: cProfile of each run's training, top functions as text
@@ -81,16 +90,34 @@ def lightning_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int,
     L.seed_everything(tp.seed, workers=True, verbose=False)
     gpu, precision, channels_last = device_settings(tp)
     data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=gpu)
-    module = ImageClassifier(tp.network, data.classes, data.stats, optimizer=tp.optimizer, lr=tp.lr,
-                             weight_decay=tp.weight_decay, scheduler=tp.scheduler, warmup_epochs=tp.warmup_epochs,
-                             label_smoothing=tp.label_smoothing, channels_last=channels_last)
+    module = ImageClassifier(
+        tp.network,
+        data.classes,
+        data.stats,
+        optimizer=tp.optimizer,
+        lr=tp.lr,
+        weight_decay=tp.weight_decay,
+        scheduler=tp.scheduler,
+        warmup_epochs=tp.warmup_epochs,
+        label_smoothing=tp.label_smoothing,
+        channels_last=channels_last,
+    )
     timer = step_timer(warmup, steps)
     _, callbacks = make_callbacks(tp, workdir)
     trainer = L.Trainer(
-        max_epochs=1, accelerator=tp.accelerator, devices=tp.devices, precision=precision,
-        deterministic=tp.deterministic, callbacks=[*callbacks, timer], default_root_dir=workdir,
-        logger=MLFlowLogger(experiment_name="bench_loop_overhead", tracking_uri=f"sqlite:///{workdir.parent / 'mlflow.db'}"),
-        limit_train_batches=steps, limit_val_batches=val_batches, log_every_n_steps=1,
+        max_epochs=1,
+        accelerator=tp.accelerator,
+        devices=tp.devices,
+        precision=precision,
+        deterministic=tp.deterministic,
+        callbacks=[*callbacks, timer],
+        default_root_dir=workdir,
+        logger=MLFlowLogger(
+            experiment_name="bench_loop_overhead", tracking_uri=f"sqlite:///{workdir.parent / 'mlflow.db'}"
+        ),
+        limit_train_batches=steps,
+        limit_val_batches=val_batches,
+        log_every_n_steps=1,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -112,15 +139,27 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
     device, amp_dtype, channels_last = device_setup(tp.accelerator)
     data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=device.type == "cuda")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(device, memory_format=memory_format)
+    network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(
+        device, memory_format=memory_format
+    )
     optimizer = torch.optim.AdamW(network.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     warmup_steps = min(steps - 1, int(steps * tp.warmup_epochs))  # ImageClassifier's rule, one epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tp.lr, total_steps=steps,
-                                                   pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=tp.lr, total_steps=steps, pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps))
+    )
     marks: dict[int, float] = {}
     with profiled(name):
-        for step in plain_training_steps(network, data.train_dataloader(), optimizer, tp.label_smoothing, steps, schedule,
-                                         device, amp_dtype, channels_last):
+        for step in plain_training_steps(
+            network,
+            data.train_dataloader(),
+            optimizer,
+            tp.label_smoothing,
+            steps,
+            schedule,
+            device,
+            amp_dtype,
+            channels_last,
+        ):
             if step in (warmup, steps):
                 marks[step] = synchronized_clock(device)
     network.eval()
@@ -135,8 +174,12 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
 def _rates(marks: dict[int, float], warmup: int, steps: int, batch_size: int, total: float) -> dict:
     seconds = marks[steps] - marks[warmup]
     images = (steps - warmup) * batch_size
-    return {"timed_images": images, "timed_seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2),
-            "end_to_end_seconds": round(total, 2)}
+    return {
+        "timed_images": images,
+        "timed_seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 2),
+        "end_to_end_seconds": round(total, 2),
+    }
 
 
 def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repeats: int, workdir: Path) -> dict:
@@ -145,12 +188,14 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
 
     train_rows = len(PreparedDataModule(prepared, tp.batch_size, 0, tp.seed).train_index)
     if train_rows < steps * tp.batch_size:
-        raise SystemExit(f"{prepared}: {train_rows} train images, fewer than steps x batch size "
-                         f"({steps} x {tp.batch_size}): use a larger --n or fewer --steps")
+        raise SystemExit(
+            f"{prepared}: {train_rows} train images, fewer than steps x batch size "
+            f"({steps} x {tp.batch_size}): use a larger --n or fewer --steps"
+        )
     runs: dict[str, list[dict]] = {"lightning": [], "plain": []}
     order = []
     for r in range(repeats):
-        for kind in (("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")):
+        for kind in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
             order.append(kind)
             if kind == "lightning":
                 runs[kind].append(lightning_run(prepared, tp, steps, warmup, val_batches, workdir / f"run{len(order)}"))
@@ -162,15 +207,30 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
     pair_ratios = [ratio(a["images_per_s"], b["images_per_s"]) for a, b in zip(runs["lightning"], runs["plain"])]
     _, precision, channels_last = device_settings(tp)
     return {
-        "settings": {"accelerator": tp.accelerator, "precision": precision,
-                     "channels_last": channels_last, "network": tp.network, "batch_size": tp.batch_size, "num_workers": tp.num_workers,
-                     "steps": steps, "warmup_steps": warmup, "val_batches": val_batches, "repeats": repeats,
-                     "optimizer": tp.optimizer, "scheduler": tp.scheduler, "lr": tp.lr,
-                     "logger": "MLFlowLogger, temporary sqlite store", "train_rows": train_rows},
-        "order": order, "runs": runs, **summary,
+        "settings": {
+            "accelerator": tp.accelerator,
+            "precision": precision,
+            "channels_last": channels_last,
+            "network": tp.network,
+            "batch_size": tp.batch_size,
+            "num_workers": tp.num_workers,
+            "steps": steps,
+            "warmup_steps": warmup,
+            "val_batches": val_batches,
+            "repeats": repeats,
+            "optimizer": tp.optimizer,
+            "scheduler": tp.scheduler,
+            "lr": tp.lr,
+            "logger": "MLFlowLogger, temporary sqlite store",
+            "train_rows": train_rows,
+        },
+        "order": order,
+        "runs": runs,
+        **summary,
         "ratio": ratio(summary["lightning"]["images_per_s"], summary["plain"]["images_per_s"]),
         "end_to_end_ratio": ratio(summary["plain"]["end_to_end_seconds"], summary["lightning"]["end_to_end_seconds"]),
-        "pair_ratios": pair_ratios, "median_pair_ratio": float(np.median(pair_ratios)),
+        "pair_ratios": pair_ratios,
+        "median_pair_ratio": float(np.median(pair_ratios)),
         "goal": GOAL,
     }
 
@@ -178,23 +238,29 @@ def measure(prepared: Path, tp, steps: int, warmup: int, val_batches: int, repea
 def _pooled(runs: list[dict]) -> dict:
     """All timed images over all timed seconds, and the summed end-to-end seconds."""
     images, seconds = sum(r["timed_images"] for r in runs), sum(r["timed_seconds"] for r in runs)
-    return {"images_per_s": round(images / seconds, 2), "end_to_end_seconds": round(sum(r["end_to_end_seconds"] for r in runs), 2)}
+    return {
+        "images_per_s": round(images / seconds, 2),
+        "end_to_end_seconds": round(sum(r["end_to_end_seconds"] for r in runs), 2),
+    }
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
     rows = [[kind, result[kind]["images_per_s"], result[kind]["end_to_end_seconds"]] for kind in ("lightning", "plain")]
-    return (f"{s.get('accelerator', 'cpu')} ({s.get('precision', '32-true')}), {s['network']}, batch {s['batch_size']}, {s['num_workers']} workers, {s['steps']} steps "
-            f"({s['warmup_steps']} warm-up) x {s['repeats']} runs each, order {' '.join(result['order'])}\n\n"
-            + table(["loop", "images/s (steady)", "end-to-end s (all runs)"], rows)
-            + f"\n\nratio Lightning/plain images/s: {result['ratio']:.3f} (goal >= {GOAL}); "
-              f"end-to-end plain/Lightning: {result['end_to_end_ratio']:.3f}; per pair: "
-              f"{', '.join(f'{r:.3f}' for r in result['pair_ratios'])} (median {result['median_pair_ratio']:.3f})")
+    return (
+        f"{s.get('accelerator', 'cpu')} ({s.get('precision', '32-true')}), {s['network']}, batch {s['batch_size']}, {s['num_workers']} workers, {s['steps']} steps "
+        f"({s['warmup_steps']} warm-up) x {s['repeats']} runs each, order {' '.join(result['order'])}\n\n"
+        + table(["loop", "images/s (steady)", "end-to-end s (all runs)"], rows)
+        + f"\n\nratio Lightning/plain images/s: {result['ratio']:.3f} (goal >= {GOAL}); "
+        f"end-to-end plain/Lightning: {result['end_to_end_ratio']:.3f}; per pair: "
+        f"{', '.join(f'{r:.3f}' for r in result['pair_ratios'])} (median {result['median_pair_ratio']:.3f})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.loop_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loop_overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=8000, help="Fashion-MNIST images for the store (default 8000)")
     parser.add_argument("--prepared", type=Path, default=None, help="use this prepared store instead of building one")
     parser.add_argument("--steps", type=int, default=40)
@@ -203,11 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating order")
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
-    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
-                        help="gpu: bf16-mixed and channels_last where supported, for both loops")
+    parser.add_argument(
+        "--accelerator",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="gpu: bf16-mixed and channels_last where supported, for both loops",
+    )
     parser.add_argument("--network", default=None, help="default: train.network")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--profile", type=Path, default=None, help="write cProfile top-30 text per run into this folder")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write cProfile top-30 text per run into this folder"
+    )
     parser.add_argument("--quick", action="store_true", help="n=300, batch 16, 6 steps, 1 run each")
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead.json"))
     args = parser.parse_args(argv)
@@ -223,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"batch_size": args.batch_size, "num_workers": args.num_workers, "network": args.network}
-    tp = TrainParams(accelerator=args.accelerator, devices=1, precision="32-true" if args.accelerator == "cpu" else "auto",
-                     **{k: v for k, v in overrides.items() if v is not None})
+    tp = TrainParams(
+        accelerator=args.accelerator,
+        devices=1,
+        precision="32-true" if args.accelerator == "cpu" else "auto",
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
     with tempfile.TemporaryDirectory(prefix="loop_overhead_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
         result = measure(prepared, tp, args.steps, args.warmup, args.val_batches, args.repeats, Path(tmp) / "runs")

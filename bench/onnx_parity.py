@@ -12,6 +12,7 @@ dataset-fashion-mnist). torch and onnxruntime get the same thread count (`--thre
 
     python -m bench.onnx_parity [--model URI --prepared DIR] [--threads 1 2] [--requests 500]
     python -m bench.onnx_parity --quick"""
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import DATA_STAGES, build_prepared, project_paths, ratio, run_stages, table, write_params, write_result
+from bench.common import (
+    DATA_STAGES,
+    build_prepared,
+    project_paths,
+    ratio,
+    run_stages,
+    table,
+    write_params,
+    write_result,
+)
 
 
 def digits_prepared(root: Path) -> Path:
@@ -44,7 +54,7 @@ def measure(predictor, sess, images: np.ndarray, requests: int, batch: int, roun
         sess.run([OUTPUT_NAME], {INPUT_NAME: x})
     torch_ms, onnx_ms = [], []
     for i, x in enumerate(singles):  # alternate which path goes first
-        for path in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for path in (0, 1) if i % 2 == 0 else (1, 0):
             started = time.perf_counter()
             if path == 0:
                 predictor.predict_proba(x)
@@ -57,7 +67,7 @@ def measure(predictor, sess, images: np.ndarray, requests: int, batch: int, roun
     sess.run([OUTPUT_NAME], {INPUT_NAME: chunk})
     seconds = [0.0, 0.0]
     for r in range(rounds):
-        for path in ((0, 1) if r % 2 == 0 else (1, 0)):
+        for path in (0, 1) if r % 2 == 0 else (1, 0):
             started = time.perf_counter()
             if path == 0:
                 predictor.predict_proba(chunk)
@@ -67,10 +77,19 @@ def measure(predictor, sess, images: np.ndarray, requests: int, batch: int, roun
     torch_single, onnx_single = percentiles(torch_ms), percentiles(onnx_ms)
     torch_tput, onnx_tput = batch * rounds / seconds[0], batch * rounds / seconds[1]
     return {
-        "single": {"requests": requests, "torch": torch_single, "onnxruntime": onnx_single,
-                   "p50_onnx_over_torch": ratio(onnx_single["p50_ms"], torch_single["p50_ms"])},
-        "batch": {"batch_size": batch, "rounds": rounds, "torch_images_per_s": round(torch_tput, 1),
-                  "onnxruntime_images_per_s": round(onnx_tput, 1), "onnx_over_torch": ratio(onnx_tput, torch_tput)},
+        "single": {
+            "requests": requests,
+            "torch": torch_single,
+            "onnxruntime": onnx_single,
+            "p50_onnx_over_torch": ratio(onnx_single["p50_ms"], torch_single["p50_ms"]),
+        },
+        "batch": {
+            "batch_size": batch,
+            "rounds": rounds,
+            "torch_images_per_s": round(torch_tput, 1),
+            "onnxruntime_images_per_s": round(onnx_tput, 1),
+            "onnx_over_torch": ratio(onnx_tput, torch_tput),
+        },
     }
 
 
@@ -79,18 +98,40 @@ def markdown(result: dict) -> str:
     rows = []
     for threads, r in result["threads"].items():
         single, batch = r["single"], r["batch"]
-        rows.append([threads, single["torch"]["p50_ms"], single["onnxruntime"]["p50_ms"], single["p50_onnx_over_torch"],
-                     batch["torch_images_per_s"], batch["onnxruntime_images_per_s"], batch["onnx_over_torch"]])
+        rows.append(
+            [
+                threads,
+                single["torch"]["p50_ms"],
+                single["onnxruntime"]["p50_ms"],
+                single["p50_onnx_over_torch"],
+                batch["torch_images_per_s"],
+                batch["onnxruntime_images_per_s"],
+                batch["onnx_over_torch"],
+            ]
+        )
     p = result["parity"]
-    return (f"{s['model']}, {s['input']}, CPU; parity on {p['images']} test images: max |prob diff| "
-            f"{p['max_abs_diff']:.2g}, labels agree {p['label_agreement']:.2%}; export {result['export_seconds']} s\n\n"
-            + table(["threads", "torch p50 ms", "ORT p50 ms", "ORT/torch p50", f"torch batch {s['batch']} img/s",
-                     f"ORT batch {s['batch']} img/s", "ORT/torch throughput"], rows))
+    return (
+        f"{s['model']}, {s['input']}, CPU; parity on {p['images']} test images: max |prob diff| "
+        f"{p['max_abs_diff']:.2g}, labels agree {p['label_agreement']:.2%}; export {result['export_seconds']} s\n\n"
+        + table(
+            [
+                "threads",
+                "torch p50 ms",
+                "ORT p50 ms",
+                "ORT/torch p50",
+                f"torch batch {s['batch']} img/s",
+                f"ORT batch {s['batch']} img/s",
+                "ORT/torch throughput",
+            ],
+            rows,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.onnx_parity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.onnx_parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model URI or folder (default: train one briefly here)")
     parser.add_argument("--prepared", type=Path, default=None, help="its prepared store (default: build one)")
     parser.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
@@ -116,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="onnx_parity_") as tmp:
         tmp = Path(tmp)
-        prepared = args.prepared or (digits_prepared(tmp / "project") if args.dataset == "digits"
-                                     else build_prepared(tmp / "data", args.n))
+        prepared = args.prepared or (
+            digits_prepared(tmp / "project") if args.dataset == "digits" else build_prepared(tmp / "data", args.n)
+        )
         uri = args.model or train_briefly(prepared, args.train_steps, tmp)
         predictor = load_predictor(local_model(uri, registry_version(uri), str(tmp / "download")))
         images = split_images(prepared, predictor.image_size, predictor.channels)
@@ -129,20 +171,35 @@ def main(argv: list[str] | None = None) -> int:
         default_threads = torch.get_num_threads()
         for threads in args.threads:
             torch.set_num_threads(threads)
-            measured[str(threads)] = measure(predictor, session(onnx_file, threads=threads), images, args.requests,
-                                             args.batch, args.rounds, warmup=min(20, args.requests))
+            measured[str(threads)] = measure(
+                predictor,
+                session(onnx_file, threads=threads),
+                images,
+                args.requests,
+                args.batch,
+                args.rounds,
+                warmup=min(20, args.requests),
+            )
         torch.set_num_threads(default_threads)
         onnx_bytes = onnx_file.stat().st_size
     import onnxruntime
 
     network = predictor.stats.get("network") or type(predictor.network).__name__
     source = f"prepared store {args.prepared}" if args.prepared else args.dataset
-    result = {"settings": {"model": args.model or f"resnet_small ({source}), {args.train_steps} training steps",
-                           "network": network, "input": f"uint8 1x{predictor.image_size}x{predictor.image_size}x"
-                                                        f"{predictor.channels} arrays (decoded)",
-                           "test_time_flip": predictor.test_time_flip, "batch": args.batch,
-                           "onnxruntime": onnxruntime.__version__, "onnx_file_bytes": onnx_bytes},
-              "export_seconds": export_seconds, "parity": checked, "threads": measured}
+    result = {
+        "settings": {
+            "model": args.model or f"resnet_small ({source}), {args.train_steps} training steps",
+            "network": network,
+            "input": f"uint8 1x{predictor.image_size}x{predictor.image_size}x{predictor.channels} arrays (decoded)",
+            "test_time_flip": predictor.test_time_flip,
+            "batch": args.batch,
+            "onnxruntime": onnxruntime.__version__,
+            "onnx_file_bytes": onnx_bytes,
+        },
+        "export_seconds": export_seconds,
+        "parity": checked,
+        "threads": measured,
+    }
     write_result(result, args.out)
     print(markdown(result))
     return 0

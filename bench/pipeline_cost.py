@@ -10,6 +10,7 @@
     python -m bench.pipeline_cost --quick    # 16 px, 2 epochs: a smoke run
 
 Writes bench/results/pipeline_cost.json and prints a Markdown table."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,14 @@ from tasks.stages import STAGES
 from tests.helpers.dvc_project import make_project, sh
 
 QUICK = {"ingest": {"sample_upscale": 2}, "augment": {"image_size": 16}, "train": {"epochs": 2}}
-DIRECT = ("import sys\n"
-          "from tasks.common.params import load_stage\n"
-          "from tasks.stages import STAGES\n"
-          "for s in sys.argv[1:]:\n"
-          "    params, paths = load_stage(s, 'params.yaml')\n"
-          "    STAGES[s].run(params, paths)\n")
+DIRECT = (
+    "import sys\n"
+    "from tasks.common.params import load_stage\n"
+    "from tasks.stages import STAGES\n"
+    "for s in sys.argv[1:]:\n"
+    "    params, paths = load_stage(s, 'params.yaml')\n"
+    "    STAGES[s].run(params, paths)\n"
+)
 
 
 def timed(args: list[str], root: Path) -> tuple[float, str]:
@@ -83,37 +86,50 @@ def measure(root: Path, overrides: dict) -> dict:
     cold_ingest_clean = cold["ingest"] + cold["clean"]
     own_ingest_clean = cold_own["ingest"] + cold_own["clean"]
     return {
-        "overrides": overrides, "images": images, "new_images": max(1, images // 100),
-        "cold_seconds": cold, "cold_total": round(sum(cold.values()), 2), "noop_seconds": noop,
-        "rerun_1pct_seconds": rerun, "rerun_over_cold_ingest_clean": round(sum(rerun.values()) / cold_ingest_clean, 3),
+        "overrides": overrides,
+        "images": images,
+        "new_images": max(1, images // 100),
+        "cold_seconds": cold,
+        "cold_total": round(sum(cold.values()), 2),
+        "noop_seconds": noop,
+        "rerun_1pct_seconds": rerun,
+        "rerun_over_cold_ingest_clean": round(sum(rerun.values()) / cold_ingest_clean, 3),
         # the same, counting only the stages' own work (tasks.common.entry's timing), without `dvc repro`'s
         # fixed cost per call (interpreter start, hashing the store before and after)
-        "cold_stage_seconds": cold_own, "rerun_1pct_stage_seconds": rerun_own,
+        "cold_stage_seconds": cold_own,
+        "rerun_1pct_stage_seconds": rerun_own,
         "rerun_over_cold_own_work": round(sum(rerun_own.values()) / own_ingest_clean, 3),
-        "flow_seconds": flow, "direct_seconds": direct, "flow_over_direct": round(flow / direct, 3),
+        "flow_seconds": flow,
+        "direct_seconds": direct,
+        "flow_over_direct": round(flow / direct, 3),
     }
 
 
 def markdown(r: dict) -> str:
     cold = ", ".join(f"{k} {v}" for k, v in r["cold_seconds"].items())
-    return "\n".join([
-        "| measure | seconds | goal |", "|---|---|---|",
-        f"| cold `dvc repro` (all stages) | {r['cold_total']} | < 180 |",
-        f"| no-op `dvc repro` | {r['noop_seconds']} | < 10 |",
-        f"| +1% images ({r['new_images']}): ingest + clean | {sum(r['rerun_1pct_seconds'].values()):.2f} "
-        f"({r['rerun_over_cold_ingest_clean']:.1%} of cold) | <= 10% of cold |",
-        f"| same, the stages' own work | {sum(r['rerun_1pct_stage_seconds'].values()):.2f} "
-        f"({r['rerun_over_cold_own_work']:.1%} of cold) | <= 10% of cold |",
-        f"| Prefect flow (`imgcls run --force`) | {r['flow_seconds']} | - |",
-        f"| same stages called directly | {r['direct_seconds']} | - |",
-        f"| flow / direct | {r['flow_over_direct']} | - |",
-        "", f"cold per stage: {cold}",
-    ])
+    return "\n".join(
+        [
+            "| measure | seconds | goal |",
+            "|---|---|---|",
+            f"| cold `dvc repro` (all stages) | {r['cold_total']} | < 180 |",
+            f"| no-op `dvc repro` | {r['noop_seconds']} | < 10 |",
+            f"| +1% images ({r['new_images']}): ingest + clean | {sum(r['rerun_1pct_seconds'].values()):.2f} "
+            f"({r['rerun_over_cold_ingest_clean']:.1%} of cold) | <= 10% of cold |",
+            f"| same, the stages' own work | {sum(r['rerun_1pct_stage_seconds'].values()):.2f} "
+            f"({r['rerun_over_cold_own_work']:.1%} of cold) | <= 10% of cold |",
+            f"| Prefect flow (`imgcls run --force`) | {r['flow_seconds']} | - |",
+            f"| same stages called directly | {r['direct_seconds']} | - |",
+            f"| flow / direct | {r['flow_over_direct']} | - |",
+            "",
+            f"cold per stage: {cold}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_cost", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline_cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="16 px images, 2 epochs")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/pipeline_cost[_quick].json")
     args = parser.parse_args(argv)

@@ -5,14 +5,15 @@ fault the clean and validate stages must find, plus awkward-but-valid files they
 writes `root/truth.csv` (source_path, label, true_label, planted_reason, detail) and
 `root/classes.json` (the class list, without the planted unknown class). `score(truth, flagged)`
 gives recall and precision per reason. Deterministic for a given base and seed."""
+
 from __future__ import annotations
 
 import io
 import json
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,18 +22,21 @@ from PIL import Image
 CLEAN = "clean"
 VALID_AWKWARD = "valid_awkward"
 UNKNOWN_CLASS = "zz_unlisted"  # a folder whose name is not in classes.json
-RARE_CLASS = "zz_rare"         # a listed class with only 3 images
+RARE_CLASS = "zz_rare"  # a listed class with only 3 images
 TRUTH_COLUMNS = ["source_path", "label", "true_label", "planted_reason", "detail"]
 
 
 def giant_png(width: int = 60000, height: int = 60000) -> bytes:
     """A valid PNG header declaring width x height, followed by a tiny IDAT: a few hundred bytes on
     disk, gigabytes if anyone decoded it."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    )
 
 
 def encode(img: Image.Image, fmt: str, **options) -> bytes:
@@ -64,7 +68,7 @@ def _exif_rotated(arr: np.ndarray) -> bytes:
 
 
 def _ramp(shape: tuple[int, ...], angle: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     ramp = np.cos(angle) * xx + np.sin(angle) * yy
     ramp = np.round(255 * (ramp - ramp.min()) / (ramp.max() - ramp.min())).astype(np.uint8)
     return np.dstack([ramp] * shape[2]) if len(shape) == 3 else ramp
@@ -92,18 +96,32 @@ class _Writer:
         self.images = images
         self.truth: list[dict] = []
 
-    def write(self, label: str, name: str, data: bytes, reason: str, detail: str = "", true_label: str | None = None) -> str:
+    def write(
+        self, label: str, name: str, data: bytes, reason: str, detail: str = "", true_label: str | None = None
+    ) -> str:
         rel = f"{label}/{name}"
         path = self.images / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self.truth.append({"source_path": rel, "label": label, "true_label": true_label or label,
-                           "planted_reason": reason, "detail": detail})
+        self.truth.append(
+            {
+                "source_path": rel,
+                "label": label,
+                "true_label": true_label or label,
+                "planted_reason": reason,
+                "detail": detail,
+            }
+        )
         return rel
 
 
-def plant(base: Sequence[tuple[np.ndarray, str]], root: str | Path, seed: int = 0, per_fault: int = 2,
-          flip_fraction: float = 0.02) -> pd.DataFrame:
+def plant(
+    base: Sequence[tuple[np.ndarray, str]],
+    root: str | Path,
+    seed: int = 0,
+    per_fault: int = 2,
+    flip_fraction: float = 0.02,
+) -> pd.DataFrame:
     """Write the planted folder under `root` and return its truth table.
 
     base: uint8 arrays (HxW gray or HxWx3 RGB) of one size, with folder-safe class names. Needs at
@@ -137,7 +155,13 @@ def plant(base: Sequence[tuple[np.ndarray, str]], root: str | Path, seed: int = 
         i, arr, label = take()
         out.write(label, f"tiny_{k}.png", png(np.asarray(Image.fromarray(arr).resize((4, 4)))), "too_small", "4x4")
         level = int(rng.integers(30, 220))
-        out.write(labels[k % len(labels)], f"blank_{k}.png", png(np.full(shape, level, np.uint8)), "low_information", "constant")
+        out.write(
+            labels[k % len(labels)],
+            f"blank_{k}.png",
+            png(np.full(shape, level, np.uint8)),
+            "low_information",
+            "constant",
+        )
         near = np.clip(level + rng.integers(-1, 2, size=shape), 0, 255).astype(np.uint8)
         out.write(labels[k % len(labels)], f"nearly_blank_{k}.png", png(near), "low_information", "near-constant")
 
@@ -150,21 +174,37 @@ def plant(base: Sequence[tuple[np.ndarray, str]], root: str | Path, seed: int = 
         kept = out.write(label, f"img_{i:05d}.png", png(arr), CLEAN, "original of near-duplicates")
         brighter = np.clip(arr.astype(np.int16) + 6, 0, 255).astype(np.uint8)
         out.write(label, f"img_{i:05d}_bright.png", png(brighter), "near_duplicate", f"brightness +6 of {kept}")
-        out.write(label, f"img_{i:05d}_jpeg.jpg", encode(Image.fromarray(arr), "JPEG", quality=90),
-                  "near_duplicate", f"JPEG q90 of {kept}")
+        out.write(
+            label,
+            f"img_{i:05d}_jpeg.jpg",
+            encode(Image.fromarray(arr), "JPEG", quality=90),
+            "near_duplicate",
+            f"JPEG q90 of {kept}",
+        )
 
         for variant in ("copy", "brighter copy"):
             i, arr, label = take()
             first = out.write(label, f"img_{i:05d}.png", png(arr), "label_conflict", f"also under {other(label)}")
             pixels = arr if variant == "copy" else np.clip(arr.astype(np.int16) + 6, 0, 255).astype(np.uint8)
-            out.write(other(label), f"img_{i:05d}_conflict.png", png(pixels), "label_conflict",
-                      f"{variant} of {first}", true_label=label)
+            out.write(
+                other(label),
+                f"img_{i:05d}_conflict.png",
+                png(pixels),
+                "label_conflict",
+                f"{variant} of {first}",
+                true_label=label,
+            )
 
         noise = rng.integers(0, 256, size=shape, dtype=np.uint8)
         out.write(labels[k % len(labels)], f"noise_{k}.png", png(noise), "outlier", "uniform noise")
         angle = 2 * np.pi * k / per_fault  # each gradient runs another way: outliers, not near-duplicates
-        out.write(labels[(k + 1) % len(labels)], f"gradient_{k}.png", png(_ramp(shape, angle)), "outlier",
-                  f"flat gradient at {np.degrees(angle):.0f} degrees")
+        out.write(
+            labels[(k + 1) % len(labels)],
+            f"gradient_{k}.png",
+            png(_ramp(shape, angle)),
+            "outlier",
+            f"flat gradient at {np.degrees(angle):.0f} degrees",
+        )
 
         i, arr, label = take()
         out.write(UNKNOWN_CLASS, f"img_{i:05d}.png", png(arr), "unknown_label", "class not listed", true_label=label)
@@ -202,7 +242,14 @@ def score(truth: pd.DataFrame, flagged: pd.DataFrame, reasons: Sequence[str] | N
         planted_here = set(planted.index[planted == reason])
         flagged_here = set(given.index[given == reason])
         hits = len(planted_here & flagged_here)
-        rows.append({"reason": reason, "planted": len(planted_here), "flagged": len(flagged_here), "hits": hits,
-                     "recall": hits / len(planted_here) if planted_here else float("nan"),
-                     "precision": hits / len(flagged_here) if flagged_here else float("nan")})
+        rows.append(
+            {
+                "reason": reason,
+                "planted": len(planted_here),
+                "flagged": len(flagged_here),
+                "hits": hits,
+                "recall": hits / len(planted_here) if planted_here else float("nan"),
+                "precision": hits / len(flagged_here) if flagged_here else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)

@@ -9,6 +9,7 @@ train stage's export). Each `--threads` value is measured in turn (0: torch's de
 
     python -m bench.prediction [--model URI] [--requests 500] [--threads 1 0]
     python -m bench.prediction --quick"""
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,11 @@ def request_images(prepared: Path, count: int) -> list[str]:
 
 def percentiles(ms: list[float]) -> dict:
     values = np.asarray(ms)
-    return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p99_ms": round(float(np.percentile(values, 99)), 3),
-            "mean_ms": round(float(values.mean()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "mean_ms": round(float(values.mean()), 3),
+    }
 
 
 def measure_threads(model, images: list[str], requests: int, batch: int, rounds: int, warmup: int) -> dict:
@@ -110,24 +114,43 @@ def measure_threads(model, images: list[str], requests: int, batch: int, rounds:
         out = model.predict(frame)
     seconds = time.perf_counter() - started
     assert (out["error"] == "").all(), out["error"].unique()
-    return {"single": {"requests": len(latencies), **percentiles(latencies)},
-            "network_only": {"requests": len(network), **percentiles(network)},
-            "batch": {"batch_size": batch, "rounds": rounds, "images_per_s": round(batch * rounds / seconds, 1)}}
+    return {
+        "single": {"requests": len(latencies), **percentiles(latencies)},
+        "network_only": {"requests": len(network), **percentiles(network)},
+        "batch": {"batch_size": batch, "rounds": rounds, "images_per_s": round(batch * rounds / seconds, 1)},
+    }
 
 
 def markdown(result: dict) -> str:
     rows = []
     for threads, r in result["threads"].items():
-        rows.append([threads, r["single"]["p50_ms"], r["single"]["p99_ms"], r["network_only"]["p50_ms"],
-                     r["batch"]["images_per_s"], "met" if r["single"]["p50_ms"] < GOAL_P50_MS else "missed"])
-    return (f"pyfunc model {result['settings']['model']}, CPU\n\n"
-            + table(["torch threads", "single p50 ms", "single p99 ms", "network-only p50 ms",
-                     f"batch {result['settings']['batch']} images/s", f"p50 < {GOAL_P50_MS:g} ms"], rows))
+        rows.append(
+            [
+                threads,
+                r["single"]["p50_ms"],
+                r["single"]["p99_ms"],
+                r["network_only"]["p50_ms"],
+                r["batch"]["images_per_s"],
+                "met" if r["single"]["p50_ms"] < GOAL_P50_MS else "missed",
+            ]
+        )
+    return f"pyfunc model {result['settings']['model']}, CPU\n\n" + table(
+        [
+            "torch threads",
+            "single p50 ms",
+            "single p99 ms",
+            "network-only p50 ms",
+            f"batch {result['settings']['batch']} images/s",
+            f"p50 < {GOAL_P50_MS:g} ms",
+        ],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prediction", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.prediction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="pyfunc model URI (default: train one briefly here)")
     parser.add_argument("--n", type=int, default=3000, help="Fashion-MNIST images for the store (default 3000)")
     parser.add_argument("--prepared", type=Path, default=None, help="use this prepared store instead of building one")
@@ -153,13 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         measured = {}
         for threads in args.threads:
             torch.set_num_threads(threads or default_threads)
-            measured[str(torch.get_num_threads())] = measure_threads(model, images, args.requests, args.batch,
-                                                                     args.rounds, warmup=min(20, args.requests))
+            measured[str(torch.get_num_threads())] = measure_threads(
+                model, images, args.requests, args.batch, args.rounds, warmup=min(20, args.requests)
+            )
         torch.set_num_threads(default_threads)
-    result = {"settings": {"model": args.model or f"resnet_small, {args.train_steps} training steps",
-                           "input": "base64 PNG in a one-row DataFrame", "batch": args.batch,
-                           "torch_default_threads": default_threads, "n": None if args.prepared else args.n},
-              "threads": measured, "goal_p50_ms": GOAL_P50_MS}
+    result = {
+        "settings": {
+            "model": args.model or f"resnet_small, {args.train_steps} training steps",
+            "input": "base64 PNG in a one-row DataFrame",
+            "batch": args.batch,
+            "torch_default_threads": default_threads,
+            "n": None if args.prepared else args.n,
+        },
+        "threads": measured,
+        "goal_p50_ms": GOAL_P50_MS,
+    }
     write_result(result, args.out)
     print(markdown(result))
     return 0

@@ -7,6 +7,7 @@ Images are 28x28 grayscale PNGs (Fashion-MNIST's size), blocky random shapes plu
 a content-addressed store under a temporary folder. The cluster start is timed apart from the work.
 On a machine shared with other jobs the 1-vs-2 ratio is distorted; the JSON records the CPU count and
 load average next to the timings."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,9 @@ def timed(cfg: engine.EngineParams, ids: list[str], store: Path) -> dict:
             t = time.perf_counter()
             decode_all([store_path(store, i) for i in ids], 32, 1, arr)
             out["augment_decode_s"] = round(time.perf_counter() - t, 2)
-    out["digest"] = hashlib.sha256(arr.tobytes() + "".join(inspections[i].pixel_hash for i in ids).encode()).hexdigest()[:16]
+    out["digest"] = hashlib.sha256(
+        arr.tobytes() + "".join(inspections[i].pixel_hash for i in ids).encode()
+    ).hexdigest()[:16]
     return out
 
 
@@ -105,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for name, cfg in {
             "in_process": engine.EngineParams(in_process_below=10**9, partition_size=args.partition_size),
-            "cluster_1_worker": engine.EngineParams(in_process_below=0, workers=1, memory_limit="2GiB",
-                                                    partition_size=args.partition_size),
-            "cluster_2_workers": engine.EngineParams(in_process_below=0, workers=2, memory_limit="2GiB",
-                                                     partition_size=args.partition_size),
+            "cluster_1_worker": engine.EngineParams(
+                in_process_below=0, workers=1, memory_limit="2GiB", partition_size=args.partition_size
+            ),
+            "cluster_2_workers": engine.EngineParams(
+                in_process_below=0, workers=2, memory_limit="2GiB", partition_size=args.partition_size
+            ),
         }.items():
             load_before = os.getloadavg()[0]
             runs[name] = {**timed(cfg, ids, store), "load_avg_1min_before": round(load_before, 2)}
@@ -116,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     one, two = runs["cluster_1_worker"], runs["cluster_2_workers"]
     work = lambda r: r["clean_inspect_s"] + r["augment_decode_s"]  # noqa: E731
     result = {
-        "images": len(ids), "image": "28x28 gray PNG", "partition_size": args.partition_size,
-        "generate_s": generated, "cpus_usable": engine.usable_cpus(), "machine": platform.platform(),
+        "images": len(ids),
+        "image": "28x28 gray PNG",
+        "partition_size": args.partition_size,
+        "generate_s": generated,
+        "cpus_usable": engine.usable_cpus(),
+        "machine": platform.platform(),
         "runs": runs,
         "speedup_2_vs_1_workers": round(work(one) / work(two), 2),
         "speedup_2_workers_vs_in_process": round(work(runs["in_process"]) / work(two), 2),

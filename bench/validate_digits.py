@@ -3,6 +3,7 @@ flips: seconds per stage, suspects found, recall/precision of the flips.
 
     python bench/validate_digits.py [--flip 0.03] [--workdir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,13 @@ def write_digits(root: Path, flip: float, seed: int) -> tuple[Paths, np.ndarray]
     flipped = rng.choice(len(labels), int(round(flip * len(labels))), replace=False)
     for i in flipped:
         labels[i] = rng.choice([c for c in range(10) if c != digits.target[i]])
-    paths = Paths(store=str(root / "store"), cleaned=str(root / "cleaned.parquet"),
-                  validated=str(root / "validated.parquet"), split=str(root / "split.parquet"),
-                  reports=str(root / "reports"))
+    paths = Paths(
+        store=str(root / "store"),
+        cleaned=str(root / "cleaned.parquet"),
+        validated=str(root / "validated.parquet"),
+        split=str(root / "split.parquet"),
+        reports=str(root / "reports"),
+    )
     rows = []
     for i, (pixels, label) in enumerate(zip(digits.images, labels)):
         img = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.NEAREST)
@@ -56,10 +61,23 @@ def write_digits(root: Path, flip: float, seed: int) -> tuple[Paths, np.ndarray]
         target = store_path(paths.store, image_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        rows.append({"image_id": image_id, "source_path": f"{label}/{i:04d}.png", "label": str(label),
-                     "bytes": len(data), "format": "PNG", "width": 32, "height": 32, "mode": "L",
-                     "ingested_at": "2025-01-01T00:00:00+00:00", "origin": "source", "given_split": "",
-                     "pixel_hash": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(), "phash": phash(img)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "source_path": f"{label}/{i:04d}.png",
+                "label": str(label),
+                "bytes": len(data),
+                "format": "PNG",
+                "width": 32,
+                "height": 32,
+                "mode": "L",
+                "ingested_at": "2025-01-01T00:00:00+00:00",
+                "origin": "source",
+                "given_split": "",
+                "pixel_hash": hashlib.sha256(np.asarray(img).tobytes()).hexdigest(),
+                "phash": phash(img),
+            }
+        )
     # byte-identical digits would be one image in a real cleaned manifest
     frame = pd.DataFrame(rows)
     keep = ~frame["image_id"].duplicated()
@@ -87,8 +105,10 @@ def main() -> None:
     suspects = pd.read_parquet(paths.validated)["suspect_label"].to_numpy()
     hits = int((suspects & truth).sum())
     print(f"images {summary['images']}  flips planted {int(truth.sum())} ({args.flip:.0%})")
-    print(f"validate {validate_s:.1f}s  suspects {int(suspects.sum())}  "
-          f"recall {hits / max(truth.sum(), 1):.2f}  precision {hits / max(suspects.sum(), 1):.2f}")
+    print(
+        f"validate {validate_s:.1f}s  suspects {int(suspects.sum())}  "
+        f"recall {hits / max(truth.sum(), 1):.2f}  precision {hits / max(suspects.sum(), 1):.2f}"
+    )
     print(f"split {split_s:.1f}s  {split_summary}")
     print(f"outputs in {root}")
 

@@ -1,5 +1,6 @@
 """What a person sees of a run in the Prefect UI: markdown built from the reports the stages wrote.
 The renderers are pure (text in, text out); `publish_*` read the report files and create artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,10 @@ def data_quality_markdown(paths: Paths) -> str:
         summary = paths.report_dir(stage) / "summary.md"
         if summary.is_file():
             # stage summaries start at "#": nest them one level under this artifact's title
-            parts += ["#" + line if line.startswith("#") else line for line in summary.read_text(encoding="utf-8").splitlines()]
+            parts += [
+                "#" + line if line.startswith("#") else line
+                for line in summary.read_text(encoding="utf-8").splitlines()
+            ]
         else:
             parts.append(f"_{stage}: no summary.md was written_")
         parts.append("")
@@ -70,8 +74,11 @@ def mlflow_run_markdown(run_info: dict[str, Any]) -> str:
 def publish_data_quality(paths: Paths) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(data_quality_markdown(paths), key="imgcls-data-quality",
-                             description="clean + validate: what was set aside and why")
+    create_markdown_artifact(
+        data_quality_markdown(paths),
+        key="imgcls-data-quality",
+        description="clean + validate: what was set aside and why",
+    )
 
 
 def publish_model_reports(paths: Paths) -> dict[str, Any]:
@@ -81,11 +88,15 @@ def publish_model_reports(paths: Paths) -> dict[str, Any]:
     found: dict[str, Any] = {}
     metrics = _read_json(paths.report_dir("evaluate") / "metrics.json")
     if metrics is not None:
-        create_markdown_artifact(metrics_markdown(metrics), key="imgcls-evaluation", description="evaluate: metrics.json")
+        create_markdown_artifact(
+            metrics_markdown(metrics), key="imgcls-evaluation", description="evaluate: metrics.json"
+        )
         found["metrics"] = metrics
     decision = _read_json(paths.report_dir("promote") / "decision.json")
     if decision is not None:
-        create_markdown_artifact(decision_markdown(decision), key="imgcls-promotion", description="promote: gates and decision")
+        create_markdown_artifact(
+            decision_markdown(decision), key="imgcls-promotion", description="promote: gates and decision"
+        )
         found["decision"] = decision
     run_info = run_records.read_run(paths.train_dir, missing_ok=True)
     if run_info is not None:
@@ -93,7 +104,9 @@ def publish_model_reports(paths: Paths) -> dict[str, Any]:
         if url:
             create_link_artifact(url, link_text=f"MLflow run {run_info.get('run_id')}", key="imgcls-mlflow-run")
         else:
-            create_markdown_artifact(mlflow_run_markdown(run_info), key="imgcls-mlflow-run", description="the training run")
+            create_markdown_artifact(
+                mlflow_run_markdown(run_info), key="imgcls-mlflow-run", description="the training run"
+            )
         found["mlflow_run_id"] = run_info.get("run_id")
         found["mlflow_run_url"] = url
     return found
@@ -102,5 +115,8 @@ def publish_model_reports(paths: Paths) -> dict[str, Any]:
 def publish_skip(note: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(f"# Model stages skipped\n\n{note}\n", key="imgcls-skipped",
-                             description="augment/train/evaluate/promote did not run")
+    create_markdown_artifact(
+        f"# Model stages skipped\n\n{note}\n",
+        key="imgcls-skipped",
+        description="augment/train/evaluate/promote did not run",
+    )

@@ -11,6 +11,7 @@
     imgcls drift [--window N --threshold T]    served inputs vs the training set (exit 3: retrain recommended)
 
 A ParamsError or UserError prints one line `error: ...` and exits 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.stages import STAGES
 from tasks.common.errors import UserError
 from tasks.common.params import DEFAULT_PARAMS, ParamsError, Paths, parse_section, read_yaml, validate_file
+from tasks.stages import STAGES
 
 DEFAULT_DEPLOYMENT = "imgcls-scheduled"
 
@@ -62,8 +63,11 @@ def cmd_run(args) -> int:
 
     if not os.environ.get("PREFECT_API_URL") and not _profile_api_url():
         home = os.environ.get("PREFECT_HOME", "~/.prefect")
-        print(f"PREFECT_API_URL is not set: running on a temporary local Prefect API, runs kept in {home} "
-              f"(to browse them: PREFECT_HOME={home} prefect server start)", file=sys.stderr)
+        print(
+            f"PREFECT_API_URL is not set: running on a temporary local Prefect API, runs kept in {home} "
+            f"(to browse them: PREFECT_HOME={home} prefect server start)",
+            file=sys.stderr,
+        )
     if getattr(args, "cluster", None):
         from tasks.common import engine
 
@@ -78,14 +82,22 @@ def cmd_schedule(args) -> int:
     validate_file(args.params)
     if not os.environ.get("PREFECT_API_URL"):
         # Prefect's temporary API has no scheduler: the cron would never fire
-        raise UserError("schedule needs a running Prefect server: start `prefect server start` and "
-                        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again")
+        raise UserError(
+            "schedule needs a running Prefect server: start `prefect server start` and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, then run this again"
+        )
     from flows.pipeline import imgcls_pipeline
 
     # the served process runs the flow in its own working directory: pin the params file absolutely
-    imgcls_pipeline.serve(name=args.name, cron=args.cron,
-                          parameters={"params_path": str(Path(args.params).resolve()), "force": False,
-                                      "retrain_on_drift": args.retrain_on_drift})
+    imgcls_pipeline.serve(
+        name=args.name,
+        cron=args.cron,
+        parameters={
+            "params_path": str(Path(args.params).resolve()),
+            "force": False,
+            "retrain_on_drift": args.retrain_on_drift,
+        },
+    )
     return 0
 
 
@@ -119,10 +131,17 @@ def cmd_serve(args) -> int:
         print(f"no feedback token ({TOKEN_ENV} or --token-file): POST /feedback answers 403", file=sys.stderr)
     paths = _paths(args.params)
     input_log = None if args.no_input_log else (args.input_log or default_log_dir(paths))
-    app = create_app(_model_uri(args), args.feedback_dir or paths.feedback,
-                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=_max_pixels(args),
-                     tokens=tokens, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                     allow_new_labels=args.allow_new_labels, input_log=input_log)
+    app = create_app(
+        _model_uri(args),
+        args.feedback_dir or paths.feedback,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=_max_pixels(args),
+        tokens=tokens,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        allow_new_labels=args.allow_new_labels,
+        input_log=input_log,
+    )
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -130,11 +149,12 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from flows.export import export, parity_path
 
-    report = export(_model_uri(args), args.out, _paths(args.params).prepared, fmt=args.format,
-                    max_diff=args.max_diff)
-    print(f"{args.out}: ONNX matches PyTorch on {report['images']} test images "
-          f"(max |probability difference| {report['max_abs_diff']:.2g}, labels agree {report['label_agreement']:.0%})"
-          f" -> {parity_path(args.out)}")
+    report = export(_model_uri(args), args.out, _paths(args.params).prepared, fmt=args.format, max_diff=args.max_diff)
+    print(
+        f"{args.out}: ONNX matches PyTorch on {report['images']} test images "
+        f"(max |probability difference| {report['max_abs_diff']:.2g}, labels agree {report['label_agreement']:.0%})"
+        f" -> {parity_path(args.out)}"
+    )
     return 0
 
 
@@ -142,8 +162,9 @@ def cmd_promote(args) -> int:
     from tasks.promote import promote_version
 
     # the same lock file as the flow's promote stage, so a manual move cannot race an automatic one
-    result = promote_version(_model_name(args), args.version, args.reason, cache=_paths(args.params).cache,
-                             new_task=args.new_task)
+    result = promote_version(
+        _model_name(args), args.version, args.reason, cache=_paths(args.params).cache, new_task=args.new_task
+    )
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -159,8 +180,9 @@ def cmd_rollback(args) -> int:
 def cmd_drift(args) -> int:
     from flows.drift import DRIFT_EXIT, check_drift, should_retrain, summary_lines
 
-    report = check_drift(_paths(args.params), window=args.window, threshold=args.threshold, alpha=args.alpha,
-                         log_dir=args.log_dir)
+    report = check_drift(
+        _paths(args.params), window=args.window, threshold=args.threshold, alpha=args.alpha, log_dir=args.log_dir
+    )
     print("\n".join(summary_lines(report)))
     return DRIFT_EXIT if should_retrain(report) else 0
 
@@ -177,22 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "run the whole pipeline as a Prefect flow")
     p.add_argument("--force", action="store_true", help="retrain even when the data has not changed")
-    p.add_argument("--cluster", default=None, metavar="tcp://HOST:8786",
-                   help="Dask scheduler for the per-image work (overrides engine.address; docs/scaling.md)")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="tcp://HOST:8786",
+        help="Dask scheduler for the per-image work (overrides engine.address; docs/scaling.md)",
+    )
 
-    p = command("schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)")
+    p = command(
+        "schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)"
+    )
     p.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help=f"deployment name (default {DEFAULT_DEPLOYMENT})")
     for flow_command in (sub.choices["run"], p):
-        flow_command.add_argument("--retrain-on-drift", action="store_true",
-                       help="retrain when the served inputs drifted from the training set (imgcls drift)")
+        flow_command.add_argument(
+            "--retrain-on-drift",
+            action="store_true",
+            help="retrain when the served inputs drifted from the training set (imgcls drift)",
+        )
 
     p = command("stage", cmd_stage, "run one stage, as `python -m tasks.NAME`")
     p.add_argument("name", choices=list(STAGES))
 
     p = command("predict", cmd_predict, "predict files, folders and globs into a CSV")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", default=None, help="MLflow model URI or folder (default: the champion of promote.model_name)")
+    p.add_argument(
+        "--model", default=None, help="MLflow model URI or folder (default: the champion of promote.model_name)"
+    )
     p.add_argument("--out", default="predictions.csv", help="CSV written atomically (default predictions.csv)")
     p.add_argument("--batch-size", type=int, default=64)
 
@@ -200,43 +233,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="MLflow model URI (default: the champion of promote.model_name)")
-    p.add_argument("--feedback-dir", default=None,
-                   help="quarantine that feedback goes to (default: paths.feedback from params; ingest admits it)")
-    p.add_argument("--token-file", default=None,
-                   help="bearer tokens allowed to POST /feedback, one per line, mode 600 (default: $IMGCLS_FEEDBACK_TOKEN; "
-                        "none: feedback is refused)")
+    p.add_argument(
+        "--feedback-dir",
+        default=None,
+        help="quarantine that feedback goes to (default: paths.feedback from params; ingest admits it)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="bearer tokens allowed to POST /feedback, one per line, mode 600 (default: $IMGCLS_FEEDBACK_TOKEN; "
+        "none: feedback is refused)",
+    )
     p.add_argument("--rate-limit", type=float, default=20.0, help="requests per second per client address (0: off)")
     p.add_argument("--rate-burst", type=int, default=40, help="requests a client may send at once")
-    p.add_argument("--allow-new-labels", action="store_true",
-                   help="accept feedback labels that are not classes of the served model")
+    p.add_argument(
+        "--allow-new-labels",
+        action="store_true",
+        help="accept feedback labels that are not classes of the served model",
+    )
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-pixels", type=int, default=None, help="default: clean.max_pixels from params")
-    p.add_argument("--input-log", default=None,
-                   help="where scored inputs are recorded for `imgcls drift` (default: paths.reports/serve/inputs)")
+    p.add_argument(
+        "--input-log",
+        default=None,
+        help="where scored inputs are recorded for `imgcls drift` (default: paths.reports/serve/inputs)",
+    )
     p.add_argument("--no-input-log", action="store_true", help="do not record scored inputs (no drift watch)")
 
     from flows.export import DEFAULT_OUT, FORMATS
 
     p = command("export", cmd_export, "export a model to ONNX, checked against PyTorch on the test split")
     p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--model", default=None, help="MLflow model URI or folder (default: the champion of promote.model_name)")
+    p.add_argument(
+        "--model", default=None, help="MLflow model URI or folder (default: the champion of promote.model_name)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"the exported file (default {DEFAULT_OUT})")
-    p.add_argument("--max-diff", type=float, default=None,
-                   help="largest |probability difference| from PyTorch accepted (default 1e-4)")
+    p.add_argument(
+        "--max-diff",
+        type=float,
+        default=None,
+        help="largest |probability difference| from PyTorch accepted (default 1e-4)",
+    )
 
-    for name, func, help_ in (("promote", cmd_promote, "make a registered version the champion by hand"),
-                              ("rollback", cmd_rollback, "give the champion alias back to the previous model")):
+    for name, func, help_ in (
+        ("promote", cmd_promote, "make a registered version the champion by hand"),
+        ("rollback", cmd_rollback, "give the champion alias back to the previous model"),
+    ):
         p = command(name, func, help_)
         p.add_argument("--model-name", default=None, help="registered model (default: promote.model_name from params)")
         if name == "promote":
             p.add_argument("--version", required=True, type=int, help="registered model version")
-            p.add_argument("--new-task", action="store_true",
-                           help="confirm that the version predicts another label set than the champion")
+            p.add_argument(
+                "--new-task",
+                action="store_true",
+                help="confirm that the version predicts another label set than the champion",
+            )
         p.add_argument("--reason", required=name == "promote", default="", help="why, recorded in the registry")
 
-    p = command("drift", cmd_drift, "compare the last served inputs with the training set (exit 3: retrain recommended)")
+    p = command(
+        "drift", cmd_drift, "compare the last served inputs with the training set (exit 3: retrain recommended)"
+    )
     p.add_argument("--window", type=int, default=500, help="how many of the latest served inputs (default 500)")
-    p.add_argument("--threshold", type=float, default=0.2, help="PSI at or above which a statistic has drifted (default 0.2)")
+    p.add_argument(
+        "--threshold", type=float, default=0.2, help="PSI at or above which a statistic has drifted (default 0.2)"
+    )
     p.add_argument("--alpha", type=float, default=0.01, help="significance of the thumbnail MMD test (default 0.01)")
     p.add_argument("--log-dir", default=None, help="served-input log (default: paths.reports/serve/inputs)")
     return parser

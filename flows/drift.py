@@ -16,6 +16,7 @@ the prepared store (the same statistics computed on its uint8 arrays): PSI per s
 training quantiles) and an MMD two-sample test (RBF kernel, median bandwidth, permutation p-value) on the
 thumbnails. It writes reports/drift/report.json and reports/drift/drift.png, and inside a Prefect run a
 markdown artifact. `should_retrain(report, threshold)` is the decision a scheduled flow can act on."""
+
 from __future__ import annotations
 
 import fcntl
@@ -36,22 +37,22 @@ from tasks.common.params import Paths
 
 log = logging.getLogger(__name__)
 
-GRID = 32            # statistics are computed on a GRIDxGRID grayscale copy (bilinear, as augment resizes)
-THUMB = 8            # embedding: THUMBxTHUMB mean-pooled grayscale thumbnail
+GRID = 32  # statistics are computed on a GRIDxGRID grayscale copy (bilinear, as augment resizes)
+THUMB = 8  # embedding: THUMBxTHUMB mean-pooled grayscale thumbnail
 STATS = ("brightness", "contrast", "sharpness")
 LOG_NAME = "inputs.jsonl"
 LOCK_NAME = ".lock"
-DEFAULT_MAX_BYTES = 5_000_000   # per log file; ~10k requests at ~450 bytes a line
-DEFAULT_BACKUPS = 4             # rotated files kept: the log never holds more than (1 + backups) * max_bytes
+DEFAULT_MAX_BYTES = 5_000_000  # per log file; ~10k requests at ~450 bytes a line
+DEFAULT_BACKUPS = 4  # rotated files kept: the log never holds more than (1 + backups) * max_bytes
 DEFAULT_WINDOW = 500
-DEFAULT_THRESHOLD = 0.2         # PSI: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift
-DEFAULT_ALPHA = 0.01            # MMD permutation test significance
-MIN_SAMPLES = 30                # fewer served inputs than this: no verdict
-MAX_TRAIN = 2000                # training images sampled for the comparison
-MMD_MAX = 500                   # per side, for the O(n^2) kernel test
+DEFAULT_THRESHOLD = 0.2  # PSI: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large shift
+DEFAULT_ALPHA = 0.01  # MMD permutation test significance
+MIN_SAMPLES = 30  # fewer served inputs than this: no verdict
+MAX_TRAIN = 2000  # training images sampled for the comparison
+MMD_MAX = 500  # per side, for the O(n^2) kernel test
 PERMUTATIONS = 200
-PSI_BINS = 10                   # at most; fewer for small windows (see check_drift)
-DRIFT_EXIT = 3                  # `imgcls drift` exit code when retraining is recommended (2 = user error)
+PSI_BINS = 10  # at most; fewer for small windows (see check_drift)
+DRIFT_EXIT = 3  # `imgcls drift` exit code when retraining is recommended (2 = user error)
 
 
 def default_log_dir(paths: Paths) -> Path:
@@ -59,6 +60,7 @@ def default_log_dir(paths: Paths) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+
 
 def _as_image(image):
     """PIL image (any mode), uint8/float array (HxW, HxWx1, HxWx3, HxWx4) or encoded bytes -> L/RGB image."""
@@ -97,14 +99,18 @@ def features(image) -> dict[str, Any]:
     step = GRID // THUMB
     thumb = g.reshape(THUMB, step, THUMB, step).mean(axis=(1, 3))
     return {
-        "width": int(width), "height": int(height), "channels": 1 if img.mode == "L" else 3,
-        "brightness": round(float(g.mean()), 5), "contrast": round(float(g.std()), 5),
+        "width": int(width),
+        "height": int(height),
+        "channels": 1 if img.mode == "L" else 3,
+        "brightness": round(float(g.mean()), 5),
+        "contrast": round(float(g.std()), 5),
         "sharpness": round(float(sharpness), 5),
         "thumb": [int(v) for v in np.rint(thumb * 255).astype(int).ravel()],
     }
 
 
 # ---------------------------------------------------------------------------------------------- recording
+
 
 class InputRecorder:
     """Appends one JSON line per scored request to `folder`/inputs.jsonl, rotating it at `max_bytes`
@@ -119,8 +125,9 @@ class InputRecorder:
         self.errors = 0
         self._lock = threading.Lock()
 
-    def record(self, image, *, label: str | None = None, score: float | None = None,
-               model_version: str | None = None) -> bool:
+    def record(
+        self, image, *, label: str | None = None, score: float | None = None, model_version: str | None = None
+    ) -> bool:
         """True when a line was written; False (and a rate-limited warning) on any failure."""
         try:
             row: dict[str, Any] = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds")}
@@ -177,7 +184,7 @@ def log_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     rotated = []
     for path in folder.glob("inputs.*.jsonl"):
-        middle = path.name[len("inputs."):-len(".jsonl")]
+        middle = path.name[len("inputs.") : -len(".jsonl")]
         if middle.isdigit():
             rotated.append((int(middle), path))
     current = [folder / LOG_NAME] if (folder / LOG_NAME).is_file() else []
@@ -191,8 +198,11 @@ def _valid(row: Any) -> bool:
         if not all(math.isfinite(float(row[k])) for k in (*STATS, "width", "height")):
             return False
         thumb = row["thumb"]
-        return isinstance(thumb, list) and len(thumb) == THUMB * THUMB and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in thumb)
+        return (
+            isinstance(thumb, list)
+            and len(thumb) == THUMB * THUMB
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in thumb)
+        )
     except (KeyError, TypeError, ValueError):
         return False
 
@@ -225,6 +235,7 @@ def read_log(folder: str | Path, window: int) -> tuple[list[dict], int]:
 
 # ---------------------------------------------------------------------------------------------- tests
 
+
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS, eps: float = 1e-4) -> float:
     """Population stability index of `actual` against `expected`, bins at the deciles of `expected`."""
     expected, actual = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
@@ -251,8 +262,14 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = PERMUTATIONS, see
     stats = np.einsum("ij,ij->j", v, kernel @ v)
     observed = float(stats[0])
     p_value = (1 + int(np.sum(stats[1:] >= observed - 1e-12))) / (1 + permutations)
-    return {"statistic": observed, "p_value": float(p_value), "bandwidth": math.sqrt(bandwidth2),
-            "permutations": permutations, "n_train": n, "n_served": m}
+    return {
+        "statistic": observed,
+        "p_value": float(p_value),
+        "bandwidth": math.sqrt(bandwidth2),
+        "permutations": permutations,
+        "n_train": n,
+        "n_served": m,
+    }
 
 
 def training_features(prepared: str | Path, max_images: int = MAX_TRAIN, seed: int = 0) -> tuple[list[dict], dict]:
@@ -271,16 +288,19 @@ def training_features(prepared: str | Path, max_images: int = MAX_TRAIN, seed: i
     rows = np.sort(rows)
     feats = []
     for start in range(0, len(rows), 256):  # the store is memory-mapped: one chunk in memory at a time
-        feats += [features(a) for a in np.asarray(store.images[rows[start:start + 256]])]
+        feats += [features(a) for a in np.asarray(store.images[rows[start : start + 256]])]
     try:
         stats = read_json(prepared, STATS_FILE)
     except (FileNotFoundError, json.JSONDecodeError):
         stats = {}
     labels = train["label"].astype(str).value_counts(normalize=True).sort_index()
-    return feats, {"image_size": stats.get("image_size", int(store.images.shape[1])),
-                   "channels": stats.get("channels", int(store.images.shape[3])),
-                   "train_images": len(train), "sampled": len(rows),
-                   "label_shares": {k: round(float(v), 4) for k, v in labels.items()}}
+    return feats, {
+        "image_size": stats.get("image_size", int(store.images.shape[1])),
+        "channels": stats.get("channels", int(store.images.shape[3])),
+        "train_images": len(train),
+        "sampled": len(rows),
+        "label_shares": {k: round(float(v), 4) for k, v in labels.items()},
+    }
 
 
 def _column(rows: list[dict], key: str) -> np.ndarray:
@@ -292,8 +312,12 @@ def _thumbs(rows: list[dict]) -> np.ndarray:
 
 
 def _describe(values: np.ndarray) -> dict[str, float]:
-    return {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4),
-            "p05": round(float(np.quantile(values, 0.05)), 4), "p95": round(float(np.quantile(values, 0.95)), 4)}
+    return {
+        "mean": round(float(values.mean()), 4),
+        "std": round(float(values.std()), 4),
+        "p05": round(float(np.quantile(values, 0.05)), 4),
+        "p95": round(float(np.quantile(values, 0.95)), 4),
+    }
 
 
 def should_retrain(report: dict, threshold: float | None = None) -> bool:
@@ -316,24 +340,43 @@ def _reasons(report: dict) -> list[str]:
     return out
 
 
-def check_drift(paths: Paths, *, window: int = DEFAULT_WINDOW, threshold: float = DEFAULT_THRESHOLD,
-                alpha: float = DEFAULT_ALPHA, log_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                min_samples: int = MIN_SAMPLES, seed: int = 0, missing_ok: bool = False,
-                publish: bool = True) -> dict[str, Any]:
+def check_drift(
+    paths: Paths,
+    *,
+    window: int = DEFAULT_WINDOW,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    log_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    min_samples: int = MIN_SAMPLES,
+    seed: int = 0,
+    missing_ok: bool = False,
+    publish: bool = True,
+) -> dict[str, Any]:
     """Compare the last `window` served inputs with the train split; write report.json (+ drift.png when
     there was enough to compare) under reports/drift/. `missing_ok`: a missing prepared store gives
     status "no_training_data" instead of a UserError (for the scheduled flow)."""
     from tasks.common.atomic import write_json
 
     if window < 1 or threshold <= 0 or not 0 < alpha < 1:
-        raise UserError(f"drift: need window >= 1, threshold > 0 and 0 < alpha < 1 (got {window}, {threshold}, {alpha})")
+        raise UserError(
+            f"drift: need window >= 1, threshold > 0 and 0 < alpha < 1 (got {window}, {threshold}, {alpha})"
+        )
     log_dir = Path(log_dir) if log_dir else default_log_dir(paths)
     out_dir = Path(out_dir) if out_dir else paths.report_dir("drift")
     served, skipped = read_log(log_dir, window)
     report: dict[str, Any] = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "log_dir": str(log_dir),
-        "prepared": str(paths.prepared), "window": window, "threshold": threshold, "alpha": alpha,
-        "served": len(served), "skipped_lines": skipped, "psi": {}, "mmd": None, "notes": [],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "log_dir": str(log_dir),
+        "prepared": str(paths.prepared),
+        "window": window,
+        "threshold": threshold,
+        "alpha": alpha,
+        "served": len(served),
+        "skipped_lines": skipped,
+        "psi": {},
+        "mmd": None,
+        "notes": [],
     }
     if served:
         report["served_from"], report["served_to"] = served[0].get("ts"), served[-1].get("ts")
@@ -358,10 +401,13 @@ def check_drift(paths: Paths, *, window: int = DEFAULT_WINDOW, threshold: float 
     compared = list(STATS)
     if facts["image_size"] < GRID:
         compared.remove("sharpness")  # upsampled training arrays are blurred by construction
-        report["notes"].append(f"sharpness not compared: training arrays are {facts['image_size']}px, "
-                               f"upsampled to the {GRID}px statistics grid")
-    report["summary"] = {k: {"train": _describe(_column(train, k)), "served": _describe(_column(served, k))}
-                         for k in STATS}
+        report["notes"].append(
+            f"sharpness not compared: training arrays are {facts['image_size']}px, "
+            f"upsampled to the {GRID}px statistics grid"
+        )
+    report["summary"] = {
+        k: {"train": _describe(_column(train, k)), "served": _describe(_column(served, k))} for k in STATS
+    }
     # PSI is biased upwards by about (bins - 1) * (1/n_served + 1/n_train) under no drift: fewer bins for a
     # small window (>= ~20 served inputs per bin) keep that bias well under any sensible threshold
     bins = int(np.clip(len(served) // 20, 4, PSI_BINS))
@@ -382,7 +428,8 @@ def check_drift(paths: Paths, *, window: int = DEFAULT_WINDOW, threshold: float 
         report["recommendation"] = (
             "served inputs have drifted from the training set (" + "; ".join(report["reasons"]) + "): label a "
             "sample of recent inputs (POST /feedback) and retrain (`imgcls run`; the new data changes the "
-            "dataset version, so the model stages run)")
+            "dataset version, so the model stages run)"
+        )
     return _finish(report, out_dir, train, served, publish, write_json)
 
 
@@ -425,10 +472,13 @@ def drift_plot(train: list[dict], served: list[dict], report: dict, target: Path
 
 
 def drift_markdown(report: dict) -> str:
-    lines = [f"# Input drift: {report['status']}", "",
-             f"- served inputs compared: {report['served']} (window {report['window']}, "
-             f"{report['skipped_lines']} corrupt log lines skipped)",
-             f"- PSI threshold {report['threshold']}, MMD alpha {report['alpha']}"]
+    lines = [
+        f"# Input drift: {report['status']}",
+        "",
+        f"- served inputs compared: {report['served']} (window {report['window']}, "
+        f"{report['skipped_lines']} corrupt log lines skipped)",
+        f"- PSI threshold {report['threshold']}, MMD alpha {report['alpha']}",
+    ]
     if report.get("recommendation"):
         lines += [f"- **retrain recommended**: {report['recommendation']}"]
     lines += [f"- {note}" for note in report.get("notes", [])]
@@ -436,12 +486,17 @@ def drift_markdown(report: dict) -> str:
         lines += ["", "| statistic | train mean | served mean | PSI |", "|---|---|---|---|"]
         for key, s in report["summary"].items():
             value = report["psi"].get(key)
-            lines.append(f"| {key} | {s['train']['mean']:.4f} | {s['served']['mean']:.4f} | "
-                         f"{'not compared' if value is None else f'{value:.4f}'} |")
+            lines.append(
+                f"| {key} | {s['train']['mean']:.4f} | {s['served']['mean']:.4f} | "
+                f"{'not compared' if value is None else f'{value:.4f}'} |"
+            )
     if report.get("mmd"):
         mmd = report["mmd"]
-        lines += ["", f"Thumbnail MMD^2 {mmd['statistic']:.5f}, p-value {mmd['p_value']:.4f} "
-                      f"({mmd['n_train']} train vs {mmd['n_served']} served, {mmd['permutations']} permutations)."]
+        lines += [
+            "",
+            f"Thumbnail MMD^2 {mmd['statistic']:.5f}, p-value {mmd['p_value']:.4f} "
+            f"({mmd['n_train']} train vs {mmd['n_served']} served, {mmd['permutations']} permutations).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -457,8 +512,9 @@ def publish_artifact(report: dict) -> bool:
             return False
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(drift_markdown(report), key="imgcls-drift",
-                                 description="served inputs vs the training set")
+        create_markdown_artifact(
+            drift_markdown(report), key="imgcls-drift", description="served inputs vs the training set"
+        )
         return True
     except Exception as exc:
         log.warning("drift artifact not created: %s: %s", type(exc).__name__, exc)
@@ -467,8 +523,10 @@ def publish_artifact(report: dict) -> bool:
 
 def summary_lines(report: dict) -> list[str]:
     """What `imgcls drift` prints."""
-    lines = [f"drift: {report['status']} ({report['served']} served inputs, {report['skipped_lines']} corrupt lines "
-             f"skipped) -> {report['report']}"]
+    lines = [
+        f"drift: {report['status']} ({report['served']} served inputs, {report['skipped_lines']} corrupt lines "
+        f"skipped) -> {report['report']}"
+    ]
     lines += [f"  {k}: PSI {v:.4f}" for k, v in report.get("psi", {}).items()]
     if report.get("mmd"):
         lines.append(f"  thumbnail MMD p-value {report['mmd']['p_value']:.4f}")

@@ -1,11 +1,12 @@
 """After a Prefect run, leave the same record `dvc repro` would: dvc.lock names the data and model the
 run used (`dvc commit -f`), so `dvc status` is clean, and the cache is pushed when a remote exists."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 

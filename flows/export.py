@@ -7,6 +7,7 @@ and gives "probabilities", float32 [batch, num_classes]. Beside FILE goes FILE's
 label disagreement is a UserError and leaves no .onnx file behind. When the model is a registry version
 (models:/NAME@ALIAS or models:/NAME/N) both files are logged to that version's run under onnx/ and the
 version gets the tags in TAGS."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -90,8 +91,10 @@ def split_images(prepared: str | Path, image_size: int, channels: int) -> np.nda
     images = np.asarray(store.images[np.sort(rows)])
     expected = (image_size, image_size, channels)
     if images.ndim != 4 or images.shape[1:] != expected:
-        raise UserError(f"{prepared}: test images are {images.shape[1:]} but the model takes {expected}: "
-                        "export with the prepared store the model was trained on")
+        raise UserError(
+            f"{prepared}: test images are {images.shape[1:]} but the model takes {expected}: "
+            "export with the prepared store the model was trained on"
+        )
     return images
 
 
@@ -99,15 +102,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export(model_uri: str, out: str | Path, prepared: str | Path, fmt: str = "onnx",
-           max_diff: float | None = None, batch_size: int = 256) -> dict:
+def export(
+    model_uri: str,
+    out: str | Path,
+    prepared: str | Path,
+    fmt: str = "onnx",
+    max_diff: float | None = None,
+    batch_size: int = 256,
+) -> dict:
     """Export, check parity on the test split, write FILE and its parity JSON, record them in the
     registry for a registry version; returns the parity report (raises UserError when it fails)."""
     import onnxruntime
     import torch
 
-    from models.onnx_export import (DEFAULT_MAX_DIFF, INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, parity,
-                                    session)
+    from models.onnx_export import DEFAULT_MAX_DIFF, INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, parity, session
     from models.predictor import load_predictor
 
     if fmt not in FORMATS:
@@ -120,14 +128,22 @@ def export(model_uri: str, out: str | Path, prepared: str | Path, fmt: str = "on
         images = split_images(prepared, predictor.image_size, predictor.channels)
         staged = export_onnx(predictor, Path(tmp) / out.name)
         report = {
-            "model": model_uri, "format": fmt, "file": str(out), "split": "test",
-            **parity(predictor, session(staged), images, batch_size), "max_diff_bound": max_diff,
-            "input": {"name": INPUT_NAME, "dtype": "uint8",
-                      "shape": ["batch", predictor.image_size, predictor.image_size, predictor.channels]},
+            "model": model_uri,
+            "format": fmt,
+            "file": str(out),
+            "split": "test",
+            **parity(predictor, session(staged), images, batch_size),
+            "max_diff_bound": max_diff,
+            "input": {
+                "name": INPUT_NAME,
+                "dtype": "uint8",
+                "shape": ["batch", predictor.image_size, predictor.image_size, predictor.channels],
+            },
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(predictor.classes)]},
-            "classes": list(predictor.classes), "test_time_flip": predictor.test_time_flip,
+            "classes": list(predictor.classes),
+            "test_time_flip": predictor.test_time_flip,
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         if version is not None:
             report["registry"] = {"name": version.name, "version": version.version, "run_id": version.run_id}
@@ -154,6 +170,10 @@ def _record(version: RegistryVersion, out: Path, report: dict) -> None:
     client = connect()
     for path in (out, parity_path(out)):
         client.log_artifact(version.run_id, str(path), artifact_path=ARTIFACT_DIR)
-    values = (f"runs:/{version.run_id}/{ARTIFACT_DIR}/{out.name}", f"{report['max_abs_diff']:.3g}",
-              f"{report['label_agreement']:.4f}", report["images"])
+    values = (
+        f"runs:/{version.run_id}/{ARTIFACT_DIR}/{out.name}",
+        f"{report['max_abs_diff']:.3g}",
+        f"{report['label_agreement']:.4f}",
+        report["images"],
+    )
     set_tags(client, version.name, version.version, dict(zip(TAGS, values)))

@@ -8,6 +8,7 @@
 
 Refusals carry `Connection: close`: the server then drops the connection instead of reading and
 discarding whatever the client still wants to send."""
+
 from __future__ import annotations
 
 import hashlib
@@ -51,9 +52,18 @@ async def drain(scope, receive) -> None:
 async def refuse(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -65,6 +75,7 @@ def _header(scope, name: bytes) -> str | None:
 
 
 # --- tokens --------------------------------------------------------------------------------------
+
 
 def load_tokens(token_file: str | Path | None = None, environ: dict[str, str] | None = None) -> list[str]:
     """Writer tokens: one per line of --token-file (blank lines and # comments ignored), else the
@@ -100,8 +111,10 @@ class WriteAuth:
     def check(self, authorization: str | None) -> tuple[int, str] | str:
         """The writer's token id, or (status, message) to refuse with."""
         if not self.digests:
-            return 403, (f"write endpoints are disabled: no feedback token is configured "
-                         f"(set {TOKEN_ENV} or start the server with --token-file)")
+            return 403, (
+                f"write endpoints are disabled: no feedback token is configured "
+                f"(set {TOKEN_ENV} or start the server with --token-file)"
+            )
         scheme, _, credential = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             return 401, "missing bearer token (Authorization: Bearer <token>)"
@@ -126,6 +139,7 @@ class WriteAuth:
 
 
 # --- rate limit ----------------------------------------------------------------------------------
+
 
 class TokenBuckets:
     """`burst` requests at once per key, refilled at `rate` per second. Memory stays bounded: past
@@ -169,12 +183,17 @@ class RateLimit:
         wait = self.buckets.take(client)
         if wait > 0:
             await drain(scope, receive)
-            return await refuse(send, 429, f"too many requests from {client}; retry in {wait:.1f} s",
-                                {"retry-after": str(max(1, math.ceil(wait)))})
+            return await refuse(
+                send,
+                429,
+                f"too many requests from {client}; retry in {wait:.1f} s",
+                {"retry-after": str(max(1, math.ceil(wait)))},
+            )
         return await self.app(scope, receive, send)
 
 
 # --- body size -----------------------------------------------------------------------------------
+
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):

@@ -9,6 +9,7 @@
 
 `endpoint` is a route path of the app, or "other": a scanner probing random URLs cannot blow up the
 number of series."""
+
 from __future__ import annotations
 
 import time
@@ -21,15 +22,27 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self, model_uri: str, model_version: str | None, run_id: str | None):
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("imgcls_requests", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry)
-        self.latency = Histogram("imgcls_request_duration_seconds", "request latency", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.errors = Counter("imgcls_request_errors", "5xx answers and unhandled exceptions", ["endpoint"], registry=self.registry)
+        self.requests = Counter(
+            "imgcls_requests", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "imgcls_request_duration_seconds",
+            "request latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "imgcls_request_errors", "5xx answers and unhandled exceptions", ["endpoint"], registry=self.registry
+        )
         self.feedback = Counter("imgcls_feedback", "feedback submissions", ["result"], registry=self.registry)
         info = Info("imgcls_model", "the served model", registry=self.registry)
         info.info({"model_uri": model_uri, "model_version": model_version or "", "run_id": run_id or ""})
-        version = Gauge("imgcls_model_version", "registry version of the served model (-1: not from the registry)",
-                        registry=self.registry)
+        version = Gauge(
+            "imgcls_model_version",
+            "registry version of the served model (-1: not from the registry)",
+            registry=self.registry,
+        )
         version.set(int(model_version) if model_version and model_version.isdigit() else -1)
 
     def exposition(self) -> tuple[bytes, str]:

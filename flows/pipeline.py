@@ -3,17 +3,17 @@
 Each task is `tasks.<stage>.run` with the stage's params from params.yaml: the same code and params
 `python -m tasks.<stage>` and `dvc repro` use. Only stages that talk to MLflow (tracking and registry
 I/O) retry, and never on a UserError/ParamsError: those do not fix themselves."""
+
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 import logging
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows import artifacts, drift, dvc_record
-from tasks.stages import STAGES
-from tasks.common import engine
+from flows import artifacts, dask_runner, drift, dvc_record
 from tasks.common.atomic import write_json
 from tasks.common.entry import summary_line
 from tasks.common.errors import UserError
 from tasks.common.params import ParamsError, Paths, load_stage, parse_section, read_yaml, validate_file
 from tasks.common.versioning import dataset_version
 from tasks.common.workspace_lock import workspace_lock
+from tasks.stages import STAGES
 
 MODEL_STAGES = ("augment", "train", "evaluate", "promote")
 DATA_STAGES = tuple(s for s in STAGES if s not in MODEL_STAGES)
@@ -82,10 +81,15 @@ def _transient(task_, task_run, state) -> bool:
 def stage_task(stage: str):
     retries = RETRIES if stage in RETRYING_STAGES else 0
     return task(
-        run_stage, name=stage, task_run_name=stage, retries=retries, retry_delay_seconds=RETRY_DELAY_SECONDS,
+        run_stage,
+        name=stage,
+        task_run_name=stage,
+        retries=retries,
+        retry_delay_seconds=RETRY_DELAY_SECONDS,
         retry_condition_fn=_transient,
         # every run must look at the data afresh: no Prefect caching, no pickled results on disk
-        cache_policy=NO_CACHE, persist_result=False,
+        cache_policy=NO_CACHE,
+        persist_result=False,
     )
 
 
@@ -134,21 +138,30 @@ def skip_note(last: dict | None, version: str, config: str, force: bool) -> str 
     """Why the model stages can be skipped, or None when they must run."""
     if force or not last or last.get("dataset_version") != version or last.get("model_config") != config:
         return None
-    return (f"no new data since run {last.get('flow_run_name')} ({last.get('flow_run_id')}, "
-            f"finished {last.get('finished_at')}): dataset_version {version[:12]} and the "
-            f"augment/train/evaluate/promote params are unchanged; use --force to retrain anyway")
+    return (
+        f"no new data since run {last.get('flow_run_name')} ({last.get('flow_run_id')}, "
+        f"finished {last.get('finished_at')}): dataset_version {version[:12]} and the "
+        f"augment/train/evaluate/promote params are unchanged; use --force to retrain anyway"
+    )
 
 
 # Dask (prefect-dask): the stages' per-image work runs on this runner's cluster (tasks.common.engine)
-@flow(name="imgcls-pipeline", log_prints=True, persist_result=False, task_runner=engine.flow_task_runner())
+@flow(name="imgcls-pipeline", log_prints=True, persist_result=False, task_runner=dask_runner.flow_task_runner())
 @one_run_at_a_time
 def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False, retrain_on_drift: bool = False) -> dict:
     params_path = str(params_path)
     quiet_logging()
     data = validate_file(params_path)  # a typo anywhere fails now, not after hours of training
     paths = parse_section(data, "paths", Paths, params_path)
-    summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
-                               "params": params_path, "force": force, "stages": {}, "skipped": [], "note": None}
+    summary: dict[str, Any] = {
+        "flow_run_id": str(flow_run.id),
+        "flow_run_name": flow_run.name,
+        "params": params_path,
+        "force": force,
+        "stages": {},
+        "skipped": [],
+        "note": None,
+    }
 
     for stage in DATA_STAGES:
         summary["stages"][stage] = stage_task(stage)(stage, params_path)
@@ -174,8 +187,15 @@ def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False, retra
 
     summary["dvc"] = record_in_dvc(list(summary["stages"]))
     if not note:
-        write_json({"dataset_version": version, "model_config": config, "flow_run_id": summary["flow_run_id"],
-                    "flow_run_name": summary["flow_run_name"], "mlflow_run_id": summary.get("mlflow_run_id"),
-                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-                   _last_run_path(paths))
+        write_json(
+            {
+                "dataset_version": version,
+                "model_config": config,
+                "flow_run_id": summary["flow_run_id"],
+                "flow_run_name": summary["flow_run_name"],
+                "mlflow_run_id": summary.get("mlflow_run_id"),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+            _last_run_path(paths),
+        )
     return summary

@@ -1,20 +1,22 @@
 """Prediction core shared by `imgcls predict` and `imgcls serve`: images in, one row each out
 (label, score, top_k, error), through the MLflow pyfunc model, which owns decoding, preprocessing
 and the class names. A bad image costs its own row, never the batch."""
+
 from __future__ import annotations
 
 import base64
 import glob
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
+from models.contract import OUTPUT_COLUMNS, error_rows
 from tasks.common.atomic import write_csv
 from tasks.common.errors import UserError
-from models.contract import OUTPUT_COLUMNS, error_rows
 from tasks.common.images import is_image_name
 
 CSV_COLUMNS = ["path", *OUTPUT_COLUMNS]
@@ -42,7 +44,8 @@ def expand_inputs(specs: Iterable[str]) -> list[str]:
         path = Path(spec)
         if path.is_dir():
             found += sorted(
-                str(f) for f in path.rglob("*")
+                str(f)
+                for f in path.rglob("*")
                 if f.is_file() and is_image_name(f) and not any(p.startswith(".") for p in f.relative_to(path).parts)
             )
         elif glob.has_magic(spec) and not path.exists():
@@ -66,7 +69,9 @@ def _as_model_input(image: str | bytes) -> str:
 def _conform(out: Any, n: int) -> pd.DataFrame:
     out = pd.DataFrame(out).reset_index(drop=True)
     if len(out) != n or not {"label", "score", "top_k"} <= set(out.columns):
-        raise ValueError(f"model returned {len(out)} rows with columns {list(out.columns)}, expected {n} rows of {OUTPUT_COLUMNS}")
+        raise ValueError(
+            f"model returned {len(out)} rows with columns {list(out.columns)}, expected {n} rows of {OUTPUT_COLUMNS}"
+        )
     if "error" not in out.columns:
         out["error"] = ""
     out["error"] = out["error"].fillna("").astype(str)
@@ -86,14 +91,16 @@ def _predict_batch(model: Any, batch: Sequence[str | bytes]) -> pd.DataFrame:
         return pd.concat([_predict_batch(model, [x]) for x in batch], ignore_index=True)
 
 
-def predict_images(model: Any, images: Sequence[str | bytes], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+def predict_images(
+    model: Any, images: Sequence[str | bytes], batch_size: int = 64, progress: bool = True
+) -> pd.DataFrame:
     """One output row per input, in input order. Missing files are reported without calling the model."""
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     parts = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", disable=None if progress else True):
-        batch = list(images[start:start + batch_size])
+        batch = list(images[start : start + batch_size])
         rows = error_rows(len(batch), "file not found").to_dict("records")
         present = [i for i, x in enumerate(batch) if not isinstance(x, str) or Path(x).is_file()]
         if present:

@@ -18,6 +18,7 @@ review when it contradicts the data.
 With `input_log` set, every scored /predict input is also recorded for the drift watch
 (flows/drift.py: one JSON line of image statistics + the served label and score) after the response
 has gone out, from the image already decoded for the size checks; `imgcls drift` reads that log."""
+
 from __future__ import annotations
 
 import re
@@ -104,10 +105,18 @@ def _read_upload(upload: UploadFile, max_upload_bytes: int, max_pixels: int) -> 
     return data, header, image
 
 
-def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int = 10 * 1024 * 1024,
-               max_pixels: int = 40_000_000, tokens: Iterable[str] = (), rate_limit: float = 20.0,
-               rate_burst: int = 40, allow_new_labels: bool = False,
-               classes: Iterable[str] | None = None, input_log: str | Path | None = None) -> FastAPI:
+def create_app(
+    model_uri: str,
+    feedback_dir: str | Path,
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_pixels: int = 40_000_000,
+    tokens: Iterable[str] = (),
+    rate_limit: float = 20.0,
+    rate_burst: int = 40,
+    allow_new_labels: bool = False,
+    classes: Iterable[str] | None = None,
+    input_log: str | Path | None = None,
+) -> FastAPI:
     """tokens: bearer tokens allowed to write (none: write endpoints answer 403); rate_limit: requests
     per second per client address (0: off) with bursts of rate_burst; classes: the labels feedback
     may carry (default: the served model's classes; any label with allow_new_labels); input_log: the
@@ -133,15 +142,24 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
         if allow_new_labels:
             return sanitize_label(text)
         if known is None:
-            raise HTTPException(403, "the served model does not list its classes: feedback labels cannot be checked "
-                                     "(start the server with --allow-new-labels to accept any label)")
+            raise HTTPException(
+                403,
+                "the served model does not list its classes: feedback labels cannot be checked "
+                "(start the server with --allow-new-labels to accept any label)",
+            )
         shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         raise HTTPException(422, f"label {text!r} is not a class of the served model ({shown})")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "model_uri": model_uri, "model_version": version, "run_id": run_id,
-                "feedback_enabled": bool(tokens), "input_log": recorder is not None}
+        return {
+            "ok": True,
+            "model_uri": model_uri,
+            "model_version": version,
+            "run_id": run_id,
+            "feedback_enabled": bool(tokens),
+            "input_log": recorder is not None,
+        }
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -155,8 +173,9 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
         if result["error"]:
             raise HTTPException(422, f"model could not score the image: {result['error']}")
         if recorder is not None:  # after the response is sent; record() never raises
-            background.add_task(recorder.record, decoded, label=result["label"], score=result["score"],
-                                model_version=version)
+            background.add_task(
+                recorder.record, decoded, label=result["label"], score=result["score"], model_version=version
+            )
         return {"label": result["label"], "score": result["score"], "top_k": result["top_k"], "model_version": version}
 
     @app.post("/feedback")
@@ -164,22 +183,40 @@ def create_app(model_uri: str, feedback_dir: str | Path, max_upload_bytes: int =
         name = accept_label(label)
         data, header, _ = _read_upload(image, max_upload_bytes, max_pixels)
         if header.format not in EXTENSIONS:
-            raise HTTPException(415, f"{header.format or 'this'} images are not accepted; send PNG, JPEG, BMP, GIF, TIFF or WebP")
+            raise HTTPException(
+                415, f"{header.format or 'this'} images are not accepted; send PNG, JPEG, BMP, GIF, TIFF or WebP"
+            )
         client = request.client.host if request.client else "unknown"
         try:
-            record, stored, existed = write_submission(quarantine, data, name, header.format, header.width,
-                                                       header.height, client, getattr(request.state, "token_id", ""))
+            record, stored, existed = write_submission(
+                quarantine,
+                data,
+                name,
+                header.format,
+                header.width,
+                header.height,
+                client,
+                getattr(request.state, "token_id", ""),
+            )
         except FeedbackError as exc:
             raise HTTPException(422, str(exc)) from None
         metrics.feedback.labels("already_present" if existed else "stored").inc()
         # the submission id, not a server path: clients learn nothing about the file system
-        return {"submission": stored.stem, "image_id": record.sha256, "label": record.label,
-                "already_present": existed, "quarantined": True}
+        return {
+            "submission": stored.stem,
+            "image_id": record.sha256,
+            "label": record.label,
+            "already_present": existed,
+            "quarantined": True,
+        }
 
     # outermost last: metrics see every answer; the rate limit and the token are checked before any
     # body byte is read; the body limit wraps the routes' reading of it
-    app.add_middleware(BodyLimit, max_body=max_upload_bytes + MULTIPART_OVERHEAD,
-                       message=f"upload larger than {max_upload_bytes} bytes")
+    app.add_middleware(
+        BodyLimit,
+        max_body=max_upload_bytes + MULTIPART_OVERHEAD,
+        message=f"upload larger than {max_upload_bytes} bytes",
+    )
     app.add_middleware(WriteAuth, tokens=tokens, open_paths=OPEN_WRITE_PATHS)
     app.add_middleware(RateLimit, rate=rate_limit, burst=rate_burst)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints={route.path for route in app.routes})

@@ -11,6 +11,7 @@ Predictor only reads the number).
 
 Logits come as [views, N, C] (Predictor.logits): with test_time_flip the model's probability is the
 mean over the image and its mirror of softmax(logits / T), and T is fitted on exactly that."""
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-np.log(np.clip(picked, 1e-300, None)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (MIN_TEMPERATURE, MAX_TEMPERATURE)) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (MIN_TEMPERATURE, MAX_TEMPERATURE)
+) -> float:
     """The T in `bounds` that minimises the NLL of `labels` (integer class indices) under
     softmax(logits / T): golden-section search on log T. With one view the NLL is convex in 1/T, so
     unimodal in log T and the search finds the global minimum; a result no better than T = 1 (or no

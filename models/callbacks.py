@@ -1,4 +1,5 @@
 """Lightning callbacks used by train (kept out of networks.py: the shipped model must not need lightning)."""
+
 from __future__ import annotations
 
 import lightning as L

@@ -1,6 +1,7 @@
 """What a prediction looks like, defined once for the pyfunc model, `imgcls predict` and the server:
 one row per input image with these columns. A row that could not be scored has an empty label, a NaN
 score, no top_k and the reason in `error`."""
+
 from __future__ import annotations
 
 import pandas as pd

@@ -1,9 +1,9 @@
 """LightningDataModule over the prepared store written by `augment`: images.npy memory-mapped
 (workers read only the rows they need), index.parquet for rows/labels/splits, and the
 albumentations specs augment.json (train) and eval.json (val), both ending in Normalize."""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import albumentations as A
@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from tasks.common import prepared as store
 from tasks.common.errors import UserError
-
 
 
 class PreparedImages(Dataset):
@@ -72,14 +71,21 @@ class PreparedDataModule(L.LightningDataModule):
     def _dataset(self, index: pd.DataFrame, spec: str) -> PreparedImages:
         transform = A.load(str(self.prepared / spec), data_format="json")
         transform.set_random_seed(self.seed)  # the num_workers=0 case; workers reseed in seed_worker
-        return PreparedImages(self.prepared / store.IMAGES, index["row"].to_numpy(), index["label_idx"].to_numpy(), transform)
+        return PreparedImages(
+            self.prepared / store.IMAGES, index["row"].to_numpy(), index["label_idx"].to_numpy(), transform
+        )
 
     def _loader(self, dataset: PreparedImages, train: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             drop_last=train and len(dataset) > self.batch_size,  # a 1-image batch breaks BatchNorm
-            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 optional class weights, AdamW or SGD, a per-step OneCycle or warmup+cosine schedule, accuracy and
 macro-F1. Hyperparameters hold everything needed to rebuild the network for inference (name, class
 names, input stats), so a checkpoint alone is enough for models.predictor."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,20 @@ from models.networks import build_network
 
 
 class ImageClassifier(L.LightningModule):
-    def __init__(self, network: str, classes: list[str], stats: dict, optimizer: str = "adamw", lr: float = 3e-3,
-                 weight_decay: float = 0.05, scheduler: str = "onecycle", warmup_epochs: float = 1.0,
-                 label_smoothing: float = 0.1, class_weights: list[float] | None = None, channels_last: bool = False):
+    def __init__(
+        self,
+        network: str,
+        classes: list[str],
+        stats: dict,
+        optimizer: str = "adamw",
+        lr: float = 3e-3,
+        weight_decay: float = 0.05,
+        scheduler: str = "onecycle",
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.1,
+        class_weights: list[float] | None = None,
+        channels_last: bool = False,
+    ):
         super().__init__()
         # logged by tasks.train itself, flattened; the class list would not fit an MLflow param
         self.save_hyperparameters(logger=False)
@@ -43,7 +55,9 @@ class ImageClassifier(L.LightningModule):
         return self.network(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -66,7 +80,9 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
+            )
         else:
             optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "none":

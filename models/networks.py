@@ -1,6 +1,7 @@
 """One factory for every network: timm's registry, which also holds our own small nets (registered
 here with timm's decorator, so `timm.create_model("resnet_small")` finds them too). Pretrained weights
 only ever come from a local safetensors file; nothing is downloaded."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,8 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = (
-            nn.Identity() if stride == 1 and cin == cout
+            nn.Identity()
+            if stride == 1 and cin == cout
             else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         )
 
@@ -37,10 +39,18 @@ class ResNetSmall(nn.Module):
     """A CIFAR-style residual CNN for 16-64 px images: a 3x3 stem without pooling (ImageNet stems
     throw away most of a 28 px image in their first stride-4), three stages, global pooling."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128),
-                 blocks_per_stage: int = 2, drop_rate: float = 0.1):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, ...] = (32, 64, 128),
+        blocks_per_stage: int = 2,
+        drop_rate: float = 0.1,
+    ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             for j in range(blocks_per_stage):
@@ -61,8 +71,9 @@ class ResNetSmall(nn.Module):
 
 
 @register_model
-def resnet_small(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-                 **kwargs) -> ResNetSmall:
+def resnet_small(
+    pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
+) -> ResNetSmall:
     # timm's create_model passes its hub arguments to every entrypoint; ours has no hub weights
     if pretrained:
         raise UserError("resnet_small has no published weights: give train.pretrained_path (a local .safetensors file)")
@@ -70,16 +81,18 @@ def resnet_small(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_o
 
 
 @register_model
-def resnet_tiny(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-                **kwargs) -> ResNetSmall:
+def resnet_tiny(
+    pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
+) -> ResNetSmall:
     """resnet_small at half the width (16, 32, 64): about 4x fewer FLOPs, for CPU budgets."""
     if pretrained:
         raise UserError("resnet_tiny has no published weights: give train.pretrained_path (a local .safetensors file)")
     return ResNetSmall(widths=(16, 32, 64), **kwargs)
 
 
-def build_network(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
-                  pretrained_path: str | Path | None = None) -> nn.Module:
+def build_network(
+    name: str, num_classes: int, in_chans: int, pretrained: bool = False, pretrained_path: str | Path | None = None
+) -> nn.Module:
     """Any timm architecture (or our own) by name. Weights start random unless `pretrained_path`
     names a local safetensors file; `pretrained=True` without a path is an error, never a download."""
     if not timm.is_model(name):
@@ -115,5 +128,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     result = model.load_state_dict(usable, strict=False)
     reinitialised = sorted(result.missing_keys)
     if reinitialised:
-        log.info("pretrained %s: %d tensors loaded, reinitialised: %s", path.name, len(usable), ", ".join(reinitialised))
+        log.info(
+            "pretrained %s: %d tensors loaded, reinitialised: %s", path.name, len(usable), ", ".join(reinitialised)
+        )
     return reinitialised

@@ -13,6 +13,7 @@ The class names, image size, channels, flip setting and temperature are in the f
 Exported with torch.onnx.export(dynamo=True), the maintained exporter (it needs onnxscript); the
 TorchScript exporter (dynamo=False) still works in torch 2.14 but is deprecated. Not part of the
 shipped pyfunc (SHIPPED_MODELS)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -71,14 +72,26 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     # the exporter reports each step on stdout and warns about its own internals: keep the CLI quiet
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
-                                    verbose=False)
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,
+        )
     model = program.model_proto
     stats = predictor.stats
-    values = {"classes": list(predictor.classes), "image_size": predictor.image_size, "channels": predictor.channels,
-              "test_time_flip": predictor.test_time_flip, "mean": list(stats["mean"]), "std": list(stats["std"]),
-              "temperature": predictor.temperature}
+    values = {
+        "classes": list(predictor.classes),
+        "image_size": predictor.image_size,
+        "channels": predictor.channels,
+        "test_time_flip": predictor.test_time_flip,
+        "mean": list(stats["mean"]),
+        "std": list(stats["std"]),
+        "temperature": predictor.temperature,
+    }
     for key in METADATA_KEYS:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(values[key])
@@ -106,8 +119,10 @@ def metadata(sess) -> dict:
 
 def onnx_proba(sess, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     images = np.asarray(images, dtype=np.uint8)
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images[i:i + batch_size])})[0]
-           for i in range(0, len(images), batch_size)]
+    out = [
+        sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images[i : i + batch_size])})[0]
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -119,8 +134,12 @@ def parity(predictor: Predictor, sess, images: np.ndarray, batch_size: int = 256
     reference = predictor.predict_proba(images)
     exported = onnx_proba(sess, images, batch_size)
     agree = reference.argmax(1) == exported.argmax(1)
-    return {"images": int(len(images)), "max_abs_diff": float(np.abs(reference - exported).max()),
-            "label_agreement": float(agree.mean()), "labels_differing": int((~agree).sum())}
+    return {
+        "images": int(len(images)),
+        "max_abs_diff": float(np.abs(reference - exported).max()),
+        "label_agreement": float(agree.mean()),
+        "labels_differing": int((~agree).sum()),
+    }
 
 
 def check_parity(report: dict, max_diff: float) -> None:

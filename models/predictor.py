@@ -1,6 +1,7 @@
 """Inference without Lightning or MLflow: a network, its class names and input stats, applied to
 uint8 NHWC arrays already at the training size. Used by evaluate, the pyfunc model and predict.
 Loads from a saved model directory (safetensors weights) or a Lightning checkpoint (weights_only)."""
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,7 @@ class Predictor:
             raise ValueError(f"expected uint8 images of shape [N, {', '.join(map(str, expected))}], got {images.shape}")
         device = next(self.network.parameters()).device
         for start in range(0, len(images), self.batch_size):
-            chunk = (images[start:start + self.batch_size].astype(np.float32) - self._mean) / self._std
+            chunk = (images[start : start + self.batch_size].astype(np.float32) - self._mean) / self._std
             yield start, torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))).to(device)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -85,7 +86,7 @@ class Predictor:
         out = np.empty((len(images), len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
             for start, x in self._batches(images):
-                out[start:start + len(x)] = self._probabilities(x).cpu().numpy()
+                out[start : start + len(x)] = self._probabilities(x).cpu().numpy()
         return out
 
     def logits(self, images: np.ndarray) -> np.ndarray:
@@ -97,23 +98,32 @@ class Predictor:
         with torch.inference_mode():
             for start, x in self._batches(images):
                 for v, z in enumerate(self._views(x)):
-                    out[v, start:start + len(x)] = z.cpu().numpy()
+                    out[v, start : start + len(x)] = z.cpu().numpy()
         return out
 
 
-def save_model_files(target: str | Path, network_name: str, network: nn.Module, classes: list[str], stats: dict) -> dict[str, Path]:
+def save_model_files(
+    target: str | Path, network_name: str, network: nn.Module, classes: list[str], stats: dict
+) -> dict[str, Path]:
     """Write the four files a Predictor is made of into `target`; returns name -> path."""
     from safetensors.torch import save_file
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    files = {"weights": target / WEIGHTS, "stats": target / STATS, "classes": target / CLASSES, "network": target / NETWORK}
+    files = {
+        "weights": target / WEIGHTS,
+        "stats": target / STATS,
+        "classes": target / CLASSES,
+        "network": target / NETWORK,
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(files["weights"]))
     files["stats"].write_text(json.dumps(stats), encoding="utf-8")
     files["classes"].write_text(json.dumps(list(classes)), encoding="utf-8")
-    files["network"].write_text(json.dumps({"network": network_name, "num_classes": len(classes),
-                                            "in_chans": int(stats["channels"])}), encoding="utf-8")
+    files["network"].write_text(
+        json.dumps({"network": network_name, "num_classes": len(classes), "in_chans": int(stats["channels"])}),
+        encoding="utf-8",
+    )
     return files
 
 
@@ -123,8 +133,9 @@ def predictor_from_files(weights: str | Path, stats: str | Path, classes: str | 
     config = json.loads(Path(network).read_text(encoding="utf-8"))
     net = build_network(config["network"], int(config["num_classes"]), int(config["in_chans"]))
     net.load_state_dict(load_file(str(weights)))
-    return Predictor(net, json.loads(Path(classes).read_text(encoding="utf-8")),
-                     json.loads(Path(stats).read_text(encoding="utf-8")))
+    return Predictor(
+        net, json.loads(Path(classes).read_text(encoding="utf-8")), json.loads(Path(stats).read_text(encoding="utf-8"))
+    )
 
 
 def predictor_from_checkpoint(path: str | Path) -> Predictor:
@@ -132,7 +143,7 @@ def predictor_from_checkpoint(path: str | Path) -> Predictor:
     hp = checkpoint["hyper_parameters"]
     net = build_network(hp["network"], len(hp["classes"]), int(hp["stats"]["channels"]))
     prefix = "network."
-    net.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    net.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     return Predictor(net, list(hp["classes"]), dict(hp["stats"]))
 
 

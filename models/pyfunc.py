@@ -7,6 +7,7 @@ Saved as MLflow "models from code" (models/pyfunc_entry.py). Its code is the inf
 never unpickles anything, works from a plain Python session, and needs only the packages in REQUIREMENTS
 (tests/unit/test_portable_model.py loads it with Lightning, scipy, scikit-learn, albumentations, Prefect,
 DVC and torchvision unimportable, and checks REQUIREMENTS against the shipped code's imports)."""
+
 from __future__ import annotations
 
 import base64
@@ -48,7 +49,9 @@ class ImgclsModel(PythonModel):
     predictor: Predictor
 
     def load_context(self, context) -> None:
-        self.predictor = predictor_from_files(**{k: context.artifacts[k] for k in ("weights", "stats", "classes", "network")})
+        self.predictor = predictor_from_files(
+            **{k: context.artifacts[k] for k in ("weights", "stats", "classes", "network")}
+        )
 
     def class_names(self) -> list[str]:
         """The label set this model predicts (promotion refuses to compare models with different sets)."""
@@ -68,7 +71,11 @@ class ImgclsModel(PythonModel):
                 arrays.append(None)
                 errors.append(_message(exc))
         good = [i for i, a in enumerate(arrays) if a is not None]
-        proba = predictor.predict_proba(np.stack([arrays[i] for i in good])) if good else np.zeros((0, len(predictor.classes)))
+        proba = (
+            predictor.predict_proba(np.stack([arrays[i] for i in good]))
+            if good
+            else np.zeros((0, len(predictor.classes)))
+        )
         rows = [error_row(e) for e in errors]
         k = min(TOP_K, len(predictor.classes))
         for i, p in zip(good, proba):
@@ -104,8 +111,14 @@ def _signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score"), ColSpec("string", "top_k"),
-                        ColSpec("string", "error")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "label"),
+                ColSpec("double", "score"),
+                ColSpec("string", "top_k"),
+                ColSpec("string", "error"),
+            ]
+        ),
     )
 
 
@@ -137,8 +150,11 @@ def _shipped_models(staging: Path) -> Path:
 def _model_kwargs(files: dict[str, Path], example_image: np.ndarray, staging: Path) -> dict:
     code_paths = [str(_shipped_models(staging)), str(_shipped_base(staging))]
     return dict(
-        python_model=str(ENTRY), artifacts={k: str(v) for k, v in files.items()}, code_paths=code_paths,
-        signature=_signature(), input_example=_input_example(example_image),
+        python_model=str(ENTRY),
+        artifacts={k: str(v) for k, v in files.items()},
+        code_paths=code_paths,
+        signature=_signature(),
+        input_example=_input_example(example_image),
         # pinned from this environment; inferring them would load the model in a subprocess
         pip_requirements=[_pinned(name) for name in REQUIREMENTS],
     )

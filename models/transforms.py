@@ -4,6 +4,7 @@ and eval pipelines, saves them as albumentations JSON in the prepared store and 
 
 albumentations is imported lazily: importing it phones PyPI for an update check unless
 NO_ALBUMENTATIONS_UPDATE is set, and loading params must neither touch the network nor take seconds."""
+
 from __future__ import annotations
 
 import difflib
@@ -17,12 +18,22 @@ from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tasks.common.prepared import EVAL_SPEC, TRAIN_SPEC
+
 # Transform classes a params list may not name: abstract bases, 3D/volume ops, tensor conversion
 # (the datamodule converts) and Normalize (appended by us from the train statistics). Lambda cannot
 # be serialized to JSON.
 _NOT_USER_TRANSFORMS = {
-    "BasicTransform", "DualTransform", "ImageOnlyTransform", "NoOp", "Transform3D", "Lambda",
-    "ToTensorV2", "ToTensor3D", "Normalize", "FromFloat", "ToFloat",
+    "BasicTransform",
+    "DualTransform",
+    "ImageOnlyTransform",
+    "NoOp",
+    "Transform3D",
+    "Lambda",
+    "ToTensorV2",
+    "ToTensor3D",
+    "Normalize",
+    "FromFloat",
+    "ToFloat",
 }
 
 
@@ -38,15 +49,21 @@ def albumentations():
 def transform_classes() -> dict[str, type]:
     A = albumentations()
     return {
-        name: obj for name in dir(A)
-        if isinstance(obj := getattr(A, name), type) and issubclass(obj, A.BasicTransform)
-        and name not in _NOT_USER_TRANSFORMS and not name.endswith("3D")
+        name: obj
+        for name in dir(A)
+        if isinstance(obj := getattr(A, name), type)
+        and issubclass(obj, A.BasicTransform)
+        and name not in _NOT_USER_TRANSFORMS
+        and not name.endswith("3D")
     }
 
 
 def _arguments(cls: type) -> dict[str, inspect.Parameter]:
-    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: p
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _suggest(word: str, choices) -> str:
@@ -72,9 +89,11 @@ def check_specs(specs: list[dict[str, Any]], image_size: int, field: str = "tran
         if not isinstance(name, str):
             raise _error((field, i, "name"), "each transform needs `name: <albumentations class>`", entry)
         if name not in classes:
-            raise _error((field, i, "name"),
-                         f"unknown transform {name!r}{_suggest(name, classes) or ' (not an albumentations 2 transform)'}",
-                         entry)
+            raise _error(
+                (field, i, "name"),
+                f"unknown transform {name!r}{_suggest(name, classes) or ' (not an albumentations 2 transform)'}",
+                entry,
+            )
         allowed = _arguments(classes[name])
         args = {k: v for k, v in entry.items() if k != "name"}
         for key in args:
@@ -126,5 +145,7 @@ def load_transforms(prepared_dir: str | Path):
     float32 HxWxC normalized with the train statistics. Used by the datamodule and the pyfunc model."""
     A = albumentations()
     prepared_dir = Path(prepared_dir)
-    return (A.load(str(prepared_dir / TRAIN_SPEC), data_format="json"),
-            A.load(str(prepared_dir / EVAL_SPEC), data_format="json"))
+    return (
+        A.load(str(prepared_dir / TRAIN_SPEC), data_format="json"),
+        A.load(str(prepared_dir / EVAL_SPEC), data_format="json"),
+    )

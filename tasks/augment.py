@@ -2,6 +2,7 @@
 (resized, fixed channel count) into images.npy, so an epoch decodes no file; the augmentation
 pipeline from params.yaml is saved beside it as albumentations JSON, ending with Normalize by the
 train statistics. Also writes reports/augment/preview.png (augmented draws) and summary.md."""
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from models import transforms
 from tasks.common import engine
 from tasks.common import prepared as prepared_store
-from tasks.common.atomic import atomic_dir, atomic_path, write_json, write_text
+from tasks.common.atomic import atomic_dir, atomic_path, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["row", "image_id", "label", "label_idx", "split", "balance_copy"]
 PREVIEW_SEED = 0  # the preview is a DVC output: the same params must draw the same picture
-MIN_STD = 1e-6    # a constant channel would make Normalize divide by zero
+MIN_STD = 1e-6  # a constant channel would make Normalize divide by zero
 
 
 def _default_transforms() -> list[dict[str, Any]]:
@@ -59,12 +60,13 @@ class Params(Strict):
     workers: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")
-    def _check_transforms(self) -> "Params":
+    def _check_transforms(self) -> Params:
         self.transforms = transforms.check_specs(self.transforms, self.image_size)
         return self
 
 
 # ---- rows -------------------------------------------------------------------------------------
+
 
 def select_rows(manifest: pd.DataFrame, exclude_suspects: bool) -> tuple[pd.DataFrame, int]:
     """Rows that go into the store, in a stable order (split, label, image_id), and how many train
@@ -104,6 +106,7 @@ def build_index(kept: pd.DataFrame, classes: list[str], balance: Balance) -> pd.
 
 # ---- decoding ---------------------------------------------------------------------------------
 
+
 def _load_one(job: tuple[str, int, int]) -> tuple[np.ndarray | None, bool, str]:
     """(array, is_gray, error) for one stored image; runs in a worker process."""
     path, size, channels = job
@@ -114,7 +117,11 @@ def _load_one(job: tuple[str, int, int]) -> tuple[np.ndarray | None, bool, str]:
     arr = to_array(img, size, channels)
     # palette and RGB files whose pixels are all gray count as grayscale: the channel check runs on
     # the resized pixels, which is what the network will see
-    gray = channels == 1 or img.mode == "L" or bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all())
+    gray = (
+        channels == 1
+        or img.mode == "L"
+        or bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all())
+    )
     return arr, gray, ""
 
 
@@ -141,13 +148,17 @@ def decode_all(paths: list[Path], size: int, channels: int, out: np.ndarray, wor
     jobs = [str(p if Path(p).is_absolute() else cwd / p) for p in paths]
     all_gray = True
     start = 0
-    with engine.session(len(jobs), what="augment") as eng, \
-            tqdm(total=len(jobs), desc="augment: decode", unit="img", disable=None) as bar:
+    with (
+        engine.session(len(jobs), what="augment") as eng,
+        tqdm(total=len(jobs), desc="augment: decode", unit="img", disable=None) as bar,
+    ):
         for arrays, gray, errors in eng.map_partitions(_load_partition, jobs, size, channels):
             if errors:
                 i, error = errors[0]
-                raise UserError(f"{paths[start + i]}: {error} (the image store changed after `clean`; re-run ingest and clean)")
-            out[start:start + len(arrays)] = arrays
+                raise UserError(
+                    f"{paths[start + i]}: {error} (the image store changed after `clean`; re-run ingest and clean)"
+                )
+            out[start : start + len(arrays)] = arrays
             all_gray &= bool(gray.all())
             start += len(arrays)
             bar.update(len(arrays))
@@ -167,7 +178,9 @@ def write_images(tmp: Path, files: list[Path], params: Params) -> int:
         return decode_channels
     channels = 1 if all_gray else 3
     if channels == 1:
-        gray = np.lib.format.open_memmap(tmp / prepared_store.IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size, 1))
+        gray = np.lib.format.open_memmap(
+            tmp / prepared_store.IMAGES, mode="w+", dtype=np.uint8, shape=(n, size, size, 1)
+        )
         gray[:] = arr[..., :1]
         gray.flush()
         del arr
@@ -186,7 +199,7 @@ def channel_stats(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tu
     total = np.zeros(images.shape[-1])
     squares = np.zeros(images.shape[-1])
     for start in range(0, len(rows), chunk):
-        block = images[np.sort(rows[start:start + chunk])].astype(np.float64) / 255.0
+        block = images[np.sort(rows[start : start + chunk])].astype(np.float64) / 255.0
         total += block.sum(axis=(0, 1, 2))
         squares += np.square(block).sum(axis=(0, 1, 2))
     count = len(rows) * images.shape[1] * images.shape[2]
@@ -202,11 +215,14 @@ def check_output_shape(params: Params, channels: int) -> None:
     shape = (params.image_size, params.image_size, channels)
     out = compose(image=np.zeros(shape, np.uint8))["image"]
     if out.shape != shape:
-        raise UserError(f"augment.transforms turn a {shape} image into {tuple(out.shape)}: "
-                        f"every transform must keep image_size and channels={channels}")
+        raise UserError(
+            f"augment.transforms turn a {shape} image into {tuple(out.shape)}: "
+            f"every transform must keep image_size and channels={channels}"
+        )
 
 
 # ---- reports ----------------------------------------------------------------------------------
+
 
 def preview_rows(index: pd.DataFrame, n: int) -> pd.DataFrame:
     """Up to n distinct train images, taking classes in turn so every class shows."""
@@ -215,7 +231,9 @@ def preview_rows(index: pd.DataFrame, n: int) -> pd.DataFrame:
     return ranked.sort_values(["_rank", "label"], kind="stable").head(n)
 
 
-def preview_grid(images: np.ndarray, rows: list[int], compose, mean: list[float], std: list[float], draws: int) -> np.ndarray:
+def preview_grid(
+    images: np.ndarray, rows: list[int], compose, mean: list[float], std: list[float], draws: int
+) -> np.ndarray:
     """uint8 RGB mosaic: a row per image, the stored image first, then `draws` augmented draws
     (normalized output mapped back to pixels). Cells are scaled up to at least 64 px."""
     size = images.shape[1]
@@ -233,7 +251,7 @@ def preview_grid(images: np.ndarray, rows: list[int], compose, mean: list[float]
         for c, img in enumerate(cells):
             big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
             y, x = pad + r * (cell + pad), pad + c * (cell + pad)
-            grid[y:y + cell, x:x + cell] = big  # a gray cell broadcasts over RGB
+            grid[y : y + cell, x : x + cell] = big  # a gray cell broadcasts over RGB
     return grid
 
 
@@ -251,23 +269,35 @@ def summary_markdown(index: pd.DataFrame, stats: dict, excluded: int, preview_la
     copies = index[index["balance_copy"]]["label"].value_counts()
     lines = [
         f"# augment: {len(stored)} images prepared ({stats['image_size']}x{stats['image_size']}, "
-        f"{stats['channels']} channel{'s' if stats['channels'] > 1 else ''}) in {seconds:.1f} s", "",
+        f"{stats['channels']} channel{'s' if stats['channels'] > 1 else ''}) in {seconds:.1f} s",
+        "",
         f"- normalization (train split, 0..1): mean {', '.join(f'{v:.4f}' for v in stats['mean'])}; "
         f"std {', '.join(f'{v:.4f}' for v in stats['std'])}",
         f"- suspected mislabels left out of train: {excluded}",
-        f"- balance copies (extra train rows, augmented differently each epoch): {int(copies.sum())}", "",
-        "## Rows per class and split", "", "| class | train | val | test | balance copies |", "|---|---|---|---|---|",
+        f"- balance copies (extra train rows, augmented differently each epoch): {int(copies.sum())}",
+        "",
+        "## Rows per class and split",
+        "",
+        "| class | train | val | test | balance copies |",
+        "|---|---|---|---|---|",
     ]
     for label, row in counts.iterrows():
         lines.append(f"| {label} | {row['train']} | {row['val']} | {row['test']} | {int(copies.get(label, 0))} |")
-    lines.append(f"| **total** | {counts['train'].sum()} | {counts['val'].sum()} | {counts['test'].sum()} | {int(copies.sum())} |")
-    lines += ["", "## preview.png", "",
-              "Each row is one train image: the stored (resized) image first, then augmented draws.",
-              f"Rows, top to bottom: {', '.join(preview_labels)}."]
+    lines.append(
+        f"| **total** | {counts['train'].sum()} | {counts['val'].sum()} | {counts['test'].sum()} | {int(copies.sum())} |"
+    )
+    lines += [
+        "",
+        "## preview.png",
+        "",
+        "Each row is one train image: the stored (resized) image first, then augmented draws.",
+        f"Rows, top to bottom: {', '.join(preview_labels)}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 # ---- stage ------------------------------------------------------------------------------------
+
 
 def run(params: Params, paths: Paths) -> dict:
     started = time.perf_counter()
@@ -285,8 +315,13 @@ def run(params: Params, paths: Paths) -> dict:
         images = prepared_store.open_images(tmp)
         train_rows = index.loc[(index["split"] == "train") & ~index["balance_copy"], "row"].to_numpy()
         mean, std = channel_stats(images, train_rows)
-        stats = {"image_size": params.image_size, "channels": channels, "mean": mean, "std": std,
-                 "test_time_flip": params.test_time_flip}
+        stats = {
+            "image_size": params.image_size,
+            "channels": channels,
+            "mean": mean,
+            "std": std,
+            "test_time_flip": params.test_time_flip,
+        }
         train_tf = transforms.build(params.transforms, mean, std)
         prepared_store.write_metadata(tmp, index, classes, stats)
         transforms.save(train_tf, tmp / prepared_store.TRAIN_SPEC)
@@ -300,10 +335,16 @@ def run(params: Params, paths: Paths) -> dict:
     write_text(summary_markdown(index, stats, excluded, shown["label"].tolist(), seconds), report_dir / "summary.md")
     split_counts = index[~index["balance_copy"]]["split"].value_counts()
     return {
-        "images": len(kept), "classes": len(classes), "channels": channels, "image_size": params.image_size,
+        "images": len(kept),
+        "classes": len(classes),
+        "channels": channels,
+        "image_size": params.image_size,
         "rows": {s: int(split_counts.get(s, 0)) for s in SPLITS},
-        "balance_copies": int(index["balance_copy"].sum()), "suspects_excluded": excluded,
-        "mean": mean, "std": std, "seconds": round(seconds, 2),
+        "balance_copies": int(index["balance_copy"].sum()),
+        "suspects_excluded": excluded,
+        "mean": mean,
+        "std": std,
+        "seconds": round(seconds, 2),
     }
 
 

@@ -8,6 +8,7 @@ feedback (origin "feedback") never sets the data it contradicts aside: only the 
 flagged), outlier (nothing like the rest of its class). Awkward-but-valid files (CMYK, 16-bit, palette
 with transparency, EXIF-rotated, ...) are normalized by tasks.common.images and kept. Nothing is
 deleted from the store or the user's source."""
+
 from __future__ import annotations
 
 import time
@@ -19,15 +20,15 @@ import pandas as pd
 from pydantic import Field
 from tqdm import tqdm
 
+from tasks.checks import inspection_cache
+from tasks.checks.phash import as_int64, radius_pairs
+from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_partition
 from tasks.common import engine
 from tasks.common.atomic import write_parquet
-from tasks.checks import inspection_cache
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
 from tasks.common.params import Paths, Strict
-from tasks.checks.phash import as_int64, radius_pairs
-from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_partition
 from tasks.common.reports import flagged_frame, write_stage_reports
 
 # row position in the sorted manifest -> (reason, detail, kept_image_id)
@@ -66,11 +67,19 @@ def run(params: Params, paths: Paths) -> dict:
     kept = rows.drop(index=list(flags)).reset_index(drop=True)
     kept["pixel_hash"] = [inspections[i].pixel_hash for i in kept["image_id"]]
     kept["phash"] = np.array([as_int64(inspections[i].phash) for i in kept["image_id"]], dtype=np.int64)
-    flagged = flagged_frame([
-        {"source_path": rows.at[pos, "source_path"], "image_id": rows.at[pos, "image_id"],
-         "label": rows.at[pos, "label"], "reason": reason, "detail": detail, "kept_image_id": kept_id}
-        for pos, (reason, detail, kept_id) in flags.items()
-    ])
+    flagged = flagged_frame(
+        [
+            {
+                "source_path": rows.at[pos, "source_path"],
+                "image_id": rows.at[pos, "image_id"],
+                "label": rows.at[pos, "label"],
+                "reason": reason,
+                "detail": detail,
+                "kept_image_id": kept_id,
+            }
+            for pos, (reason, detail, kept_id) in flags.items()
+        ]
+    )
     notes = [
         f"too_large above {params.max_pixels} pixels (from the header); too_small below {params.min_side} px",
         f"low_information: grayscale std < {params.min_std} or over {params.max_dominant_fraction:.0%} of pixels one value",
@@ -79,8 +88,15 @@ def run(params: Params, paths: Paths) -> dict:
         f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
         f"structure, fine detail), in {outlier_classes} class(es) with >= {params.outlier_min_class_size} images",
     ]
-    write_stage_reports("clean", paths.report_dir("clean"), flagged, kept, len(rows),
-                        lambda image_id: store_path(paths.store, image_id), notes)
+    write_stage_reports(
+        "clean",
+        paths.report_dir("clean"),
+        flagged,
+        kept,
+        len(rows),
+        lambda image_id: store_path(paths.store, image_id),
+        notes,
+    )
     # the manifest goes last: downstream stages only ever see it next to matching reports
     write_parquet(kept[INGESTED_COLUMNS + CLEAN_COLUMNS], paths.cleaned)
     return {
@@ -92,18 +108,20 @@ def run(params: Params, paths: Paths) -> dict:
     }
 
 
-def inspect_all(image_ids: list[str], store: str, params: Params,
-                cached: dict[str, Inspection] | None = None) -> dict[str, Inspection]:
+def inspect_all(
+    image_ids: list[str], store: str, params: Params, cached: dict[str, Inspection] | None = None
+) -> dict[str, Inspection]:
     """Decode every distinct file not in `cached` once, in partitions on the engine (this process
     for small data, else Dask workers: tasks.common.engine), which are given the absolute store path."""
     cached = cached or {}
     results: dict[str, Inspection] = {i: cached[i] for i in image_ids if i in cached}
     todo = [image_id for image_id in image_ids if image_id not in cached]
     missing: list[str] = []
-    with engine.session(len(todo), what="clean") as eng, \
-            tqdm(total=len(todo), desc="clean", unit="img", disable=None) as bar:
-        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store),
-                                           params.max_pixels, str(store)):
+    with (
+        engine.session(len(todo), what="clean") as eng,
+        tqdm(total=len(todo), desc="clean", unit="img", disable=None) as bar,
+    ):
+        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store), params.max_pixels, str(store)):
             for image_id, insp in done:
                 if insp is None:
                     missing.append(image_id)
@@ -114,8 +132,10 @@ def inspect_all(image_ids: list[str], store: str, params: Params,
     if missing:
         absent = set(missing)
         missing = [image_id for image_id in image_ids if image_id in absent]
-        raise UserError(f"{len(missing)} image(s) of the ingested manifest are missing from the store "
-                        f"{store} (first: {missing[0]}): run the `ingest` stage again")
+        raise UserError(
+            f"{len(missing)} image(s) of the ingested manifest are missing from the store "
+            f"{store} (first: {missing[0]}): run the `ingest` stage again"
+        )
     return results
 
 
@@ -161,13 +181,20 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
             (label,) = trusted_labels
             for pos in members:
                 if feedback[pos] and str(rows.at[pos, "label"]) != label:
-                    flags[pos] = ("label_conflict", f"feedback: same pixels as {rows.at[trusted[0], 'source_path']} "
-                                                    f"labelled {label}", "")
+                    flags[pos] = (
+                        "label_conflict",
+                        f"feedback: same pixels as {rows.at[trusted[0], 'source_path']} labelled {label}",
+                        "",
+                    )
             labels = [label]
         members = sorted((pos for pos in members if pos not in flags), key=lambda pos: feedback[pos])  # data first
         if len(labels) > 1:
             for pos in members:
-                flags[pos] = ("label_conflict", f"same pixels as {len(members) - 1} other file(s); labels {', '.join(labels)}", "")
+                flags[pos] = (
+                    "label_conflict",
+                    f"same pixels as {len(members) - 1} other file(s); labels {', '.join(labels)}",
+                    "",
+                )
             continue
         keep = members[0]
         for pos in members[1:]:
@@ -210,8 +237,11 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
     conflicted = {a for a, near in neighbours.items() if any(contradicts(b, a) for b in near)}
     for a in sorted(conflicted):
         b = min(n for n in neighbours[a] if contradicts(n, a))
-        flags[alive[a]] = ("label_conflict", f"{bits(a, b)} bits from {rows.at[alive[b], 'source_path']} "
-                                             f"labelled {labels[b]}", "")
+        flags[alive[a]] = (
+            "label_conflict",
+            f"{bits(a, b)} bits from {rows.at[alive[b], 'source_path']} labelled {labels[b]}",
+            "",
+        )
     set_aside: set[int] = set(conflicted)
     for a in sorted(range(len(alive)), key=lambda a: feedback[a]):  # a copy in the data is kept before feedback
         if a in set_aside:
@@ -219,8 +249,11 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
         for b in sorted(neighbours.get(a, ())):
             if b not in set_aside:
                 set_aside.add(b)
-                flags[alive[b]] = ("near_duplicate", f"{bits(a, b)} bits from {rows.at[alive[a], 'source_path']}",
-                                   rows.at[alive[a], "image_id"])
+                flags[alive[b]] = (
+                    "near_duplicate",
+                    f"{bits(a, b)} bits from {rows.at[alive[a], 'source_path']}",
+                    rows.at[alive[a], "image_id"],
+                )
 
 
 OUTLIER_NEIGHBOURS = 5
@@ -250,7 +283,7 @@ def _log_neighbour_distance(thumbs: np.ndarray, groups: np.ndarray, min_size: in
             continue
         refs = members[np.linspace(0, len(members) - 1, min(len(members), OUTLIER_REFERENCES)).astype(int)]
         x, r = thumbs[members], thumbs[refs]
-        sq = (x ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2 * x @ r.T
+        sq = (x**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * x @ r.T
         sq[members[:, None] == refs[None, :]] = np.inf  # an image is not its own neighbour
         k = min(OUTLIER_NEIGHBOURS, len(refs) - 1)
         nearest = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, :k], 0)).mean(axis=1)
@@ -272,15 +305,17 @@ def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int
     data set: a mislabelled picture is unlike its class but like plenty of others (that is
     validate's suspect_label), and a class made of smooth pictures is smooth everywhere but
     ordinary at home."""
-    thumbs = features[:, :FEATURE_SIDE * FEATURE_SIDE]
+    thumbs = features[:, : FEATURE_SIDE * FEATURE_SIDE]
     everyone = np.zeros(len(labels), dtype=np.int8)
 
     def both(class_values: np.ndarray, overall_values: np.ndarray) -> np.ndarray:
         return np.fmin(_robust_z(class_values, labels, min_class_size), _robust_z(overall_values, everyone, 1))
 
     tests = {
-        "unlike its nearest look-alikes": both(_log_neighbour_distance(thumbs, labels, min_class_size),
-                                               _log_neighbour_distance(thumbs, everyone, min_class_size)),
+        "unlike its nearest look-alikes": both(
+            _log_neighbour_distance(thumbs, labels, min_class_size),
+            _log_neighbour_distance(thumbs, everyone, min_class_size),
+        ),
         "almost no large-scale structure (noise-like)": both(-features[:, -2], -features[:, -2]) / SPECTRAL_STRICTNESS,
         "almost no fine detail (flat gradient)": both(-features[:, -1], -features[:, -1]) / SPECTRAL_STRICTNESS,
     }

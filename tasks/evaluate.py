@@ -1,6 +1,7 @@
 """evaluate: score the trained model on the held-out splits of the prepared store, compare it with a
 classical baseline, write reports/evaluate/ (metrics.json, per_class.csv, predictions.csv and pictures)
 and log all of it to the training run in MLflow."""
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,10 @@ def run(params: Params, paths: Paths) -> dict:
         y_true = frame["label_idx"].to_numpy()
         proba = predict_proba(predictor, store.images, frame["row"].to_numpy(), len(store.classes))
         scored[split] = frame, y_true, proba
-        metrics |= {f"{split}/{k}": v for k, v in
-                    classification_metrics(y_true, proba, params.top_k, params.calibration_bins).items()}
+        metrics |= {
+            f"{split}/{k}": v
+            for k, v in classification_metrics(y_true, proba, params.top_k, params.calibration_bins).items()
+        }
         per_class.append(per_class_table(y_true, proba.argmax(1), store.classes).assign(split=split))
     pictured = params.splits[-1]
     if pictured not in scored:
@@ -68,8 +71,13 @@ def run(params: Params, paths: Paths) -> dict:
     if params.baseline.enabled:
         _use_tracking_uri(train_run)
         result = run_baseline(
-            params.baseline, store, splits=params.splits, dataset_version=str(train_run.get("dataset_version", "")),
-            top_k=params.top_k, bins=params.calibration_bins, experiment_id=train_run.get("experiment_id"),
+            params.baseline,
+            store,
+            splits=params.splits,
+            dataset_version=str(train_run.get("dataset_version", "")),
+            top_k=params.top_k,
+            bins=params.calibration_bins,
+            experiment_id=train_run.get("experiment_id"),
         )
         baseline_run_id = result["run_id"]
         metrics |= {f"baseline/{k}": v for k, v in result["metrics"].items()}
@@ -79,8 +87,11 @@ def run(params: Params, paths: Paths) -> dict:
         write_reports(tmp, store, *scored[pictured], metrics, pd.concat(per_class), params)
     log_to_training_run(train_run, metrics, out_dir, baseline_run_id)
     return {
-        "metrics": metrics, "images": {split: len(frame) for split, (frame, _, _) in scored.items()},
-        "pictured_split": pictured, "run_id": train_run["run_id"], "baseline_run_id": baseline_run_id,
+        "metrics": metrics,
+        "images": {split: len(frame) for split, (frame, _, _) in scored.items()},
+        "pictured_split": pictured,
+        "run_id": train_run["run_id"],
+        "baseline_run_id": baseline_run_id,
         "report_dir": str(out_dir),
     }
 
@@ -93,7 +104,7 @@ def _load_predictor(train_dir: Path):
 
 def predict_proba(predictor, images: np.ndarray, rows: np.ndarray, n_classes: int) -> np.ndarray:
     parts = [
-        np.asarray(predictor.predict_proba(np.asarray(images[rows[i:i + _BATCH]])), dtype=np.float64)
+        np.asarray(predictor.predict_proba(np.asarray(images[rows[i : i + _BATCH]])), dtype=np.float64)
         for i in tqdm(range(0, len(rows), _BATCH), desc="scoring", unit="batch", disable=None)
     ]
     proba = np.concatenate(parts)
@@ -104,8 +115,14 @@ def predict_proba(predictor, images: np.ndarray, rows: np.ndarray, n_classes: in
 
 
 def write_reports(
-    out_dir: Path, store: PreparedStore, frame: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray,
-    metrics: dict[str, float], per_class: pd.DataFrame, params: Params,
+    out_dir: Path,
+    store: PreparedStore,
+    frame: pd.DataFrame,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    metrics: dict[str, float],
+    per_class: pd.DataFrame,
+    params: Params,
 ) -> None:
     classes = store.classes
     split = frame["split"].iloc[0]
@@ -116,9 +133,15 @@ def write_reports(
     write_csv(pd.DataFrame({"actual": names[y_true], "predicted": names[y_pred]}), out_dir / "predictions.csv")
     counts, normalized = confusion(y_true, y_pred, len(classes))
     confusion_plot(counts, classes, out_dir / "confusion.png", f"{split}: confusion matrix (images)")
-    confusion_plot(normalized, classes, out_dir / "confusion_normalized.png", f"{split}: confusion matrix (share of true class)")
-    reliability_plot(reliability_table(y_true, proba, params.calibration_bins), metrics[f"{split}/ece"],
-                     out_dir / "reliability.png", f"{split}: reliability")
+    confusion_plot(
+        normalized, classes, out_dir / "confusion_normalized.png", f"{split}: confusion matrix (share of true class)"
+    )
+    reliability_plot(
+        reliability_table(y_true, proba, params.calibration_bins),
+        metrics[f"{split}/ece"],
+        out_dir / "reliability.png",
+        f"{split}: reliability",
+    )
     images = store.images[frame["row"].to_numpy()]
     mistakes_gallery(images, y_true, proba, classes, out_dir / "mistakes.png", params.gallery_size)
 

@@ -15,6 +15,7 @@ admitted. A feedback label never overrides the data: an image already in the sou
 the store from earlier runs) under another label, or posted with two different labels, goes to
 reports/ingest/feedback_review.csv (or skipped.csv as label_conflict) instead of the manifest, and a
 label no trusted image has is refused (unknown_label) unless allow_new_classes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,17 @@ from tasks.common.sample import SAMPLE_PREFIX, materialize_sample
 
 log = logging.getLogger(__name__)
 SKIPPED_COLUMNS = ["source_path", "reason", "detail"]
-REVIEW_COLUMNS = ["source_path", "image_id", "label", "conflicting_labels", "existing_source", "received_at",
-                  "client_address", "token_id", "detail"]
+REVIEW_COLUMNS = [
+    "source_path",
+    "image_id",
+    "label",
+    "conflicting_labels",
+    "existing_source",
+    "received_at",
+    "client_address",
+    "token_id",
+    "detail",
+]
 # text that means "no label" in a table: what NaN and pd.NA become when a column is cast to str
 _MISSING_TEXT = {"nan", "<na>"}
 _DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+)")
@@ -140,8 +150,9 @@ def run(params: Params, paths: Paths) -> dict:
     }
 
 
-def _ingest_one(cand: Candidate, cache: _HashCache, paths: Paths, previous: dict, now: str,
-                skipped: list[dict]) -> tuple[dict | None, int]:
+def _ingest_one(
+    cand: Candidate, cache: _HashCache, paths: Paths, previous: dict, now: str, skipped: list[dict]
+) -> tuple[dict | None, int]:
     """Hash (or take from the cache) and copy one file; an unusable one is reported, not raised."""
     try:
         entry = cache.lookup(cand.file)
@@ -156,11 +167,18 @@ def _ingest_one(cand: Candidate, cache: _HashCache, paths: Paths, previous: dict
         skipped.append({"source_path": cand.source_path, "reason": "unreadable", "detail": _os_error(exc)})
         return None, 0
     first = previous.get("times", {}).get((cand.source_path, entry["image_id"]), now)
-    return {**entry, "source_path": cand.source_path, "label": cand.label, "ingested_at": first,
-            "origin": cand.origin, "given_split": cand.given_split}, copied
+    return {
+        **entry,
+        "source_path": cand.source_path,
+        "label": cand.label,
+        "ingested_at": first,
+        "origin": cand.origin,
+        "given_split": cand.given_split,
+    }, copied
 
 
 # --- labels --------------------------------------------------------------------------------------
+
 
 def _text(value) -> str:
     """A manifest cell as text: None / NaN / <NA> are empty."""
@@ -207,6 +225,7 @@ def _number(value: float, text: str | None = None) -> str:
 
 # --- sources -------------------------------------------------------------------------------------
 
+
 def _source_candidates(params: Params, paths: Paths, skipped: list[dict]):
     source = params.source
     if source.startswith(SAMPLE_PREFIX):
@@ -218,7 +237,9 @@ def _source_candidates(params: Params, paths: Paths, skipped: list[dict]):
     if path.is_file() and path.suffix.lower() in (".csv", ".parquet"):
         return _manifest_candidates(path, params, skipped)
     if not path.exists():
-        raise UserError(f"ingest.source: {source!r} does not exist (a folder, a .csv/.parquet manifest or sample:digits)")
+        raise UserError(
+            f"ingest.source: {source!r} does not exist (a folder, a .csv/.parquet manifest or sample:digits)"
+        )
     raise UserError(f"ingest.source: {source!r} is neither a folder nor a .csv/.parquet manifest")
 
 
@@ -227,8 +248,13 @@ def _is_hidden(rel: Path) -> bool:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -242,8 +268,9 @@ def _os_error(exc: OSError) -> str:
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
-def _folder_candidates(root: Path, origin: str, skipped: list[dict], display_prefix: str | None = None,
-                       allow_outside: bool = False) -> Iterator[Candidate]:
+def _folder_candidates(
+    root: Path, origin: str, skipped: list[dict], display_prefix: str | None = None, allow_outside: bool = False
+) -> Iterator[Candidate]:
     """Class-subfolder layout: root/<label>/**/<file>. A nested folder inside a class folder still
     belongs to that class; files directly under root have no label. Symlinks (files or folders,
     class folders too) are followed while they stay inside root (anywhere with allow_outside)."""
@@ -312,7 +339,9 @@ def _read_manifest_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, dtype=str, keep_default_na=False)
         return pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for a broken table
-        raise UserError(f"{path}: cannot read manifest ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"{path}: cannot read manifest ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
 
 
 def _manifest_candidates(path: Path, params: Params, skipped: list[dict]):
@@ -325,7 +354,9 @@ def _manifest_candidates(path: Path, params: Params, skipped: list[dict]):
         )
     base = path.parent.resolve()
     splits = table[params.split_column].tolist() if params.split_column in table.columns else [""] * len(table)
-    for given_raw, label_raw, split_raw in zip(table[params.path_column].tolist(), table[params.label_column].tolist(), splits):
+    for given_raw, label_raw, split_raw in zip(
+        table[params.path_column].tolist(), table[params.label_column].tolist(), splits
+    ):
         given = _text(given_raw)
         label = label_text(label_raw)
         split = _text(split_raw).lower()
@@ -338,29 +369,47 @@ def _manifest_candidates(path: Path, params: Params, skipped: list[dict]):
         named = base / given
         file = Path(os.path.realpath(named))
         if not params.allow_outside_paths and not file.is_relative_to(base):
-            skipped.append({"source_path": given, "reason": "outside_source",
-                            "detail": "path escapes the manifest's folder (set ingest.allow_outside_paths)"})
+            skipped.append(
+                {
+                    "source_path": given,
+                    "reason": "outside_source",
+                    "detail": "path escapes the manifest's folder (set ingest.allow_outside_paths)",
+                }
+            )
             continue
         try:
             st = os.stat(file)
         except OSError as exc:
             if os.path.islink(named) or exc.errno == errno.ELOOP:
-                skipped.append({"source_path": given, "reason": "broken_link", "detail": "dangling symlink or symlink loop"})
+                skipped.append(
+                    {"source_path": given, "reason": "broken_link", "detail": "dangling symlink or symlink loop"}
+                )
             else:
                 skipped.append({"source_path": given, "reason": "missing", "detail": "file not found"})
             continue
         if not stat.S_ISREG(st.st_mode):
             skipped.append({"source_path": given, "reason": "not_regular", "detail": f"{_kind(st.st_mode)}, not read"})
         elif split not in ("", "train", "val", "test"):
-            skipped.append({"source_path": given, "reason": "bad_split", "detail": f"split {split!r} not train/val/test"})
+            skipped.append(
+                {"source_path": given, "reason": "bad_split", "detail": f"split {split!r} not train/val/test"}
+            )
         else:
             yield Candidate(file, given, label, "source", split)
 
 
 # --- feedback ------------------------------------------------------------------------------------
 
-def _admit_feedback(policy: FeedbackPolicy, paths: Paths, rows: list[dict], previous: dict, cache: _HashCache,
-                    now: str, skipped: list[dict], review: list[dict]) -> tuple[list[dict], int]:
+
+def _admit_feedback(
+    policy: FeedbackPolicy,
+    paths: Paths,
+    rows: list[dict],
+    previous: dict,
+    cache: _HashCache,
+    now: str,
+    skipped: list[dict],
+    review: list[dict],
+) -> tuple[list[dict], int]:
     """Admitted feedback rows (origin "feedback"); conflicts go to `review` (or skipped), refusals to
     skipped. Trusted labels: this run's source + inbox rows and the earlier manifest's non-feedback rows."""
     display = str(paths.feedback).rstrip("/")
@@ -373,8 +422,13 @@ def _admit_feedback(policy: FeedbackPolicy, paths: Paths, rows: list[dict], prev
 
     sidecars, orphans = list_sidecars(paths.feedback)
     for image in orphans:
-        skipped.append({"source_path": f"{display}/{image.name}", "reason": "bad_feedback",
-                        "detail": "no JSON sidecar (an upload in progress, or not written by imgcls serve)"})
+        skipped.append(
+            {
+                "source_path": f"{display}/{image.name}",
+                "reason": "bad_feedback",
+                "detail": "no JSON sidecar (an upload in progress, or not written by imgcls serve)",
+            }
+        )
     by_image: dict[str, list[tuple[Submission, str, dict]]] = defaultdict(list)
     for sidecar in sidecars:
         try:
@@ -383,7 +437,9 @@ def _admit_feedback(policy: FeedbackPolicy, paths: Paths, rows: list[dict], prev
             skipped.append({"source_path": f"{display}/{sidecar.name}", "reason": "bad_feedback", "detail": str(exc)})
             continue
         shown = f"{display}/{sub.image.name}"
-        sub.image = Path(os.path.realpath(sub.image.parent)) / sub.image.name  # one cache key however paths.feedback is spelt
+        sub.image = (
+            Path(os.path.realpath(sub.image.parent)) / sub.image.name
+        )  # one cache key however paths.feedback is spelt
         try:
             entry = cache.lookup(sub.image)
             if entry is None:
@@ -394,7 +450,13 @@ def _admit_feedback(policy: FeedbackPolicy, paths: Paths, rows: list[dict], prev
             skipped.append({"source_path": shown, "reason": reason, "detail": detail})
             continue
         if entry["image_id"] != sub.record.sha256:
-            skipped.append({"source_path": shown, "reason": "bad_feedback", "detail": "image bytes do not match the sidecar's sha256"})
+            skipped.append(
+                {
+                    "source_path": shown,
+                    "reason": "bad_feedback",
+                    "detail": "image bytes do not match the sidecar's sha256",
+                }
+            )
             continue
         by_image[entry["image_id"]].append((sub, shown, entry))
 
@@ -407,36 +469,68 @@ def _admit_feedback(policy: FeedbackPolicy, paths: Paths, rows: list[dict], prev
             label = label_text(sub.record.label, table=False)
             others = sorted((set(existing) | labels) - {label})
             if label in existing:
-                skipped.append({"source_path": shown, "reason": "duplicate",
-                                "detail": f"already in the data as {existing[label]} with the same label"})
+                skipped.append(
+                    {
+                        "source_path": shown,
+                        "reason": "duplicate",
+                        "detail": f"already in the data as {existing[label]} with the same label",
+                    }
+                )
             elif others:
                 where = next(iter(existing.values()), "")
-                detail = (f"already in the data as {where} labelled {', '.join(sorted(existing))}" if existing
-                          else f"the same image was sent as {', '.join(others)} too")
+                detail = (
+                    f"already in the data as {where} labelled {', '.join(sorted(existing))}"
+                    if existing
+                    else f"the same image was sent as {', '.join(others)} too"
+                )
                 if policy.on_conflict == "review":
-                    review.append({"source_path": shown, "image_id": image_id, "label": label,
-                                   "conflicting_labels": ";".join(others), "existing_source": where,
-                                   "received_at": sub.record.received_at, "client_address": sub.record.client.address,
-                                   "token_id": sub.record.client.token_id, "detail": detail})
+                    review.append(
+                        {
+                            "source_path": shown,
+                            "image_id": image_id,
+                            "label": label,
+                            "conflicting_labels": ";".join(others),
+                            "existing_source": where,
+                            "received_at": sub.record.received_at,
+                            "client_address": sub.record.client.address,
+                            "token_id": sub.record.client.token_id,
+                            "detail": detail,
+                        }
+                    )
                 else:
                     skipped.append({"source_path": shown, "reason": "label_conflict", "detail": detail})
             elif label not in known and not policy.allow_new_classes:
-                skipped.append({"source_path": shown, "reason": "unknown_label",
-                                "detail": f"feedback label {label!r} is not a class of the data (ingest.feedback.allow_new_classes)"})
+                skipped.append(
+                    {
+                        "source_path": shown,
+                        "reason": "unknown_label",
+                        "detail": f"feedback label {label!r} is not a class of the data (ingest.feedback.allow_new_classes)",
+                    }
+                )
             else:
                 try:
                     copied += _copy_into_store(sub.image, store_path(paths.store, image_id), entry)
                 except (_Unusable, OSError) as exc:
-                    reason, detail = (exc.reason, exc.detail) if isinstance(exc, _Unusable) else ("unreadable", _os_error(exc))
+                    reason, detail = (
+                        (exc.reason, exc.detail) if isinstance(exc, _Unusable) else ("unreadable", _os_error(exc))
+                    )
                     skipped.append({"source_path": shown, "reason": reason, "detail": detail})
                     continue
-                admitted.append({**entry, "source_path": shown, "label": label,
-                                 "ingested_at": previous.get("times", {}).get((shown, image_id), now),
-                                 "origin": "feedback", "given_split": ""})
+                admitted.append(
+                    {
+                        **entry,
+                        "source_path": shown,
+                        "label": label,
+                        "ingested_at": previous.get("times", {}).get((shown, image_id), now),
+                        "origin": "feedback",
+                        "given_split": "",
+                    }
+                )
     return admitted, copied
 
 
 # --- hashing, store ------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _open_regular(file: Path) -> Iterator[tuple]:
@@ -475,7 +569,14 @@ def _describe_file(file: Path) -> tuple[dict, tuple]:
             fmt, width, height, mode = header.format, header.width, header.height, header.mode
         except DecodeError:
             fmt, width, height, mode = "", 0, 0, ""
-    entry = {"image_id": digest.hexdigest(), "bytes": size, "format": fmt, "width": width, "height": height, "mode": mode}
+    entry = {
+        "image_id": digest.hexdigest(),
+        "bytes": size,
+        "format": fmt,
+        "width": width,
+        "height": height,
+        "mode": mode,
+    }
     return entry, (str(file), st.st_size, st.st_mtime_ns)
 
 
@@ -541,11 +642,16 @@ def _previous_manifest(path: Path) -> dict:
     if not path.is_file():
         return {}
     old = pd.read_parquet(path)
-    times = {(r.source_path, r.image_id): r.ingested_at
-             for r in old[["source_path", "image_id", "ingested_at"]].itertuples(index=False)}
+    times = {
+        (r.source_path, r.image_id): r.ingested_at
+        for r in old[["source_path", "image_id", "ingested_at"]].itertuples(index=False)
+    }
     if "origin" in old.columns:
         old = old[old["origin"] != "feedback"]
-    trusted = [(r.image_id, str(r.label), r.source_path) for r in old[["image_id", "label", "source_path"]].itertuples(index=False)]
+    trusted = [
+        (r.image_id, str(r.label), r.source_path)
+        for r in old[["image_id", "label", "source_path"]].itertuples(index=False)
+    ]
     return {"times": times, "trusted": trusted}
 
 
@@ -553,7 +659,10 @@ def _write_reports(out_dir: Path, manifest: pd.DataFrame, skipped: list[dict], r
     skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     write_csv(skipped_df, out_dir / "skipped.csv")
     write_csv(pd.DataFrame(review, columns=REVIEW_COLUMNS), out_dir / "feedback_review.csv")
-    lines = [f"# ingest: {len(manifest)} images in {manifest['label'].nunique()} classes, {len(skipped_df)} files skipped", ""]
+    lines = [
+        f"# ingest: {len(manifest)} images in {manifest['label'].nunique()} classes, {len(skipped_df)} files skipped",
+        "",
+    ]
     admitted = int((manifest["origin"] == "feedback").sum())
     if admitted or review:
         lines += [f"feedback: {admitted} admitted, {len(review)} sent to review (feedback_review.csv)", ""]

@@ -1,6 +1,7 @@
 """promote: register the trained model, score it and the current champion on the current test split,
 and move the `champion` alias only when every gate passes. Also the manual `promote_version` and
 `rollback` behind `imgcls promote` / `imgcls rollback`."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 class Params(Strict):
     model_name: str = Field("imgcls", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     metric: Literal[PROMOTION_METRICS] = "test/macro_f1"  # scored on the current test split
-    min_improvement: float = Field(0.002, ge=0)   # over the champion re-scored on the same images
-    floor: float = Field(0.9, ge=0, le=1)         # absolute minimum of `metric`, first model included
+    min_improvement: float = Field(0.002, ge=0)  # over the champion re-scored on the same images
+    floor: float = Field(0.9, ge=0, le=1)  # absolute minimum of `metric`, first model included
     max_class_recall_drop: float = Field(0.05, ge=0, le=1)
     max_ece: float | None = Field(None, ge=0, le=1)
     max_latency_ms: float | None = Field(None, gt=0)  # p50 single-image predict through the pyfunc
@@ -44,8 +45,16 @@ class Params(Strict):
     registry_writes: Literal["auto", "always", "never"] = "auto"
 
     def rules(self) -> Rules:
-        return Rules(self.metric, self.floor, self.min_improvement, self.max_class_recall_drop,
-                     self.max_ece, self.max_latency_ms, paired_gate=self.paired_gate, max_paired_p=self.max_paired_p)
+        return Rules(
+            self.metric,
+            self.floor,
+            self.min_improvement,
+            self.max_class_recall_drop,
+            self.max_ece,
+            self.max_latency_ms,
+            paired_gate=self.paired_gate,
+            max_paired_p=self.max_paired_p,
+        )
 
 
 def register_candidate(client, name: str, info: dict):
@@ -57,13 +66,18 @@ def register_candidate(client, name: str, info: dict):
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id} not found in {registry.tracking_uri()} (run.json says "
-                        f"{info.get('tracking_uri')}): set MLFLOW_TRACKING_URI to the store train used") from None
+        raise UserError(
+            f"run {run_id} not found in {registry.tracking_uri()} (run.json says "
+            f"{info.get('tracking_uri')}): set MLFLOW_TRACKING_URI to the store train used"
+        ) from None
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
         return min(existing, key=lambda v: int(v.version))
-    tags = {"run_id": run_id, "dataset_version": info.get("dataset_version") or "",
-            "git_commit": run.data.tags.get("git_commit", "")}
+    tags = {
+        "run_id": run_id,
+        "dataset_version": info.get("dataset_version") or "",
+        "git_commit": run.data.tags.get("git_commit", ""),
+    }
     tags.update({f"metric.{k}": v for k, v in sorted(run.data.metrics.items()) if k.startswith(("test/", "val/"))})
     return mlflow.register_model(info["model_uri"], name, tags={k: str(v) for k, v in tags.items() if v != ""})
 
@@ -122,16 +136,24 @@ def run(params: Params, paths: Paths) -> dict:
         decision["aliases"] = registry.aliases(client, name)
     write_json(decision, paths.report_dir("promote") / "decision.json")
     log.info("version %s: %s (%s)", candidate, decision["decision"], decision["reason"])
-    card = model_card(paths, model_name=name, version=candidate, decision=decision,
-                      dataset_version=info.get("dataset_version"), run_id=info["run_id"])
+    card = model_card(
+        paths,
+        model_name=name,
+        version=candidate,
+        decision=decision,
+        dataset_version=info.get("dataset_version"),
+        run_id=info["run_id"],
+    )
     attach_model_card(client, name, candidate, card)
     return {k: decision[k] for k in ("model_name", "decision", "reason", "aliases")} | {
-        "candidate_version": candidate, "compared_to": champion,
+        "candidate_version": candidate,
+        "compared_to": champion,
     }
 
 
-def judge_without_registering(client, name: str, info: dict, paths: Paths, params: Params,
-                              experiment: str | None) -> dict:
+def judge_without_registering(
+    client, name: str, info: dict, paths: Paths, params: Params, experiment: str | None
+) -> dict:
     """The same judgement against the current champion, written to decision.json, with nothing
     registered and no alias moved: what an experiment needs to compare, and no more."""
     test = load_test_set(paths.split, paths.store)
@@ -140,15 +162,20 @@ def judge_without_registering(client, name: str, info: dict, paths: Paths, param
     champion = registry.aliases(client, name).get(CHAMPION) if registry.model_exists(client, name) else None
     decision = _decide(name, candidate, champion, scores_of, params.rules())
     why = f"dvc experiment {experiment}" if experiment else "promote.registry_writes: never"
-    decision.update(test_images=len(test.image_paths), registered=False, would_be=decision["decision"],
-                    decision="not_registered", reason=f"{why}: registry untouched; would be {decision['decision']}: "
-                                                      f"{decision['reason']}")
+    decision.update(
+        test_images=len(test.image_paths),
+        registered=False,
+        would_be=decision["decision"],
+        decision="not_registered",
+        reason=f"{why}: registry untouched; would be {decision['decision']}: {decision['reason']}",
+    )
     decision["aliases"] = registry.aliases(client, name) if champion else {}
     write_json(decision, paths.report_dir("promote") / "decision.json")
     _tag_run(run_records.mark_not_registered, client, info["run_id"], why)
     log.info("%s", decision["reason"])
     return {k: decision[k] for k in ("model_name", "decision", "reason", "aliases")} | {
-        "candidate_version": None, "compared_to": champion,
+        "candidate_version": None,
+        "compared_to": champion,
     }
 
 
@@ -172,9 +199,11 @@ def label_set_change(candidate: tuple[str, ...] | None, champion: tuple[str, ...
     if not candidate or not champion or set(candidate) == set(champion):
         return None
     added, removed = sorted(set(candidate) - set(champion)), sorted(set(champion) - set(candidate))
-    return (f"label set differs from the champion's (added {added or 'none'}, removed {removed or 'none'}): "
-            f"a new task is not an improvement; confirm with `imgcls promote --new-task --version N --reason ...` "
-            f"or give promote.model_name a new name")
+    return (
+        f"label set differs from the champion's (added {added or 'none'}, removed {removed or 'none'}): "
+        f"a new task is not an improvement; confirm with `imgcls promote --new-task --version N --reason ...` "
+        f"or give promote.model_name a new name"
+    )
 
 
 def _decide(name: str, candidate: str, champion: str | None, scores_of, rules: Rules) -> dict:
@@ -193,10 +222,18 @@ def _decide(name: str, candidate: str, champion: str | None, scores_of, rules: R
     elif champ is None:
         outcome, reason = "promoted", f"first champion: {rules.metric} {value:.4f} >= floor {rules.floor}"
     else:
-        outcome, reason = "promoted", (f"{rules.metric} {value:.4f} beats champion v{champion} "
-                                       f"{champ.metrics[rules.metric]:.4f} re-scored on the same test images")
+        outcome, reason = (
+            "promoted",
+            (
+                f"{rules.metric} {value:.4f} beats champion v{champion} "
+                f"{champ.metrics[rules.metric]:.4f} re-scored on the same test images"
+            ),
+        )
     return {
-        "model_name": name, "metric": rules.metric, "decision": outcome, "reason": reason,
+        "model_name": name,
+        "metric": rules.metric,
+        "decision": outcome,
+        "reason": reason,
         "decided_at": registry.now(),
         "candidate": {"version": candidate, **_scores_dict(cand)},
         "champion": None if champ is None else {"version": champion, **_scores_dict(champ)},
@@ -231,20 +268,26 @@ def _apply(client, decision: dict) -> None:
     else:  # kept: the champion's record of how it got there stays as it was
         return
     metric = decision["metric"]
-    registry.set_tags(client, name, candidate, {
-        "promotion_decision": decision["decision"],
-        "promotion_reason": decision["reason"],
-        "promotion_decided_at": decision["decided_at"],
-        "promotion_metric": metric,
-        "promotion_metric_value": decision["candidate"]["metrics"][metric],
-        "promotion_compared_to": champion or "none",
-        "promotion_gates": json.dumps({g["name"]: g["passed"] for g in decision["gates"]}),
-        "manual": "false",
-    })
+    registry.set_tags(
+        client,
+        name,
+        candidate,
+        {
+            "promotion_decision": decision["decision"],
+            "promotion_reason": decision["reason"],
+            "promotion_decided_at": decision["decided_at"],
+            "promotion_metric": metric,
+            "promotion_metric_value": decision["candidate"]["metrics"][metric],
+            "promotion_compared_to": champion or "none",
+            "promotion_gates": json.dumps({g["name"]: g["passed"] for g in decision["gates"]}),
+            "manual": "false",
+        },
+    )
 
 
-def promote_version(model_name: str, version: str | int, reason: str, *, cache: str | Path = Paths().cache,
-                    new_task: bool = False) -> dict:
+def promote_version(
+    model_name: str, version: str | int, reason: str, *, cache: str | Path = Paths().cache, new_task: bool = False
+) -> dict:
     """Make `version` the champion by hand, no gates; the old champion becomes `previous`. A version
     whose label set differs from the champion's needs new_task=True (`--new-task`)."""
     if not reason or not reason.strip():
@@ -268,10 +311,19 @@ def promote_version(model_name: str, version: str | int, reason: str, *, cache: 
             registry.set_tags(client, model_name, old, {"replaced_by": version, "demoted_at": when})
         if current.get(CHALLENGER) == version:
             registry.move_alias(client, model_name, CHALLENGER, None)
-        registry.set_tags(client, model_name, version, {
-            "manual": "true", "promotion_decision": "manual_promote", "promotion_reason": reason.strip(),
-            "promoted_by": who, "promotion_decided_at": when, "promotion_compared_to": old or "none",
-        })
+        registry.set_tags(
+            client,
+            model_name,
+            version,
+            {
+                "manual": "true",
+                "promotion_decision": "manual_promote",
+                "promotion_reason": reason.strip(),
+                "promoted_by": who,
+                "promotion_decided_at": when,
+                "promotion_compared_to": old or "none",
+            },
+        )
         after = registry.aliases(client, model_name)
     log.info("version %s is now the champion of %s (was %s)", version, model_name, old)
     return {"model_name": model_name, "champion": version, "previous": old, "aliases": after}
@@ -297,14 +349,31 @@ def rollback(model_name: str, reason: str = "", *, cache: str | Path = Paths().c
         when, who = registry.now(), registry.actor()
         registry.move_alias(client, model_name, CHAMPION, restored)
         registry.move_alias(client, model_name, PREVIOUS, None)
-        registry.set_tags(client, model_name, demoted, {
-            "rolled_back": "true", "rolled_back_at": when, "rolled_back_by": who,
-            "rolled_back_to": restored, "rollback_reason": reason,
-        })
-        registry.set_tags(client, model_name, restored, {
-            "manual": "true", "promotion_decision": "rollback", "promotion_reason": reason or f"rollback from v{demoted}",
-            "promoted_by": who, "promotion_decided_at": when, "promotion_compared_to": demoted,
-        })
+        registry.set_tags(
+            client,
+            model_name,
+            demoted,
+            {
+                "rolled_back": "true",
+                "rolled_back_at": when,
+                "rolled_back_by": who,
+                "rolled_back_to": restored,
+                "rollback_reason": reason,
+            },
+        )
+        registry.set_tags(
+            client,
+            model_name,
+            restored,
+            {
+                "manual": "true",
+                "promotion_decision": "rollback",
+                "promotion_reason": reason or f"rollback from v{demoted}",
+                "promoted_by": who,
+                "promotion_decided_at": when,
+                "promotion_compared_to": demoted,
+            },
+        )
         after = registry.aliases(client, model_name)
     log.info("rolled %s back: champion v%s -> v%s", model_name, demoted, restored)
     return {"model_name": model_name, "champion": restored, "rolled_back": demoted, "aliases": after}

@@ -16,6 +16,7 @@ then the move is what keeps near-copies out of different splits.
 A split named by the source (`given_split`) is respected; the other members of its near-duplicate
 group follow it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,20 +28,28 @@ import pandas as pd
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
+from tasks.checks.phash import near_duplicate_groups
+from tasks.checks.quality import THUMBNAIL_SIDE, correlated, thumbnail_partition
 from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.manifest import SPLITS, read_manifest
-from tasks.checks.phash import near_duplicate_groups
-from tasks.checks.quality import THUMBNAIL_SIDE, correlated, thumbnail_partition
 from tasks.common.params import Paths, Strict
 from tasks.common.reports import markdown_table
 
 log = logging.getLogger(__name__)
 # how sources commonly spell the three splits
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 class Params(Strict):
@@ -55,7 +64,9 @@ class Params(Strict):
     def _fractions_sum_to_one(self):
         total = self.train + self.val + self.test
         if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ValueError(f"train + val + test must sum to 1, got {self.train:g} + {self.val:g} + {self.test:g} = {total:g}")
+            raise ValueError(
+                f"train + val + test must sum to 1, got {self.train:g} + {self.val:g} + {self.test:g} = {total:g}"
+            )
         return self
 
 
@@ -72,13 +83,19 @@ def split_of(u: float, params: Params) -> str:
 
 
 def _given_splits(frame: pd.DataFrame) -> pd.Series:
-    raw = frame["given_split"].fillna("").astype(str).str.strip() if "given_split" in frame else pd.Series("", frame.index)
+    raw = (
+        frame["given_split"].fillna("").astype(str).str.strip()
+        if "given_split" in frame
+        else pd.Series("", frame.index)
+    )
     given = raw.str.lower().map(SPLIT_ALIASES)
     bad = (raw != "") & given.isna()
     if bad.any():
         names = sorted(raw[bad].unique())
         examples = ", ".join(frame.loc[bad, "source_path"].astype(str).head(3))
-        raise UserError(f"{int(bad.sum())} image(s) name an unknown split {names} (expected train, val or test): {examples}")
+        raise UserError(
+            f"{int(bad.sum())} image(s) name an unknown split {names} (expected train, val or test): {examples}"
+        )
     return given.fillna("")
 
 
@@ -86,16 +103,19 @@ def thumbnail_check(frame: pd.DataFrame, store: str, min_correlation: float):
     """verify() for near_duplicate_groups: candidate pairs (positions in `frame`) whose thumbnails
     correlate like clean's near-duplicates. Only images in a candidate pair are decoded. Without it,
     hash neighbours chain look-alikes (small centred objects: sneakers, digits) into huge groups."""
+
     def verify(pairs: np.ndarray) -> np.ndarray:
         involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
         ids = frame["image_id"].to_numpy()[involved].tolist()
         thumbs = np.zeros((len(involved), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
         start = 0
-        with engine.session(len(ids), what="split: near-duplicate check") as eng, \
-                tqdm(total=len(ids), desc="split: near-duplicate check", unit="img", disable=None) as bar:
+        with (
+            engine.session(len(ids), what="split: near-duplicate check") as eng,
+            tqdm(total=len(ids), desc="split: near-duplicate check", unit="img", disable=None) as bar,
+        ):
             # clean already refused oversized images
             for block in eng.map_partitions(thumbnail_partition, ids, engine.absolute(store), 2**31):
-                thumbs[start:start + len(block)] = block
+                thumbs[start : start + len(block)] = block
                 start += len(block)
                 bar.update(len(block))
         local = correlated(np.searchsorted(involved, pairs), thumbs, min_correlation)
@@ -156,14 +176,20 @@ def _chart(table: pd.DataFrame, target) -> None:
 
 def _summary(table: pd.DataFrame, params: Params, facts: dict, notes: list[str]) -> str:
     total = table.to_numpy().sum()
-    lines = [f"# split: {total} images, seed {params.seed}", "",
-             f"- target fractions: train {params.train:g}, val {params.val:g}, test {params.test:g}",
-             *(f"- {split}: {int(table[split].sum())} images ({table[split].sum() / total:.3f})" for split in SPLITS),
-             f"- {facts['given']} images kept the split named by the source",
-             f"- {facts['images_in_groups']} images in {facts['near_duplicate_groups']} near-duplicate groups "
-             f"(phash within {params.group_radius} bits and thumbnail correlation >= "
-             f"{params.group_min_correlation}), each group in one split",
-             *(f"- {n}" for n in notes), "", "## Images per class and split", ""]
+    lines = [
+        f"# split: {total} images, seed {params.seed}",
+        "",
+        f"- target fractions: train {params.train:g}, val {params.val:g}, test {params.test:g}",
+        *(f"- {split}: {int(table[split].sum())} images ({table[split].sum() / total:.3f})" for split in SPLITS),
+        f"- {facts['given']} images kept the split named by the source",
+        f"- {facts['images_in_groups']} images in {facts['near_duplicate_groups']} near-duplicate groups "
+        f"(phash within {params.group_radius} bits and thumbnail correlation >= "
+        f"{params.group_min_correlation}), each group in one split",
+        *(f"- {n}" for n in notes),
+        "",
+        "## Images per class and split",
+        "",
+    ]
     shown = table.assign(total=table.sum(axis=1))
     for split in SPLITS:
         shown[f"{split} %"] = (100 * table[split] / shown["total"]).round(1)
@@ -180,8 +206,10 @@ def run(params: Params, paths: Paths) -> dict:
     result = frame.assign(split=split.to_numpy())
     notes = []
     if facts["given_groups_straddling"]:
-        notes.append(f"warning: {facts['given_groups_straddling']} near-duplicate groups span splits named by the "
-                     f"source; the source's splits were kept")
+        notes.append(
+            f"warning: {facts['given_groups_straddling']} near-duplicate groups span splits named by the "
+            f"source; the source's splits were kept"
+        )
         log.warning(notes[-1])
     table = pd.crosstab(result["label"].astype(str), result["split"]).reindex(columns=list(SPLITS), fill_value=0)
     for name, row in table.iterrows():
@@ -192,8 +220,12 @@ def run(params: Params, paths: Paths) -> dict:
     out_dir = paths.report_dir("split")
     write_text(_summary(table, params, facts, notes), out_dir / "summary.md")
     _chart(table, out_dir / "class_split.png")
-    return {"images": len(result), **{s: int((result["split"] == s).sum()) for s in SPLITS}, **facts,
-            "warnings": [n for n in notes if n.startswith("warning: ")]}
+    return {
+        "images": len(result),
+        **{s: int((result["split"] == s).sum()) for s in SPLITS},
+        **facts,
+        "warnings": [n for n in notes if n.startswith("warning: ")],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ The run is left tagged imgcls.registered=false until promote registers its model
 dataset_version is tasks.common.versioning.dataset_version (sha256 of the split manifest's (image_id, label,
 split) rows, the same value the Prefect flow records); the resume fingerprint also hashes the
 prepared store's index and specs, so changed augmentation params start a fresh run."""
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,8 @@ class Params(Strict):
     """Checked up front (params validation, before anything is deleted or a run opened): the network
     must be one models.networks can build, and every count, size and limit must be one that makes sense."""
 
-    network: str = "resnet_small"              # resnet_small / resnet_tiny (built in) or a timm architecture name
-    pretrained_path: str | None = None         # local .safetensors to start from; never downloaded
+    network: str = "resnet_small"  # resnet_small / resnet_tiny (built in) or a timm architecture name
+    pretrained_path: str | None = None  # local .safetensors to start from; never downloaded
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.003, gt=0)
@@ -59,17 +60,17 @@ class Params(Strict):
     early_stopping_patience: int | None = Field(5, ge=1)  # on val/acc; null: off
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = "auto"     # a device count >= 1; "auto": all of them
+    devices: int | Literal["auto"] = "auto"  # a device count >= 1; "auto": all of them
     channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = Field(2, ge=0)
-    seed: int = Field(0, ge=0, le=2**32 - 1)    # numpy's seed range
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed range
     deterministic: bool = False
     experiment: str = Field("imgcls", min_length=1)
     max_time_minutes: float | None = Field(None, gt=0)
     checkpoint_every_n_steps: int = Field(100, ge=1)
     limit_train_batches: int | float | None = None  # tests and smoke runs: batches (int) or fraction
     limit_val_batches: int | float | None = None
-    calibrate: bool = True                      # temperature scaling on the val split (models/calibration.py)
+    calibrate: bool = True  # temperature scaling on the val split (models/calibration.py)
 
     @field_validator("network")
     @classmethod
@@ -92,7 +93,9 @@ class Params(Strict):
     def _batch_limit(cls, value):
         if value is None or _is_int(value) and value >= 1 or _is_number(value) and 0 < value <= 1:
             return value
-        raise PydanticCustomError("batch_limit", "must be a number of batches (an integer >= 1) or a fraction in (0, 1]")
+        raise PydanticCustomError(
+            "batch_limit", "must be a number of batches (an integer >= 1) or a fraction in (0, 1]"
+        )
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -101,7 +104,9 @@ class Params(Strict):
             return value
         if isinstance(value, list) and value and all(_is_number(w) and w >= 0 for w in value) and any(value):
             return value
-        raise PydanticCustomError("class_weights", "must be 'balanced', null or a list of weights >= 0 (not all 0), one per class")
+        raise PydanticCustomError(
+            "class_weights", "must be 'balanced', null or a list of weights >= 0 (not all 0), one per class"
+        )
 
 
 def _is_int(value) -> bool:
@@ -172,13 +177,26 @@ def make_callbacks(params: Params, train_dir: Path) -> tuple:
 
     from models.callbacks import FreezeBackbone
 
-    best = ModelCheckpoint(dirpath=train_dir, filename="best", monitor="val/acc", mode="max", save_top_k=1,
-                           enable_version_counter=False, auto_insert_metric_name=False)
+    best = ModelCheckpoint(
+        dirpath=train_dir,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
     # two writers of last.ckpt: every N steps (a kill mid-epoch loses little) and every epoch end
-    step_last = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_train_steps=params.checkpoint_every_n_steps,
-                                save_top_k=1, enable_version_counter=False)
-    epoch_last = ModelCheckpoint(dirpath=train_dir, filename="last", every_n_epochs=1, save_top_k=1,
-                                 enable_version_counter=False)
+    step_last = ModelCheckpoint(
+        dirpath=train_dir,
+        filename="last",
+        every_n_train_steps=params.checkpoint_every_n_steps,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    epoch_last = ModelCheckpoint(
+        dirpath=train_dir, filename="last", every_n_epochs=1, save_top_k=1, enable_version_counter=False
+    )
     callbacks = [best, step_last, epoch_last, LearningRateMonitor(logging_interval="epoch")]
     if params.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=params.early_stopping_patience))
@@ -218,8 +236,9 @@ def log_dataset(paths: Paths, version: str) -> None:
         # MLflow registers its local-file source class twice (for "" and "file:" paths) and warns that a
         # path could be either; both are the same class, so its choice is right
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_pandas(manifest, source=Path(paths.split).resolve().as_uri(), name="split",
-                                          digest=version[:DATASET_DIGEST_CHARS])
+        dataset = mlflow.data.from_pandas(
+            manifest, source=Path(paths.split).resolve().as_uri(), name="split", digest=version[:DATASET_DIGEST_CHARS]
+        )
     mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
 
 
@@ -228,8 +247,12 @@ def resume_point(train_dir: Path, config_hash: str) -> str | None:
     completed), or None to start a fresh run. Starting fresh deletes the checkpoints left in train_dir:
     those of another configuration (or of a finished run) must not be resumed or exported."""
     state, last = run_records.read_resume(train_dir), train_dir / LAST_CKPT
-    if (last.is_file() and not state.get("completed", True) and state.get("fingerprint") == config_hash
-            and run_exists(state.get("run_id"))):
+    if (
+        last.is_file()
+        and not state.get("completed", True)
+        and state.get("fingerprint") == config_hash
+        and run_exists(state.get("run_id"))
+    ):
         log.info("resuming MLflow run %s from %s", state["run_id"], last)
         return state["run_id"]
     for stale in (LAST_CKPT, BEST_CKPT):
@@ -245,14 +268,23 @@ def log_inputs(params: Params, paths: Paths, data, version: str, precision: str,
     prepared = Path(paths.prepared)
     mlflow.set_tags({"git_commit": git_commit(), "dataset_version": version, "stage": "train"})
     log_dataset(paths, version)
-    mlflow.log_params(flatten("train", params.model_dump()) | {
-        "data.num_classes": str(len(data.classes)), "data.train_rows": str(len(data.train_index)),
-        "data.val_rows": str(len(data.val_index)), "data.image_size": str(data.stats["image_size"]),
-        "data.channels": str(data.stats["channels"]), "resolved.precision": precision,
-        "resolved.channels_last": str(channels_last),
-    })
-    for artifact in (prepared / prepared_store.TRAIN_SPEC, prepared / prepared_store.CLASSES,
-                     paths.report_dir("augment") / "preview.png"):
+    mlflow.log_params(
+        flatten("train", params.model_dump())
+        | {
+            "data.num_classes": str(len(data.classes)),
+            "data.train_rows": str(len(data.train_index)),
+            "data.val_rows": str(len(data.val_index)),
+            "data.image_size": str(data.stats["image_size"]),
+            "data.channels": str(data.stats["channels"]),
+            "resolved.precision": precision,
+            "resolved.channels_last": str(channels_last),
+        }
+    )
+    for artifact in (
+        prepared / prepared_store.TRAIN_SPEC,
+        prepared / prepared_store.CLASSES,
+        paths.report_dir("augment") / "preview.png",
+    ):
         if artifact.is_file():
             mlflow.log_artifact(str(artifact))
 
@@ -266,9 +298,16 @@ def build_module(params: Params, data, channels_last: bool, fresh: bool) -> tupl
     from models.networks import load_pretrained
 
     module = ImageClassifier(
-        params.network, data.classes, data.stats, optimizer=params.optimizer, lr=params.lr,
-        weight_decay=params.weight_decay, scheduler=params.scheduler, warmup_epochs=params.warmup_epochs,
-        label_smoothing=params.label_smoothing, class_weights=loss_weights(params, data.class_counts()),
+        params.network,
+        data.classes,
+        data.stats,
+        optimizer=params.optimizer,
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        scheduler=params.scheduler,
+        warmup_epochs=params.warmup_epochs,
+        label_smoothing=params.label_smoothing,
+        class_weights=loss_weights(params, data.class_counts()),
         channels_last=channels_last,
     )
     reinitialised: list[str] = []
@@ -285,11 +324,17 @@ def build_trainer(params: Params, train_dir: Path, precision: str, tracking_uri:
 
     best, callbacks = make_callbacks(params, train_dir)
     trainer = L.Trainer(
-        max_epochs=params.epochs, accelerator=params.accelerator, devices=params.devices, precision=precision,
-        deterministic=params.deterministic, callbacks=callbacks, default_root_dir=train_dir,
+        max_epochs=params.epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        precision=precision,
+        deterministic=params.deterministic,
+        callbacks=callbacks,
+        default_root_dir=train_dir,
         logger=MLFlowLogger(experiment_name=params.experiment, tracking_uri=tracking_uri, run_id=run_id),
         max_time={"minutes": params.max_time_minutes} if params.max_time_minutes else None,
-        limit_train_batches=params.limit_train_batches, limit_val_batches=params.limit_val_batches,
+        limit_train_batches=params.limit_train_batches,
+        limit_val_batches=params.limit_val_batches,
         log_every_n_steps=1,
     )
     return trainer, best
@@ -344,8 +389,9 @@ def calibrate(params: Params, module, data, prepared: Path) -> float | None:
     uncalibrated = {k: v for k, v in data.stats.items() if k != "temperature"}
     predictor = Predictor(module.network, data.classes, uncalibrated)
     images, rows = prepared_store.open_images(prepared), data.val_index["row"].to_numpy()
-    logits = np.concatenate([predictor.logits(np.asarray(images[rows[i:i + 4096]])) for i in range(0, len(rows), 4096)],
-                            axis=1)
+    logits = np.concatenate(
+        [predictor.logits(np.asarray(images[rows[i : i + 4096]])) for i in range(0, len(rows), 4096)], axis=1
+    )
     labels = data.val_index["label_idx"].to_numpy()
     temperature = fit_temperature(logits, labels)
     before = expected_calibration_error(labels, probabilities(logits, 1.0), ECE_BINS)
@@ -387,31 +433,49 @@ def run(params: Params, paths: Paths) -> dict:
     L.seed_everything(params.seed, workers=True, verbose=False)
     started = time.perf_counter()
 
-    with mlflow.start_run(run_id=resume_id, experiment_id=experiment_id,
-                          run_name=None if resume_id else f"train-{params.network}") as active:
+    with mlflow.start_run(
+        run_id=resume_id, experiment_id=experiment_id, run_name=None if resume_id else f"train-{params.network}"
+    ) as active:
         run_id = active.info.run_id
-        run_records.write_resume(train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash,
-                                 completed=False)
+        run_records.write_resume(
+            train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash, completed=False
+        )
         log_inputs(params, paths, data, version, precision, channels_last)
         module, reinitialised = build_module(params, data, channels_last, fresh=resume_id is None)
         trainer, best = build_trainer(params, train_dir, precision, uri, run_id)
         resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
         best_acc = load_best(module, best)
         calibrate(params, module, data, prepared)
-        mlflow.log_metrics({"val/best_acc": best_acc, "train/seconds_per_epoch": seconds_per_epoch,
-                            "train/epochs": float(trainer.current_epoch)})
+        mlflow.log_metrics(
+            {
+                "val/best_acc": best_acc,
+                "train/seconds_per_epoch": seconds_per_epoch,
+                "train/epochs": float(trainer.current_epoch),
+            }
+        )
         model_uri = export_model(params, module, data, prepared, train_dir)
         # every trained model ends up registered, or its run says why not: promote updates this
         mlflow.set_tags(run_records.pending_registration_tags())
 
-    info = run_records.write_run(train_dir, run_id=run_id, experiment_id=experiment_id, tracking_uri=uri,
-                                 dataset_version=version, model_uri=model_uri)
-    run_records.write_resume(train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash,
-                             completed=True)
+    info = run_records.write_run(
+        train_dir,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        dataset_version=version,
+        model_uri=model_uri,
+    )
+    run_records.write_resume(
+        train_dir, run_id=run_id, experiment_id=experiment_id, fingerprint=config_hash, completed=True
+    )
     return info | {
-        "epochs": trainer.current_epoch, "resumed_from": resumed_from, "best_val_acc": best_acc,
-        "seconds_per_epoch": round(seconds_per_epoch, 3), "seconds": round(time.perf_counter() - started, 1),
-        "precision": precision, "reinitialised": reinitialised,
+        "epochs": trainer.current_epoch,
+        "resumed_from": resumed_from,
+        "best_val_acc": best_acc,
+        "seconds_per_epoch": round(seconds_per_epoch, 3),
+        "seconds": round(time.perf_counter() - started, 1),
+        "precision": precision,
+        "reinitialised": reinitialised,
     }
 
 

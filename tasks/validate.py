@@ -12,6 +12,7 @@
 them; `fail` stops with one line naming the files or classes. Every flag lands in
 reports/validate/flagged.csv, every warning in reports/validate/summary.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,9 +24,9 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.checks import suspect_cache
+from tasks.checks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
 from tasks.common import engine
 from tasks.common.atomic import write_parquet
-from tasks.checks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
@@ -39,7 +40,7 @@ Policy = Literal["warn", "drop", "fail"]
 
 class SuspectLabelParams(Strict):
     enabled: bool = True
-    folds: int = Field(5, ge=2)              # stratified K-fold; classes with fewer images are not scored
+    folds: int = Field(5, ge=2)  # stratified K-fold; classes with fewer images are not scored
     seed: int = 0
     method: Literal["prune_by_noise_rate", "confident_joint", "both"] = "prune_by_noise_rate"
     # flag only images whose given label gets less than this out-of-fold probability (1.0: no floor)
@@ -103,8 +104,16 @@ class _Findings:
 
     def flag(self, mask: np.ndarray, reason: str, details: list[str], drop: bool) -> None:
         for row, detail in zip(self.frame[mask].itertuples(index=False), details):
-            self.flagged.append({"source_path": row.source_path, "image_id": row.image_id, "label": row.label,
-                                 "reason": reason, "detail": detail, "kept_image_id": ""})
+            self.flagged.append(
+                {
+                    "source_path": row.source_path,
+                    "image_id": row.image_id,
+                    "label": row.label,
+                    "reason": reason,
+                    "detail": detail,
+                    "kept_image_id": "",
+                }
+            )
         if drop:
             self.keep &= ~mask
 
@@ -129,8 +138,10 @@ def _check_unknown_labels(params: Params, found: _Findings) -> None:
     details = [f"label {lab!r} is not one of validate.classes" for lab in frame.loc[mask, "label"]]
     found.flag(mask, "unknown_label", details, drop=params.unknown_label == "drop")
     if params.unknown_label == "warn":
-        found.warn(f"{int(mask.sum())} image(s) with labels outside validate.classes kept as their own classes: "
-                   f"{', '.join(map(repr, unknown))}")
+        found.warn(
+            f"{int(mask.sum())} image(s) with labels outside validate.classes kept as their own classes: "
+            f"{', '.join(map(repr, unknown))}"
+        )
 
 
 def _check_rare_classes(params: Params, found: _Findings) -> None:
@@ -148,8 +159,10 @@ def _check_rare_classes(params: Params, found: _Findings) -> None:
             f"add images or set validate.rare_class to warn or drop"
         )
     mask = found.keep & frame["label"].isin(list(rare)).to_numpy()
-    details = [f"class {lab!r} has {counts[lab]} images (< min_per_class {params.min_per_class})"
-               for lab in frame.loc[mask, "label"]]
+    details = [
+        f"class {lab!r} has {counts[lab]} images (< min_per_class {params.min_per_class})"
+        for lab in frame.loc[mask, "label"]
+    ]
     found.flag(mask, "rare_class", details, drop=params.rare_class == "drop")
     empty = [name for name, n in rare.items() if n == 0]
     if empty:
@@ -168,8 +181,10 @@ def _check_balance(params: Params, found: _Findings) -> None:
     ratio = counts.max() / counts.min()
     if ratio <= params.max_imbalance:
         return
-    text = (f"class imbalance {ratio:.1f} exceeds validate.max_imbalance {params.max_imbalance:g} "
-            f"(largest {counts.idxmax()!r} {counts.max()}, smallest {counts.idxmin()!r} {counts.min()})")
+    text = (
+        f"class imbalance {ratio:.1f} exceeds validate.max_imbalance {params.max_imbalance:g} "
+        f"(largest {counts.idxmax()!r} {counts.max()}, smallest {counts.idxmin()!r} {counts.min()})"
+    )
     if params.imbalance == "fail":
         raise UserError(f"{text}; add images to small classes, or set validate.imbalance: warn")
     found.warn(text + "; consider augment.balance")
@@ -208,11 +223,14 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
     ids = frame["image_id"].tolist()
     chunks, cnn_chunks = [], []
     start = 0
-    with engine.session(len(ids), what="validate") as eng, \
-            tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar:
+    with (
+        engine.session(len(ids), what="validate") as eng,
+        tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar,
+    ):
         parts = engine.partitions(ids, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
-        for features, cnn_images, error in eng.imap(_decode_partition, parts, engine.absolute(store),
-                                                    cfg.image_size if use_kernel else None, use_cnn):
+        for features, cnn_images, error in eng.imap(
+            _decode_partition, parts, engine.absolute(store), cfg.image_size if use_kernel else None, use_cnn
+        ):
             if error is not None:
                 pos, message = error
                 source, image_id = frame["source_path"].iat[start + pos], ids[start + pos]
@@ -230,11 +248,15 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
     if use_cnn:
         from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
 
-        models.append(cnn_model(np.concatenate(cnn_chunks), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
+        models.append(
+            cnn_model(np.concatenate(cnn_chunks), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed)
+        )
     return models
 
 
-def _check_suspect_labels(params: Params, found: _Findings, store: str, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_suspect_labels(
+    params: Params, found: _Findings, store: str, cache_dir: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns (suspect mask, given-label probability) over all rows; NaN where not scored."""
     cfg = params.suspect_label
     frame = found.frame
@@ -255,24 +277,36 @@ def _check_suspect_labels(params: Params, found: _Findings, store: str, cache_di
     key = suspect_cache.cache_key(frame["image_id"].iloc[scored], y, cfg.model_dump_json())
     cached = suspect_cache.load(cache_dir, key)
     if cached is None:
-        probs, issues = suspect_labels(_oof_models(frame.iloc[scored], store, cfg), y, folds=cfg.folds,
-                                       seed=cfg.seed, method=cfg.method,
-                                       max_given_probability=cfg.max_given_probability, retrain=cfg.retrain)
+        probs, issues = suspect_labels(
+            _oof_models(frame.iloc[scored], store, cfg),
+            y,
+            folds=cfg.folds,
+            seed=cfg.seed,
+            method=cfg.method,
+            max_given_probability=cfg.max_given_probability,
+            retrain=cfg.retrain,
+        )
         suspect_cache.save(cache_dir, key, probs, issues)
     else:
         probs, issues = cached
-        found.notes.append("suspect-label scores reused: same images, labels, settings and code as an earlier run "
-                           f"({suspect_cache.FOLDER} under paths.cache)")
+        found.notes.append(
+            "suspect-label scores reused: same images, labels, settings and code as an earlier run "
+            f"({suspect_cache.FOLDER} under paths.cache)"
+        )
     given_p[scored] = probs[np.arange(len(y)), y]
     accuracy = float((probs.argmax(axis=1) == y).mean())
-    found.notes.append(f"suspect-label model ({cfg.model}): out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
-                       f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
-                       f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})")
+    found.notes.append(
+        f"suspect-label model ({cfg.model}): out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
+        f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
+        f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})"
+    )
     limit = int(cfg.max_fraction * len(y))
     if issues.sum() > limit:
-        found.warn(f"confident learning flagged {int(issues.sum())} images ({issues.mean():.1%}), more than "
-                   f"suspect_label.max_fraction {cfg.max_fraction:g}: only the {limit} least self-confident are "
-                   f"flagged (the model may be too weak for these images)")
+        found.warn(
+            f"confident learning flagged {int(issues.sum())} images ({issues.mean():.1%}), more than "
+            f"suspect_label.max_fraction {cfg.max_fraction:g}: only the {limit} least self-confident are "
+            f"flagged (the model may be too weak for these images)"
+        )
         candidates = np.flatnonzero(issues)
         keep_idx = candidates[np.argsort(probs[candidates, y[candidates]], kind="stable")[:limit]]
         issues = np.zeros_like(issues)
@@ -280,12 +314,17 @@ def _check_suspect_labels(params: Params, found: _Findings, store: str, cache_di
     hits = np.flatnonzero(issues)
     suspect[scored[hits]] = True
     suggested = probs[hits].argmax(axis=1)
-    details = [f"labelled {scorable[y[i]]!r} (p={probs[i, y[i]]:.2f}), looks like {scorable[s]!r} (p={probs[i, s]:.2f})"
-               for i, s in zip(hits, suggested)]
+    details = [
+        f"labelled {scorable[y[i]]!r} (p={probs[i, y[i]]:.2f}), looks like {scorable[s]!r} (p={probs[i, s]:.2f})"
+        for i, s in zip(hits, suggested)
+    ]
     found.flag(suspect, "suspect_label", details, drop=cfg.action == "drop")
     if hits.size:
-        fate = ("dropped" if cfg.action == "drop"
-                else "kept with suspect_label=True (augment.exclude_suspects keeps them out of training)")
+        fate = (
+            "dropped"
+            if cfg.action == "drop"
+            else "kept with suspect_label=True (augment.exclude_suspects keeps them out of training)"
+        )
         found.notes.append(f"{hits.size} suspected mislabels {fate}")
     return suspect, given_p
 
@@ -304,8 +343,15 @@ def run(params: Params, paths: Paths) -> dict:
     validated = frame.assign(suspect_label=suspect, given_probability=given_p)[found.keep].reset_index(drop=True)
     flagged = flagged_frame(found.flagged)
     write_parquet(validated, paths.validated)
-    write_stage_reports("validate", paths.report_dir("validate"), flagged, validated, len(frame),
-                        lambda image_id: store_path(paths.store, image_id), found.notes)
+    write_stage_reports(
+        "validate",
+        paths.report_dir("validate"),
+        flagged,
+        validated,
+        len(frame),
+        lambda image_id: store_path(paths.store, image_id),
+        found.notes,
+    )
     return {
         "images": len(frame),
         "kept": len(validated),

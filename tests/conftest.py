@@ -1,4 +1,5 @@
 """Fixtures every test may use. Builders and stub models live in tests/helpers/ (plain functions)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,11 @@ def pin_mlflow_state(mp: pytest.MonkeyPatch) -> None:
             mp.setenv(name, os.environ[name])
         else:
             mp.delenv(name, raising=False)
-    for module, name in ((tracking_utils, "_tracking_uri"), (registry_utils, "_registry_uri"),
-                         (fluent, "_active_experiment_id")):
+    for module, name in (
+        (tracking_utils, "_tracking_uri"),
+        (registry_utils, "_registry_uri"),
+        (fluent, "_active_experiment_id"),
+    ):
         mp.setattr(module, name, getattr(module, name))
 
 

@@ -1,8 +1,8 @@
 """dvc.yaml, params.yaml and tasks/ must describe the same pipeline."""
+
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 import subprocess
 import sys
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.stages import STAGES
 from tasks.common.params import Paths, validate_file
+from tasks.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -109,8 +109,13 @@ def test_importing_stages_does_no_work(tmp_path):
         "tasks.common.params.validate_file(sys.argv[1])\n"
         "assert 'MLFLOW_TRACKING_URI' not in os.environ\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], cwd=tmp_path,
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "params.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
 

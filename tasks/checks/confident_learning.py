@@ -27,12 +27,14 @@ The out-of-fold probabilities are the mean of one or more models: `kernel_model`
 (tasks.checks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
 (tasks.checks.oof_cnn); tasks.validate picks them (suspect_label.model).
 """
+
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -101,8 +103,9 @@ def prune_by_noise_rate(probs: np.ndarray, labels: np.ndarray, calibrated: np.nd
     return flagged
 
 
-def find_label_issues(probs: np.ndarray, labels: np.ndarray, method: Method = "prune_by_noise_rate",
-                      max_given_probability: float = 1.0) -> np.ndarray:
+def find_label_issues(
+    probs: np.ndarray, labels: np.ndarray, method: Method = "prune_by_noise_rate", max_given_probability: float = 1.0
+) -> np.ndarray:
     """Boolean mask of examples whose given label is likely wrong: flagged by `method` and given less
     than `max_given_probability` for their own label (1.0: no floor)."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -122,8 +125,16 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, method: Method = "p
     return issues & (probs[np.arange(len(labels)), labels] < max_given_probability)
 
 
-def suspect_labels(models: Sequence[FitPredict], labels: np.ndarray, *, folds: int, seed: int, method: Method,
-                   max_given_probability: float, retrain: bool) -> tuple[np.ndarray, np.ndarray]:
+def suspect_labels(
+    models: Sequence[FitPredict],
+    labels: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    method: Method,
+    max_given_probability: float,
+    retrain: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """(out-of-fold probabilities [N, K] averaged over `models`, label-issue mask [N]); with `retrain`
     the probabilities come from models fitted without the first round's issues (module docstring, step 5)."""
     probs = out_of_fold_probabilities(models, labels, folds, seed)
@@ -146,8 +157,9 @@ def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     return np.hstack([hog_features(gray, 4, 9), hog_features(gray, 8, 9), luminance, r - g, b - (r + g) / 2])
 
 
-def out_of_fold_probabilities(models: Sequence[FitPredict], labels: np.ndarray, folds: int, seed: int,
-                              exclude: np.ndarray | None = None) -> np.ndarray:
+def out_of_fold_probabilities(
+    models: Sequence[FitPredict], labels: np.ndarray, folds: int, seed: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Predicted probabilities [N, K] for every example, the mean over `models` (fit-predict functions,
     see FitPredict) each trained on the other folds (stratified K-fold), leaving the examples in
     `exclude` (bool [N]) out of every training set. Every class needs at least `folds` examples."""
@@ -198,14 +210,22 @@ class Progress:
         self.last_logged = now
         elapsed = now - self.started
         left = elapsed / self.done * (self.total - self.done)
-        log.info("%s: %s %d/%d, %.1f s so far, %s", self.desc, self.unit, self.done, self.total, elapsed,
-                 f"~{left:.0f} s left" if self.done < self.total else "done")
+        log.info(
+            "%s: %s %d/%d, %.1f s so far, %s",
+            self.desc,
+            self.unit,
+            self.done,
+            self.total,
+            elapsed,
+            f"~{left:.0f} s left" if self.done < self.total else "done",
+        )
 
 
 def kernel_model(features: np.ndarray, seed: int) -> FitPredict:
     """The fast member: standardize -> whitened PCA -> RBF kernel approximation (Nystroem) -> logistic
     regression on `features` (image_features); about as accurate as an RBF SVM at a fraction of the
     cost (Fashion-MNIST, 2,400 training images: 0.86)."""
+
     def fit_predict(labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 

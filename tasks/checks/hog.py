@@ -1,5 +1,6 @@
 """Histogram-of-oriented-gradients features (Dalal & Triggs), in numpy: the classical image features
 behind the evaluate baseline and validate's suspect-label model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,7 @@ def hog_features(gray: np.ndarray, cells: int, orientations: int) -> np.ndarray:
         vote = magnitude * ((lower == b) * (1 - upper_weight) + ((lower + 1) % orientations == b) * upper_weight)
         histogram[..., b] = vote.reshape(n, cells, cell, cells, cell).sum(axis=(2, 4))
     blocks = np.concatenate(
-        [histogram[:, i:cells - 1 + i, j:cells - 1 + j] for i in (0, 1) for j in (0, 1)], axis=-1
+        [histogram[:, i : cells - 1 + i, j : cells - 1 + j] for i in (0, 1) for j in (0, 1)], axis=-1
     )
     blocks /= np.sqrt((blocks**2).sum(-1, keepdims=True) + 1e-6)
     blocks = np.minimum(blocks, 0.2)

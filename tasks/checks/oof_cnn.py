@@ -10,6 +10,7 @@ Deliberately short training and no augmentation: a CNN trained to convergence on
 becomes over-confident on correct but unusual pictures, which then sink among the real mislabels
 (15 epochs ranked worse than 8 on the benchmark although its accuracy was higher).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,22 +20,36 @@ from torch import nn
 
 from tasks.checks.confident_learning import FitPredict, Progress
 
-WIDTH = 16          # channels of the first stage (then 2x, 4x)
+WIDTH = 16  # channels of the first stage (then 2x, 4x)
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 PREDICT_BATCH = 512
-MIN_STEPS = 100     # optimizer steps per fold at least: a few hundred images still get a trained model
+MIN_STEPS = 100  # optimizer steps per fold at least: a few hundred images still get a trained model
 
 
 def network(in_chans: int, num_classes: int) -> nn.Module:
     """Five 3x3 conv layers (16, 16 | 32, 32 | 64 channels, two 2x poolings), global pooling, linear:
     ~36k parameters, 32x32 inputs, about 5,000 training images/s on two CPU cores."""
+
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
+
     w = WIDTH
-    return nn.Sequential(block(in_chans, w), block(w, w), nn.MaxPool2d(2), block(w, 2 * w), block(2 * w, 2 * w),
-                         nn.MaxPool2d(2), block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Dropout(0.2), nn.Linear(4 * w, num_classes))
+    return nn.Sequential(
+        block(in_chans, w),
+        block(w, w),
+        nn.MaxPool2d(2),
+        block(w, 2 * w),
+        block(2 * w, 2 * w),
+        nn.MaxPool2d(2),
+        block(2 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(4 * w, num_classes),
+    )
 
 
 def steps_per_epoch(n_train: int) -> int:
@@ -76,7 +91,7 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Fit
             for _ in range(n_epochs):
                 perm = torch.randperm(len(train), generator=order)
                 for start in range(0, len(train), BATCH_SIZE):
-                    chosen = perm[start:start + BATCH_SIZE]
+                    chosen = perm[start : start + BATCH_SIZE]
                     if len(chosen) < 2:  # BatchNorm needs two images
                         continue
                     loss = F.cross_entropy(model(batch(train[chosen])), targets[chosen])
@@ -88,8 +103,10 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Fit
         model.eval()
         test = torch.from_numpy(np.asarray(test_idx))
         with torch.no_grad():
-            probs = [F.softmax(model(batch(test[s:s + PREDICT_BATCH])), dim=1).cpu()
-                     for s in range(0, len(test), PREDICT_BATCH)]
+            probs = [
+                F.softmax(model(batch(test[s : s + PREDICT_BATCH])), dim=1).cpu()
+                for s in range(0, len(test), PREDICT_BATCH)
+            ]
         return torch.cat(probs).numpy().astype(np.float64)
 
     return fit_predict

@@ -1,4 +1,5 @@
 """64-bit DCT perceptual hash and a radius search over many hashes without comparing all pairs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,7 @@ def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = order[start:start + size]
+            members = order[start : start + size]
             i, j = np.triu_indices(size, k=1)
             candidates.append(np.stack([members[i], members[j]], axis=1))
     if not candidates:

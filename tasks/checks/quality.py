@@ -1,6 +1,7 @@
 """What clean needs to know about one image, computed in a worker process: whether it decodes, its
 size, how much information it carries, an exact pixel hash, a perceptual hash and cheap features for
 the outlier check. Kept apart from tasks/clean.py so workers import only numpy, PIL and scipy."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,25 +11,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.common.images import DecodeError, decode, probe
 from tasks.checks.phash import dct32, phash_from_dct
+from tasks.common.images import DecodeError, decode, probe
 
-FEATURE_SIDE = 8     # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
-STRUCTURE_BAND = 6   # DCT frequencies (of 32) that carry an image's large-scale structure
-DETAIL_BAND = 8      # ...and above which its fine detail lies
+FEATURE_SIDE = 8  # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
+STRUCTURE_BAND = 6  # DCT frequencies (of 32) that carry an image's large-scale structure
+DETAIL_BAND = 8  # ...and above which its fine detail lies
 THUMBNAIL_SIDE = 16  # near-duplicate check: finer, to tell a re-encoded copy from a look-alike
 
 
 @dataclass
 class Inspection:
-    status: str                 # "ok", "corrupt" or "too_large"
+    status: str  # "ok", "corrupt" or "too_large"
     detail: str = ""
-    width: int = 0              # decoded size (after EXIF orientation)
+    width: int = 0  # decoded size (after EXIF orientation)
     height: int = 0
     gray_std: float = 0.0
     dominant_fraction: float = 0.0  # share of pixels holding the most common gray value
     pixel_hash: str = ""
-    phash: int = 0              # unsigned 64-bit
+    phash: int = 0  # unsigned 64-bit
     thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # THUMBNAIL_SIDE**2
     features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
@@ -57,7 +58,7 @@ def spectral_shares(coeffs: np.ndarray) -> tuple[float, float]:
     per side (large-scale structure: every real picture has a shape, uniform noise spreads its
     energy evenly and keeps ~3% there) and above 8 (fine detail: edges put a few percent there, a
     flat gradient ~0.2%)."""
-    energy = coeffs ** 2
+    energy = coeffs**2
     ac = max(energy.sum() - energy[0, 0], 1e-9)
     low = (energy[:STRUCTURE_BAND, :STRUCTURE_BAND].sum() - energy[0, 0]) / ac
     high = (energy.sum() - energy[:DETAIL_BAND, :DETAIL_BAND].sum()) / ac
@@ -78,7 +79,9 @@ def _gray32(gray: Image.Image) -> np.ndarray:
 
 def near_duplicate_thumbnail(path: str | Path, max_pixels: int) -> np.ndarray:
     """The thumbnail `inspect` compares near-duplicates by, for one image already known to decode."""
-    return thumbnail(_gray32(decode(path, max_pixels=max_pixels).convert("L")), THUMBNAIL_SIDE).ravel().astype(np.float32)
+    return (
+        thumbnail(_gray32(decode(path, max_pixels=max_pixels).convert("L")), THUMBNAIL_SIDE).ravel().astype(np.float32)
+    )
 
 
 def correlated(pairs: np.ndarray, thumbs: np.ndarray, min_correlation: float) -> np.ndarray:
@@ -125,8 +128,9 @@ def inspect_chunk(items: list[tuple[str, str]], max_pixels: int) -> list[tuple[s
     return [(image_id, inspect(path, max_pixels)) for image_id, path in items]
 
 
-def inspect_partition(image_ids: list[str], store: str, max_pixels: int,
-                      shown_store: str | None = None) -> list[tuple[str, Inspection | None]]:
+def inspect_partition(
+    image_ids: list[str], store: str, max_pixels: int, shown_store: str | None = None
+) -> list[tuple[str, Inspection | None]]:
     """Engine task (tasks.common.engine): inspect stored images named by id under the absolute `store`
     path it is given; None for an id whose file is not in the store. A decoder message naming the
     file names it under `shown_store` (the store as params.yaml gives it), so reports and the cache

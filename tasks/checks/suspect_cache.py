@@ -6,6 +6,7 @@ suspect_label settings, the source of the modules that compute them (a code chan
 versions of the libraries that do the arithmetic (an upgrade is a miss).
 Only the latest entry is kept. It lives under paths.cache, beside ingest's hash cache: not versioned,
 safe to delete."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Atomic outputs: write next to the target, then rename, so a crash leaves the previous good output."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
-
+from typing import Any
 
 
 def _usual_mode(bits: int) -> int:

@@ -20,6 +20,7 @@ each decoded partition into its memory map and drops it).
 Workers receive everything explicitly: a function importable from `tasks` (imgcls must be installed
 on every worker, see docs/scaling.md) and plain arguments, among them the absolute store path. They
 read nothing else of the driver's disk: no params file, no manifest, no relative path."""
+
 from __future__ import annotations
 
 import collections
@@ -43,12 +44,12 @@ SECTION = "engine"
 
 
 class EngineParams(Strict):
-    address: str | None = None              # tcp://host:8786 of a running scheduler; null: embedded
+    address: str | None = None  # tcp://host:8786 of a running scheduler; null: embedded
     workers: int | Literal["auto"] = "auto"  # embedded LocalCluster: worker processes (auto: usable CPUs)
-    memory_limit: str = "auto"               # per embedded worker, Dask syntax ("2GiB"); auto: RAM / workers
-    partition_size: int = Field(512, ge=1)   # images per task
+    memory_limit: str = "auto"  # per embedded worker, Dask syntax ("2GiB"); auto: RAM / workers
+    partition_size: int = Field(512, ge=1)  # images per task
     in_process_below: int = Field(5000, ge=0)  # fewer images than this: no cluster, work in this process
-    window: int | Literal["auto"] = "auto"   # partitions in flight at once (auto: 2 per worker thread)
+    window: int | Literal["auto"] = "auto"  # partitions in flight at once (auto: 2 per worker thread)
 
     @field_validator("address")
     @classmethod
@@ -85,16 +86,6 @@ def configured(cfg: EngineParams) -> Iterator[EngineParams]:
         _CONFIG.reset(token)
 
 
-def flow_task_runner():
-    """The Prefect flow's task runner: prefect-dask's DaskTaskRunner. Its cluster starts only when a
-    stage asks the engine for one (data above engine.in_process_below), then serves every later stage of
-    the flow run; engine.address / IMGCLS_DASK_ADDRESS point it at a running scheduler instead of a
-    LocalCluster (see _flow_runner_client)."""
-    from prefect_dask import DaskTaskRunner
-
-    return DaskTaskRunner(client_kwargs={"set_as_default": False})
-
-
 def current() -> EngineParams:
     """The engine settings in force: those of the params file validated last in this context
     (defaults when none was, e.g. a stage's run() called directly), with IMGCLS_DASK_ADDRESS
@@ -119,12 +110,17 @@ def local_cluster_kwargs(cfg: EngineParams) -> dict[str, Any]:
     """LocalCluster arguments: one single-threaded worker process per usable CPU (decoding is
     CPU-bound Python/PIL work that a thread per process runs without contending for the GIL)."""
     workers = usable_cpus() if cfg.workers == "auto" else cfg.workers
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
-            "memory_limit": cfg.memory_limit, "dashboard_address": None}
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "memory_limit": cfg.memory_limit,
+        "dashboard_address": None,
+    }
 
 
 def partitions(items: Sequence, size: int) -> list[Sequence]:
-    return [items[k:k + size] for k in range(0, len(items), size)]
+    return [items[k : k + size] for k in range(0, len(items), size)]
 
 
 def absolute(path: str | Path) -> str:
@@ -159,8 +155,8 @@ class InProcess:
 class Engine:
     def __init__(self, executor: Any, kind: str, threads: int, cfg: EngineParams) -> None:
         self.executor = executor  # InProcess or a distributed.Client
-        self.kind = kind          # "in-process" | "local-cluster" | "flow-cluster" | "cluster"
-        self.threads = threads    # worker threads behind the executor (1 in-process)
+        self.kind = kind  # "in-process" | "local-cluster" | "flow-cluster" | "cluster"
+        self.threads = threads  # worker threads behind the executor (1 in-process)
         self.partition_size = cfg.partition_size
         self.window = max(2, 2 * threads) if cfg.window == "auto" else cfg.window
 
@@ -193,24 +189,22 @@ class Engine:
         return self.imap(fn, partitions(items, self.partition_size), *args, **kwargs)
 
 
-def _flow_runner_client(cfg: EngineParams):
-    """The Client of the running Prefect flow's DaskTaskRunner (its cluster is started on first use,
-    with this engine's address or LocalCluster sizing), or None outside such a flow."""
-    try:
-        from prefect.context import FlowRunContext
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        return None
-    ctx = FlowRunContext.get()
-    runner = getattr(ctx, "task_runner", None)
-    if not isinstance(runner, DaskTaskRunner):
-        return None
-    if runner._client is None and runner._cluster is None and not runner.address:
-        if cfg.address:
-            runner.address = cfg.address
-        else:
-            runner.cluster_kwargs = {**local_cluster_kwargs(cfg), **runner.cluster_kwargs}
-    return runner.client
+# Who may lend a running cluster to the stages (the Prefect flow's DaskTaskRunner, flows/dask_runner.py).
+# Registered from flows/, because tasks/ never imports prefect: cfg -> a distributed.Client or None.
+_CLIENT_PROVIDERS: list[Callable[[EngineParams], Any]] = []
+
+
+def register_client_provider(provider: Callable[[EngineParams], Any]) -> None:
+    if provider not in _CLIENT_PROVIDERS:
+        _CLIENT_PROVIDERS.append(provider)
+
+
+def _provided_client(cfg: EngineParams):
+    for provider in _CLIENT_PROVIDERS:
+        client = provider(cfg)
+        if client is not None:
+            return client
+    return None
 
 
 def _threads(client) -> int:
@@ -227,20 +221,28 @@ def session(n_items: int, cfg: EngineParams | None = None, what: str = "") -> It
     import distributed
 
     with contextlib.ExitStack() as stack:
-        client = _flow_runner_client(cfg)
+        client = _provided_client(cfg)
         kind = "flow-cluster"
         if client is None and cfg.address:
             kind = "cluster"
             try:
                 client = stack.enter_context(distributed.Client(cfg.address, timeout="20s", set_as_default=False))
             except (OSError, TimeoutError) as exc:
-                raise UserError(f"cannot reach the Dask scheduler at {cfg.address} ({exc}); start it "
-                                f"(`dask scheduler`) or unset engine.address / {ADDRESS_ENV}") from None
+                raise UserError(
+                    f"cannot reach the Dask scheduler at {cfg.address} ({exc}); start it "
+                    f"(`dask scheduler`) or unset engine.address / {ADDRESS_ENV}"
+                ) from None
         elif client is None:
             kind = "local-cluster"
             cluster = stack.enter_context(distributed.LocalCluster(**local_cluster_kwargs(cfg)))
             client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
         engine = Engine(client, kind, _threads(client), cfg)
-        log.info("%s: %d images on %s (%d worker threads, %d per task)", what or "engine", n_items, kind,
-                 engine.threads, engine.partition_size)
+        log.info(
+            "%s: %d images on %s (%d worker threads, %d per task)",
+            what or "engine",
+            n_items,
+            kind,
+            engine.threads,
+            engine.partition_size,
+        )
         yield engine

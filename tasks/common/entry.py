@@ -1,6 +1,7 @@
 """`python -m tasks.<stage> [--params PATH]`: the same entry for a shell, DVC and CI. Params are
 validated first (nothing runs on a bad file); then the stage runs holding the workspace lock
 (tasks.common.workspace_lock): one run at a time per workspace."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,11 @@ SUMMARY_NUMBERS = 6  # counts shown in the one-line summary at most
 def summary_line(summary: Any, seconds: float) -> str:
     """The one line a finished stage logs, from `python -m tasks.<stage>` and from the flow alike:
     `finished in 3.51 s: images=42 kept=42 decoded=42` (the first top-level numbers of its summary)."""
-    numbers = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-               for key, value in (summary.items() if isinstance(summary, dict) else ())
-               if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seconds"]
+    numbers = [
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in (summary.items() if isinstance(summary, dict) else ())
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seconds"
+    ]
     counts = " ".join(numbers[:SUMMARY_NUMBERS])
     return f"finished in {seconds:.2f} s" + (f": {counts}" if counts else "")
 

@@ -10,6 +10,7 @@ A submission is two files side by side, named by the image's SHA-256 and a diges
 The sidecar is written after the image, so an image without one is an upload still in progress. The
 label is data inside the JSON, never part of a path, and ingest checks every field again (the folder
 is on disk: anyone who can write there could have put anything in it)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,16 @@ from tasks.common.atomic import atomic_path
 
 FORMAT_VERSION = 1
 # stored files get an extension ingest recognises; formats PIL reads but ingest would skip are refused
-EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "GIF": ".gif",
-              "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
+EXTENSIONS = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+    "TIFF": ".tif",
+    "WEBP": ".webp",
+    "PPM": ".ppm",
+}
 MAX_LABEL_CHARS = 100
 MAX_SIDECAR_BYTES = 64 * 1024
 _STEM = re.compile(r"[0-9a-f]{64}-[0-9a-f]{12}")
@@ -81,8 +90,16 @@ def token_id(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
-def write_submission(root: str | Path, data: bytes, label: str, fmt: str, width: int, height: int,
-                     client_address: str, client_token_id: str) -> tuple[Record, Path, bool]:
+def write_submission(
+    root: str | Path,
+    data: bytes,
+    label: str,
+    fmt: str,
+    width: int,
+    height: int,
+    client_address: str,
+    client_token_id: str,
+) -> tuple[Record, Path, bool]:
     """Store one submission (image, then sidecar, each atomically). Returns the record, the image
     path and whether the same image with the same label was already there (nothing is rewritten)."""
     label = check_label(label)
@@ -98,9 +115,17 @@ def write_submission(root: str | Path, data: bytes, label: str, fmt: str, width:
             return Record.model_validate_json(sidecar.read_bytes()), image, True
         except ValidationError:
             pass  # a damaged sidecar is replaced by a good one
-    record = Record(image=image.name, label=label, sha256=sha, bytes=len(data), format=fmt, width=width,
-                    height=height, received_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                    client=Client(address=client_address[:200], token_id=client_token_id))
+    record = Record(
+        image=image.name,
+        label=label,
+        sha256=sha,
+        bytes=len(data),
+        format=fmt,
+        width=width,
+        height=height,
+        received_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        client=Client(address=client_address[:200], token_id=client_token_id),
+    )
     with atomic_path(image) as tmp:
         tmp.write_bytes(data)
     with atomic_path(sidecar) as tmp:
@@ -111,7 +136,7 @@ def write_submission(root: str | Path, data: bytes, label: str, fmt: str, width:
 @dataclass
 class Submission:
     record: Record
-    image: Path    # the image file on disk (checked to be a regular file inside the quarantine)
+    image: Path  # the image file on disk (checked to be a regular file inside the quarantine)
     sidecar: Path
 
 
@@ -158,6 +183,9 @@ def list_sidecars(root: str | Path) -> tuple[list[Path], list[Path]]:
     names = sorted(entry.name for entry in os.scandir(root))
     sidecars = [root / n for n in names if n.endswith(".json") and not n.startswith(".")]
     stems = {p.name[: -len(".json")] for p in sidecars}
-    images = [root / n for n in names if not n.startswith(".") and not n.endswith(".json")
-              and n.rsplit(".", 1)[0] not in stems]
+    images = [
+        root / n
+        for n in names
+        if not n.startswith(".") and not n.endswith(".json") and n.rsplit(".", 1)[0] not in stems
+    ]
     return sidecars, images

@@ -1,5 +1,6 @@
 """Image decoding shared by every stage: header probing without decoding, full decoding with
 orientation and mode normalization, and conversion to fixed-size uint8 arrays."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """Manifest schema shared by the data stages. A manifest is a pandas DataFrame stored as Parquet;
 every image is named by the SHA-256 of its file (`image_id`) and lives in the content-addressed store."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,18 +11,18 @@ from tasks.common.errors import UserError
 
 # ingest's output; later stages keep these columns and add their own.
 INGESTED_COLUMNS = [
-    "image_id",      # sha256 hex of the file bytes
-    "source_path",   # as the user gave it (relative to the source folder / manifest, or absolute)
-    "label",         # class name, str
-    "bytes",         # file size
-    "format",        # PIL format name (PNG, JPEG, ...) or "" if the header is unreadable
-    "width",         # from the header; 0 if unreadable
+    "image_id",  # sha256 hex of the file bytes
+    "source_path",  # as the user gave it (relative to the source folder / manifest, or absolute)
+    "label",  # class name, str
+    "bytes",  # file size
+    "format",  # PIL format name (PNG, JPEG, ...) or "" if the header is unreadable
+    "width",  # from the header; 0 if unreadable
     "height",
-    "mode",          # PIL mode from the header (L, RGB, P, CMYK, I;16, ...)
-    "ingested_at",   # UTC ISO timestamp of first ingestion
-    "origin",        # "source", "inbox" or "feedback" (admitted from the server's quarantine; clean
-                     # sets a feedback copy aside when it contradicts the data, never the data itself)
-    "given_split",   # split named by the source manifest ("" when none)
+    "mode",  # PIL mode from the header (L, RGB, P, CMYK, I;16, ...)
+    "ingested_at",  # UTC ISO timestamp of first ingestion
+    "origin",  # "source", "inbox" or "feedback" (admitted from the server's quarantine; clean
+    # sets a feedback copy aside when it contradicts the data, never the data itself)
+    "given_split",  # split named by the source manifest ("" when none)
 ]
 # columns added by clean
 CLEAN_COLUMNS = ["pixel_hash", "phash"]

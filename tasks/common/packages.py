@@ -1,5 +1,6 @@
 """Which version of a package is installed: pins the shipped model's requirements and keys caches.
 Part of the small base that ships inside the registered model (with errors and images)."""
+
 from __future__ import annotations
 
 from importlib import metadata

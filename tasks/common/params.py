@@ -1,9 +1,9 @@
 """One loader for params.yaml, used by `python -m tasks.<stage>`, by DVC (same command) and by the
 Prefect flow. Every section is a pydantic model with extra="forbid"; a bad key or value becomes one
 `ParamsError` line naming the file and the dotted key."""
+
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, TypeVar
 

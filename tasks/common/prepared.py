@@ -1,6 +1,7 @@
 """The prepared store written by `augment` and read by train, evaluate and the baseline: the one place
 that knows its file names, how its metadata is written and how it is read back. images.npy stays
 memory-mapped, so a reader holds one batch at a time."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import pandas as pd
 from tasks.common.atomic import write_json
 from tasks.common.errors import UserError
 
-IMAGES = "images.npy"        # uint8 [N, H, W, C]
-INDEX = "index.parquet"      # one row per stored image (+ balance copies): row, image_id, label, label_idx, split
-CLASSES = "classes.json"     # class names; index = label_idx
-STATS = "stats.json"         # image_size, channels, mean, std, test_time_flip
+IMAGES = "images.npy"  # uint8 [N, H, W, C]
+INDEX = "index.parquet"  # one row per stored image (+ balance copies): row, image_id, label, label_idx, split
+CLASSES = "classes.json"  # class names; index = label_idx
+STATS = "stats.json"  # image_size, channels, mean, std, test_time_flip
 TRAIN_SPEC = "augment.json"  # albumentations train pipeline
-EVAL_SPEC = "eval.json"      # albumentations eval pipeline (Normalize only)
+EVAL_SPEC = "eval.json"  # albumentations eval pipeline (Normalize only)
 FILES = (IMAGES, INDEX, CLASSES, STATS, TRAIN_SPEC, EVAL_SPEC)
 # What decides a training run's inputs besides the pixels (the index names every image by content hash)
 FINGERPRINTED = (INDEX, CLASSES, STATS, TRAIN_SPEC, EVAL_SPEC)
@@ -26,9 +27,9 @@ FINGERPRINTED = (INDEX, CLASSES, STATS, TRAIN_SPEC, EVAL_SPEC)
 
 @dataclass(frozen=True)
 class PreparedStore:
-    images: np.ndarray      # uint8 [N, H, W, C], memory-mapped
-    index: pd.DataFrame     # one row per image (balance copies dropped): row, image_id, label, label_idx, split
-    classes: list[str]      # index = label_idx
+    images: np.ndarray  # uint8 [N, H, W, C], memory-mapped
+    index: pd.DataFrame  # one row per image (balance copies dropped): row, image_id, label, label_idx, split
+    classes: list[str]  # index = label_idx
 
     def split(self, name: str) -> pd.DataFrame:
         return self.index[self.index["split"] == name].reset_index(drop=True)

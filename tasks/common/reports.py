@@ -1,17 +1,27 @@
 """Reports every data stage writes to reports/<stage>/: flagged.csv (fixed reason vocabulary),
 summary.md, a contact sheet of flagged images and a class-distribution chart."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from tasks.common.atomic import save_figure, write_csv, write_text
 
 REASONS = (
-    "corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
-    "label_conflict", "outlier", "unknown_label", "rare_class", "suspect_label",
+    "corrupt",
+    "too_large",
+    "too_small",
+    "low_information",
+    "duplicate",
+    "near_duplicate",
+    "label_conflict",
+    "outlier",
+    "unknown_label",
+    "rare_class",
+    "suspect_label",
 )
 FLAGGED_COLUMNS = ["source_path", "image_id", "label", "reason", "detail", "kept_image_id"]
 
@@ -119,8 +129,13 @@ def contact_sheet(
 
 
 def write_stage_reports(
-    stage: str, out_dir: str | Path, flagged: pd.DataFrame, kept: pd.DataFrame, total: int,
-    image_path: Callable[[str], Path], notes: list[str] = (),
+    stage: str,
+    out_dir: str | Path,
+    flagged: pd.DataFrame,
+    kept: pd.DataFrame,
+    total: int,
+    image_path: Callable[[str], Path],
+    notes: list[str] = (),
 ) -> None:
     out_dir = Path(out_dir)
     write_flagged(flagged, out_dir)

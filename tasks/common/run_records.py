@@ -9,6 +9,7 @@ and the flow's artifacts):
 resume.json (train's own bookkeeping, rewritten at the start and the end of every run):
     run_id, experiment_id, fingerprint (params + data + prepared store), completed (bool).
     A run killed before `completed` is true resumes from last.ckpt in the same MLflow run."""
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,26 @@ def resume_path(train_dir: str | Path) -> Path:
     return Path(train_dir) / RESUME_FILE
 
 
-def write_run(train_dir: str | Path, *, run_id: str, experiment_id: str, tracking_uri: str,
-              dataset_version: str, baseline_run_id: str | None = None, model_uri: str | None = None
-              ) -> dict[str, Any]:
+def write_run(
+    train_dir: str | Path,
+    *,
+    run_id: str,
+    experiment_id: str,
+    tracking_uri: str,
+    dataset_version: str,
+    baseline_run_id: str | None = None,
+    model_uri: str | None = None,
+) -> dict[str, Any]:
     """Write run.json for a finished training run; returns what was written. model_uri: the logged
     model (MLflow 3's models:/m-...; registering runs:/<id>/model makes MLflow warn and look it up)."""
-    info = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
-            "model_uri": model_uri or f"runs:/{run_id}/model", "dataset_version": dataset_version,
-            "baseline_run_id": baseline_run_id}
+    info = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "tracking_uri": tracking_uri,
+        "model_uri": model_uri or f"runs:/{run_id}/model",
+        "dataset_version": dataset_version,
+        "baseline_run_id": baseline_run_id,
+    }
     write_json(info, run_path(train_dir))
     return info
 
@@ -64,10 +77,11 @@ def read_run(train_dir: str | Path, *, missing_ok: bool = False) -> dict[str, An
     return info
 
 
-def write_resume(train_dir: str | Path, *, run_id: str, experiment_id: str, fingerprint: str,
-                 completed: bool) -> Path:
-    return write_json({"run_id": run_id, "experiment_id": experiment_id, "fingerprint": fingerprint,
-                       "completed": completed}, resume_path(train_dir))
+def write_resume(train_dir: str | Path, *, run_id: str, experiment_id: str, fingerprint: str, completed: bool) -> Path:
+    return write_json(
+        {"run_id": run_id, "experiment_id": experiment_id, "fingerprint": fingerprint, "completed": completed},
+        resume_path(train_dir),
+    )
 
 
 def read_resume(train_dir: str | Path) -> dict[str, Any]:

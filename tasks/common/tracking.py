@@ -9,6 +9,7 @@ artifacts in ./mlruns of whatever directory the process started in; `experiment_
 experiment with its artifact location pinned to <project root>/mlruns/<experiment> instead (absolute),
 so every project on a machine keeps its runs and models beside its own mlflow.db. A tracking server
 (http[s]://) decides artifact locations itself (--artifacts-destination): left to it."""
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def experiment_id(name: str, root: str | Path | None = None) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(name, root=root),
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(
+                name, artifact_location=artifact_location(name, root=root), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException:  # created meanwhile by another process: use theirs
             found = client.get_experiment_by_name(name)
             if found is None:

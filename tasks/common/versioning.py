@@ -3,6 +3,7 @@ split data changes) and the code's git commit, both tagged on every MLflow run.
 
 Image ids are the SHA-256 of the stored files, so hashing the (image_id, label, split) rows of the
 split manifest covers the store's content too, without reading a single image."""
+
 from __future__ import annotations
 
 import hashlib

@@ -9,6 +9,7 @@ while they work, so two runs never write the same manifests, stores and checkpoi
   and the processes it spawns inherit it through IMGCLS_WORKSPACE_LOCK ("<pid>:<lock path>", set while
   the lock is held), so a stage or dvc command started by the holder does not deadlock on it.
 - `dvc exp run --temp` / queued experiments run in their own copy of the workspace: a lock of their own."""
+
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +99,11 @@ def _acquire(path: Path, command: str, wait: float):
                 handle.close()
                 raise WorkspaceBusy(_busy_message(path, wait)) from None
             time.sleep(_POLL_SECONDS)
-    record = {"pid": os.getpid(), "command": " ".join(command.split()),
-              "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    record = {
+        "pid": os.getpid(),
+        "command": " ".join(command.split()),
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps(record) + "\n")
@@ -157,11 +161,16 @@ def _read_holder(path: Path) -> dict | None:
 
 def _busy_message(path: Path, wait: float) -> str:
     record = _read_holder(path) or {}
-    who = (f"pid {record.get('pid')} (`{record.get('command')}`, since {record.get('since')})" if record
-           else "another process")
+    who = (
+        f"pid {record.get('pid')} (`{record.get('command')}`, since {record.get('since')})"
+        if record
+        else "another process"
+    )
     waited = f" after waiting {wait:g} s" if wait else ""
-    return (f"the workspace is busy{waited}: {who} holds {path}; one run at a time per workspace: wait "
-            f"for it to finish (or set {WAIT_ENV}=SECONDS to wait for it)")
+    return (
+        f"the workspace is busy{waited}: {who} holds {path}; one run at a time per workspace: wait "
+        f"for it to finish (or set {WAIT_ENV}=SECONDS to wait for it)"
+    )
 
 
 def _command_line() -> str:

@@ -1,6 +1,7 @@
 """Classical baseline the CNN must beat: histogram-of-oriented-gradients features (Dalal & Triggs)
 with a linear SVM, logistic regression or k-nearest neighbours from scikit-learn, trained on the
 prepared train split and logged as its own MLflow run (tag stage=baseline)."""
+
 from __future__ import annotations
 
 import time
@@ -10,12 +11,12 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.common.errors import UserError
 from tasks.checks.hog import hog_features
-from tasks.judging.metrics import label_metrics, probability_metrics
+from tasks.common.errors import UserError
 from tasks.common.params import Strict
 from tasks.common.prepared import PreparedStore
 from tasks.common.versioning import git_commit
+from tasks.judging.metrics import label_metrics, probability_metrics
 
 # Images are turned into features a chunk at a time so that a large memory-mapped store is never
 # materialized whole.
@@ -24,10 +25,10 @@ _CHUNK = 1024
 
 class BaselineParams(Strict):
     enabled: bool = True
-    kind: Literal["hog_svm", "logreg", "knn"] = "hog_svm"   # classifier on the HOG features
-    image_size: int = Field(32, ge=8)                       # images are resized (grayscale) to this first
-    cells: int = Field(4, ge=2)                             # HOG cells per image side
-    orientations: int = Field(9, ge=2)                      # unsigned gradient bins over 0..180 degrees
+    kind: Literal["hog_svm", "logreg", "knn"] = "hog_svm"  # classifier on the HOG features
+    image_size: int = Field(32, ge=8)  # images are resized (grayscale) to this first
+    cells: int = Field(4, ge=2)  # HOG cells per image side
+    orientations: int = Field(9, ge=2)  # unsigned gradient bins over 0..180 degrees
 
     @model_validator(mode="after")
     def _cells_fit(self):
@@ -44,14 +45,15 @@ def _grayscale(batch: np.ndarray, size: int) -> np.ndarray:
     gray = batch[..., 0] if batch.shape[-1] == 1 else batch @ np.array([0.299, 0.587, 0.114], np.float32)
     if gray.shape[1:] == (size, size):
         return gray
-    return np.stack([np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.Resampling.BILINEAR))
-                     for g in gray])
+    return np.stack(
+        [np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.Resampling.BILINEAR)) for g in gray]
+    )
 
 
 def features(images: np.ndarray, rows: np.ndarray, params: BaselineParams) -> np.ndarray:
     size = params.image_size // params.cells * params.cells  # HOG needs a whole number of pixels per cell
     chunks = [
-        hog_features(_grayscale(images[rows[i:i + _CHUNK]], size), params.cells, params.orientations)
+        hog_features(_grayscale(images[rows[i : i + _CHUNK]], size), params.cells, params.orientations)
         for i in tqdm(range(0, len(rows), _CHUNK), desc="baseline features", unit="chunk", disable=None)
     ]
     return np.concatenate(chunks)
@@ -74,8 +76,14 @@ def make_classifier(kind: str):
 
 
 def run_baseline(
-    params: BaselineParams, store: PreparedStore, *, splits: list[str], dataset_version: str,
-    top_k: int, bins: int, experiment_id: str | None = None,
+    params: BaselineParams,
+    store: PreparedStore,
+    *,
+    splits: list[str],
+    dataset_version: str,
+    top_k: int,
+    bins: int,
+    experiment_id: str | None = None,
 ) -> dict:
     """Fit on the train split, score `splits`, log everything as one MLflow run (tracking URI and
     experiment as already configured by the caller). Returns {"run_id", "seconds", "metrics"} with

@@ -6,6 +6,7 @@ images exactly one of them gets right carry evidence (b: candidate right, champi
 way round). Under "equally good" each such image is a fair coin, so the exact McNemar test is a
 binomial test of b against b + c at 1/2; the gate passes when b > c and the two-sided p-value is below
 promote.max_paired_p. One image better out of 167 (b = 1, c = 0) has p = 1: not evidence."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ class Rules:
     max_class_recall_drop: float
     max_ece: float | None = None
     max_latency_ms: float | None = None
-    paired_gate: bool = False   # enforce the paired (McNemar) gate; off, it is still computed and reported
+    paired_gate: bool = False  # enforce the paired (McNemar) gate; off, it is still computed and reported
     max_paired_p: float = 0.05
 
 
@@ -79,8 +80,9 @@ def score_predictions(actual, predicted, confidence, latency_ms: float | None = 
     }
     if latency_ms is not None:
         metrics["test/latency_p50_ms"] = float(latency_ms)
-    return Scores(metrics, {c: float(r) for c, r in zip(classes, recalls)}, latency_ms,
-                  correct=tuple(bool(x) for x in correct))
+    return Scores(
+        metrics, {c: float(r) for c, r in zip(classes, recalls)}, latency_ms, correct=tuple(bool(x) for x in correct)
+    )
 
 
 def mcnemar_exact(candidate_correct, champion_correct) -> tuple[int, int, float]:
@@ -103,13 +105,20 @@ def check_gates(candidate: Scores, champion: Scores | None, rules: Rules) -> lis
     if champion is None:
         gates.append(Gate("improvement", None, rules.min_improvement, True, "no champion to beat"))
         gates.append(Gate("class_recall_drop", None, rules.max_class_recall_drop, True, "no champion to compare"))
-        gates.append(Gate("paired", None, rules.max_paired_p if rules.paired_gate else None, True, "no champion to compare"))
+        gates.append(
+            Gate("paired", None, rules.max_paired_p if rules.paired_gate else None, True, "no champion to compare")
+        )
     else:
         delta = value - champion.metrics[rules.metric]
-        gates.append(Gate(
-            "improvement", delta, rules.min_improvement, delta >= rules.min_improvement - _TOLERANCE,
-            f"{rules.metric} {value:.4f} vs champion {champion.metrics[rules.metric]:.4f}",
-        ))
+        gates.append(
+            Gate(
+                "improvement",
+                delta,
+                rules.min_improvement,
+                delta >= rules.min_improvement - _TOLERANCE,
+                f"{rules.metric} {value:.4f} vs champion {champion.metrics[rules.metric]:.4f}",
+            )
+        )
         gates.append(_class_recall_gate(candidate, champion, rules.max_class_recall_drop))
         gates.append(_paired_gate(candidate, champion, rules))
     ece = candidate.metrics["test/ece"]
@@ -127,11 +136,17 @@ def check_gates(candidate: Scores, champion: Scores | None, rules: Rules) -> lis
 
 
 def _class_recall_gate(candidate: Scores, champion: Scores, max_drop: float) -> Gate:
-    drops = {c: champion.per_class_recall[c] - candidate.per_class_recall.get(c, 0.0) for c in champion.per_class_recall}
+    drops = {
+        c: champion.per_class_recall[c] - candidate.per_class_recall.get(c, 0.0) for c in champion.per_class_recall
+    }
     worst = max(drops, key=drops.get) if drops else None
     drop = drops[worst] if worst is not None else 0.0
-    detail = f"largest drop: class {worst!r} {champion.per_class_recall[worst]:.3f} -> " \
-             f"{candidate.per_class_recall.get(worst, 0.0):.3f}" if worst is not None else "no classes"
+    detail = (
+        f"largest drop: class {worst!r} {champion.per_class_recall[worst]:.3f} -> "
+        f"{candidate.per_class_recall.get(worst, 0.0):.3f}"
+        if worst is not None
+        else "no classes"
+    )
     return Gate("class_recall_drop", drop, max_drop, drop <= max_drop + _TOLERANCE, detail)
 
 
@@ -142,8 +157,13 @@ def _paired_gate(candidate: Scores, champion: Scores, rules: Rules) -> Gate:
     off = "" if rules.paired_gate else " (not enforced: promote.paired_gate: false)"
     if candidate.correct is None or champion.correct is None or len(candidate.correct) != len(champion.correct):
         # asked for but not measurable: fail rather than pass silently (as the latency bound does)
-        return Gate("paired", None, threshold, not rules.paired_gate,
-                    f"per-image correctness of both models on the same test images is not available{off}")
+        return Gate(
+            "paired",
+            None,
+            threshold,
+            not rules.paired_gate,
+            f"per-image correctness of both models on the same test images is not available{off}",
+        )
     b, c, p = mcnemar_exact(candidate.correct, champion.correct)
     significant = b > c and p < rules.max_paired_p
     if significant:
@@ -152,8 +172,10 @@ def _paired_gate(candidate: Scores, champion: Scores, rules: Rules) -> Gate:
         verdict = f"better on {b - c} more images, not significant (p >= {rules.max_paired_p:g})"
     else:
         verdict = "not better than the champion"
-    detail = (f"exact McNemar on {len(candidate.correct)} test images: b={b} only the candidate right, "
-              f"c={c} only the champion right, two-sided p={p:.4g}: {verdict}{off}")
+    detail = (
+        f"exact McNemar on {len(candidate.correct)} test images: b={b} only the candidate right, "
+        f"c={c} only the champion right, two-sided p={p:.4g}: {verdict}{off}"
+    )
     return Gate("paired", p, threshold, significant or not rules.paired_gate, detail)
 
 

@@ -1,5 +1,6 @@
 """Classification metrics from integer labels and class probabilities. Pure functions (numpy in,
 numbers and DataFrames out); the label metrics are scikit-learn's, calibration is computed here."""
+
 from __future__ import annotations
 
 import warnings

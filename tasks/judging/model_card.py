@@ -10,6 +10,7 @@ as the registry version's description.
     decision            promote's gates and outcome (the decision dict, as in reports/promote/decision.json)
 
 A missing report is named in the card instead of failing promotion."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,8 @@ def _cell(value: Any) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+        "| " + " | ".join(_cell(v) for v in row) + " |" for row in rows
+    ]
 
 
 def _read_json(path: Path) -> Any:
@@ -79,8 +81,11 @@ def _per_class_section(paths: Paths) -> list[str]:
     shown = df[df["split"] == split] if split is not None else df
     cols = [c for c in ("precision", "recall", "f1", "support") if c in shown.columns]
     rows = [[r["class"], *(float(r[c]) if c != "support" else int(r[c]) for c in cols)] for _, r in shown.iterrows()]
-    return [f"{len(shown)} classes; metrics on the **{split}** split (reports/evaluate/per_class.csv):", "",
-            *_table(["class", *cols], rows)]
+    return [
+        f"{len(shown)} classes; metrics on the **{split}** split (reports/evaluate/per_class.csv):",
+        "",
+        *_table(["class", *cols], rows),
+    ]
 
 
 def _calibration_section(metrics: dict | None, path: Path) -> list[str]:
@@ -104,8 +109,11 @@ def _quality_section(counts: dict[str, dict[str, int]]) -> list[str]:
     lines = [f"- {stage}: {sum(r.values())} images flagged" for stage, r in counts.items()]
     if rows:
         lines += ["", *_table(["stage", "reason", "images"], rows)]
-    return lines + ["", "clean sets flagged images aside; validate's warnings and suspect labels may stay in the "
-                        "training data (see reports/<stage>/flagged.csv)."]
+    return lines + [
+        "",
+        "clean sets flagged images aside; validate's warnings and suspect labels may stay in the "
+        "training data (see reports/<stage>/flagged.csv).",
+    ]
 
 
 def _intended_use(stats: dict | None, classes: list[str]) -> list[str]:
@@ -120,7 +128,7 @@ def _intended_use(stats: dict | None, classes: list[str]) -> list[str]:
         f"- **Input**: one image (PNG, JPEG, BMP, GIF, TIFF, WebP); the model decodes it, applies EXIF "
         f"orientation, flattens transparency onto white and {shape}, normalized with the training statistics.",
         f"- **Output**: one of {names}, with a probability per class. It always answers with one of these "
-        "classes: it cannot say \"none of the above\".",
+        'classes: it cannot say "none of the above".',
         "- **Intended use**: images like the training data: same kind of subject, framing, lighting and "
         "source. Use the score as a confidence only within the calibration shown above.",
         "- **Limits**: detail finer than the input size is lost; images from another domain (different "
@@ -132,9 +140,13 @@ def _intended_use(stats: dict | None, classes: list[str]) -> list[str]:
 def _decision_section(decision: dict | None) -> list[str]:
     if not decision:
         return ["_no promotion decision recorded_"]
-    lines = [f"- **{k}**: {_cell(decision[k])}" for k in ("decision", "reason", "metric", "decided_at") if k in decision]
+    lines = [
+        f"- **{k}**: {_cell(decision[k])}" for k in ("decision", "reason", "metric", "decided_at") if k in decision
+    ]
     champion = decision.get("champion")
-    lines.append(f"- **compared to**: {'version ' + str(champion['version']) if champion else 'no champion (first model)'}")
+    lines.append(
+        f"- **compared to**: {'version ' + str(champion['version']) if champion else 'no champion (first model)'}"
+    )
     gates = decision.get("gates") or []
     if gates:
         cols = list(dict.fromkeys(c for g in gates for c in g))
@@ -142,8 +154,16 @@ def _decision_section(decision: dict | None) -> list[str]:
     return lines
 
 
-def model_card(paths: Paths, *, model_name: str, version: str | int, decision: dict | None = None,
-               dataset_version: str | None = None, run_id: str | None = None, git_commit: str | None = None) -> str:
+def model_card(
+    paths: Paths,
+    *,
+    model_name: str,
+    version: str | int,
+    decision: dict | None = None,
+    dataset_version: str | None = None,
+    run_id: str | None = None,
+    git_commit: str | None = None,
+) -> str:
     """The card as markdown, from the reports under `paths` and promote's `decision`."""
     evaluate_dir = paths.report_dir("evaluate")
     metrics = _read_json(evaluate_dir / "metrics.json")
@@ -152,8 +172,10 @@ def model_card(paths: Paths, *, model_name: str, version: str | int, decision: d
     per_class = _read_csv(evaluate_dir / "per_class.csv")
     if not classes and per_class is not None and "class" in per_class.columns:
         classes = list(dict.fromkeys(per_class["class"].astype(str)))
-    facts = [f"- **model**: `{model_name}` version {version}",
-             f"- **data version** (dataset_version): `{dataset_version or 'unknown'}`"]
+    facts = [
+        f"- **model**: `{model_name}` version {version}",
+        f"- **data version** (dataset_version): `{dataset_version or 'unknown'}`",
+    ]
     if run_id:
         facts.append(f"- **training run**: `{run_id}`")
     if git_commit:
@@ -161,12 +183,30 @@ def model_card(paths: Paths, *, model_name: str, version: str | int, decision: d
     if classes:
         facts.append(f"- **classes** ({len(classes)}): {', '.join(map(str, classes))}")
     parts = [
-        f"# Model card: {model_name} v{version}", "", *facts, "",
-        "## Per-class metrics", "", *_per_class_section(paths), "",
-        "## Calibration", "", *_calibration_section(metrics, evaluate_dir / "metrics.json"), "",
-        "## Data quality", "", *_quality_section(reason_counts(paths)), "",
-        "## Intended use and limits", "", *_intended_use(stats, [str(c) for c in classes]), "",
-        "## Promotion decision", "", *_decision_section(decision), "",
+        f"# Model card: {model_name} v{version}",
+        "",
+        *facts,
+        "",
+        "## Per-class metrics",
+        "",
+        *_per_class_section(paths),
+        "",
+        "## Calibration",
+        "",
+        *_calibration_section(metrics, evaluate_dir / "metrics.json"),
+        "",
+        "## Data quality",
+        "",
+        *_quality_section(reason_counts(paths)),
+        "",
+        "## Intended use and limits",
+        "",
+        *_intended_use(stats, [str(c) for c in classes]),
+        "",
+        "## Promotion decision",
+        "",
+        *_decision_section(decision),
+        "",
     ]
     return "\n".join(parts)
 

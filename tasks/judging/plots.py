@@ -1,5 +1,6 @@
 """Evaluation pictures: confusion matrices, reliability diagram, gallery of the most confident mistakes.
 Each function draws with matplotlib's Agg backend and writes one PNG atomically."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,9 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], target: str | Path, t
             for j in range(n):
                 value = matrix[i, j]
                 text = f"{value:d}" if is_count else f"{value:.2f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if value > threshold else "black")
+                ax.text(
+                    j, i, text, ha="center", va="center", fontsize=7, color="white" if value > threshold else "black"
+                )
     return save_figure(fig, target)
 
 
@@ -44,10 +46,25 @@ def reliability_plot(table: pd.DataFrame, ece: float, target: str | Path, title:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = table["upper"] - table["lower"]
     filled = table["count"] > 0
-    top.bar(table["lower"][filled], table["accuracy"][filled], width=width[filled], align="edge",
-            edgecolor="#2b4a7a", color="#4c72b0", label="accuracy")
-    top.bar(table["lower"][filled], (table["confidence"] - table["accuracy"])[filled], width=width[filled],
-            bottom=table["accuracy"][filled], align="edge", color="#dd8452", alpha=0.5, label="gap to confidence")
+    top.bar(
+        table["lower"][filled],
+        table["accuracy"][filled],
+        width=width[filled],
+        align="edge",
+        edgecolor="#2b4a7a",
+        color="#4c72b0",
+        label="accuracy",
+    )
+    top.bar(
+        table["lower"][filled],
+        (table["confidence"] - table["accuracy"])[filled],
+        width=width[filled],
+        bottom=table["accuracy"][filled],
+        align="edge",
+        color="#dd8452",
+        alpha=0.5,
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f})")
     top.legend(loc="upper left", fontsize=8)
@@ -65,8 +82,13 @@ def confident_mistakes(y_true: np.ndarray, proba: np.ndarray, limit: int) -> np.
 
 
 def mistakes_gallery(
-    images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, classes: list[str], target: str | Path,
-    limit: int, cols: int = 8,
+    images: np.ndarray,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    target: str | Path,
+    limit: int,
+    cols: int = 8,
 ) -> np.ndarray:
     """Grid of the most confident mistakes, each captioned true / predicted (score). `images` is
     uint8 NHWC aligned with y_true. Returns the positions shown."""
@@ -79,8 +101,10 @@ def mistakes_gallery(
             ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(image)
-        ax.set_title(f"true: {classes[int(y_true[pos])][:14]}\npred: {classes[predicted][:14]} "
-                     f"({proba[pos, predicted]:.2f})", fontsize=7)
+        ax.set_title(
+            f"true: {classes[int(y_true[pos])][:14]}\npred: {classes[predicted][:14]} ({proba[pos, predicted]:.2f})",
+            fontsize=7,
+        )
     fig.suptitle("most confident mistakes", fontsize=9)
     save_figure(fig, target)
     return shown

@@ -1,5 +1,6 @@
 """The MLflow Model Registry as promote sees it: one connection, alias reads, version tags, and an
 inter-process lock that serializes every alias change (automatic or manual)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,7 @@ def lock_path(cache: str | Path, uri: str | None = None) -> Path:
     else in the project's cache folder."""
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
         return db.with_name(db.name + ".promote.lock")
     return Path(cache) / "promote.lock"
 

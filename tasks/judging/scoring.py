@@ -1,5 +1,6 @@
 """Score a registered model on the current test split through its pyfunc: the same images, the same
 code path for the candidate and for the champion, so neither is judged by numbers from another day."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from tasks.common.errors import UserError
-from tasks.judging.gates import Scores, score_predictions
 from tasks.common.manifest import read_manifest, store_path
+from tasks.judging.gates import Scores, score_predictions
 
 log = logging.getLogger(__name__)
 LATENCY_WARMUP = 2
@@ -49,7 +50,7 @@ def score_model(model_uri: str, test: HeldOut, batch_size: int, measure_latency:
     predicted, confidence = [], []
     starts = range(0, len(test.image_paths), batch_size)
     for start in tqdm(starts, desc=f"scoring {model_uri}", unit="batch", disable=None):
-        out = model.predict(pd.DataFrame({"image": test.image_paths[start:start + batch_size]}))
+        out = model.predict(pd.DataFrame({"image": test.image_paths[start : start + batch_size]}))
         predicted += out["label"].astype(str).tolist()
         confidence += out["score"].astype(float).tolist()
     latency = single_image_p50_ms(model, test.image_paths) if measure_latency else None

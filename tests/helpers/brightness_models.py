@@ -1,5 +1,6 @@
 """Saving and logging the stub pyfunc (tests/helpers/brightness_pyfunc.py) as real MLflow models, and
 the images it is scored on: tiny generated PNGs in a content-addressed store and a split manifest."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def save(path, strict: bool = False) -> str:
     """A two-class model (dark / bright) saved at `path`; `strict` fails a whole call on one bad image."""
     import mlflow.pyfunc
 
-    mlflow.pyfunc.save_model(path=str(path), python_model=str(MODEL_CODE), pip_requirements=["mlflow"],
-                             model_config={"strict": strict})
+    mlflow.pyfunc.save_model(
+        path=str(path), python_model=str(MODEL_CODE), pip_requirements=["mlflow"], model_config={"strict": strict}
+    )
     return str(path)
 
 
@@ -53,8 +55,13 @@ def write_split(paths, per_class: dict[str, int], seed: int = 0, train_per_class
     return df
 
 
-def train_run(train_dir: Path, error_rates: dict[str, float], logged_metrics: dict[str, float] | None = None,
-              dataset_version: str = "ds-1", classes: list | None = None) -> dict:
+def train_run(
+    train_dir: Path,
+    error_rates: dict[str, float],
+    logged_metrics: dict[str, float] | None = None,
+    dataset_version: str = "ds-1",
+    classes: list | None = None,
+) -> dict:
     """A real MLflow run in the current tracking store logging the stub (three classes, these error
     rates) as "model", and the run.json that train writes."""
     import mlflow
@@ -62,13 +69,19 @@ def train_run(train_dir: Path, error_rates: dict[str, float], logged_metrics: di
     with mlflow.start_run() as run:
         mlflow.set_tags({"git_commit": "abc1234", "dataset_version": dataset_version, "stage": "train"})
         mlflow.pyfunc.log_model(
-            name="model", python_model=str(MODEL_CODE), pip_requirements=["mlflow"],
+            name="model",
+            python_model=str(MODEL_CODE),
+            pip_requirements=["mlflow"],
             model_config={"classes": classes or CLASSES, "error_rates": error_rates},
         )
         mlflow.log_metrics(logged_metrics or {})
     info = {
-        "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": mlflow.get_tracking_uri(),
-        "model_uri": f"runs:/{run.info.run_id}/model", "dataset_version": dataset_version, "baseline_run_id": None,
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "model_uri": f"runs:/{run.info.run_id}/model",
+        "dataset_version": dataset_version,
+        "baseline_run_id": None,
     }
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")

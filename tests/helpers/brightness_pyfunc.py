@@ -16,6 +16,7 @@ Model config (all optional):
   can build exactly as good or as bad a model as it needs;
 - strict: a bad image fails the whole call, like a careless third-party model; otherwise it gets an
   error row and the rest of the batch is scored."""
+
 import base64
 import binascii
 import io
@@ -49,7 +50,9 @@ class BrightnessModel(mlflow.pyfunc.PythonModel):
             except (OSError, ValueError, binascii.Error) as exc:
                 if self.strict:
                     raise
-                rows.append({"label": "", "score": float("nan"), "top_k": "[]", "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(
+                    {"label": "", "score": float("nan"), "top_k": "[]", "error": f"{type(exc).__name__}: {exc}"}
+                )
         return pd.DataFrame(rows, columns=COLUMNS)
 
     def _one(self, value):

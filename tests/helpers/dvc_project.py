@@ -1,4 +1,5 @@
 """A throw-away copy of this project in its own git + DVC repo, for real `dvc repro` runs."""
+
 from __future__ import annotations
 
 import os
@@ -10,27 +11,41 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", "pyproject.toml", "data/inbox/.gitkeep",
-        "data/feedback/.gitkeep"]
+CODE = [
+    "tasks",
+    "models",
+    "flows",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "data/inbox/.gitkeep",
+    "data/feedback/.gitkeep",
+]
 
 
 def project_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": str(root),
-        "GIT_AUTHOR_NAME": "imgcls tests", "GIT_AUTHOR_EMAIL": "tests@imgcls.invalid",
-        "GIT_COMMITTER_NAME": "imgcls tests", "GIT_COMMITTER_EMAIL": "tests@imgcls.invalid",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "DVC_NO_ANALYTICS": "1",
-    })
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(root),
+            "GIT_AUTHOR_NAME": "imgcls tests",
+            "GIT_AUTHOR_EMAIL": "tests@imgcls.invalid",
+            "GIT_COMMITTER_NAME": "imgcls tests",
+            "GIT_COMMITTER_EMAIL": "tests@imgcls.invalid",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+            "DVC_NO_ANALYTICS": "1",
+        }
+    )
     return env
 
 
 def sh(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=root, env=project_env(root), capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

@@ -1,4 +1,5 @@
 """Images the tests make themselves: nothing is downloaded."""
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ generated images in one of two kinds of three classes:
   separate them (while HOG features, which see gradients, do not);
 - "stripes": horizontal / vertical / diagonal stripes, told apart by orientation, so any reasonable
   classifier (HOG + SVM included) separates them."""
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,24 @@ def _stripes(n: int, label_idx: int, size: int, rng: np.random.Generator) -> np.
 
 # kind -> (class names, draw n grey images of a class, label-preserving training augmentations)
 KINDS = {
-    "brightness": (BRIGHTNESS_CLASSES, _brightness, lambda A: [A.HorizontalFlip(p=0.5), A.Affine(translate_px=(-1, 1), p=0.5)]),
+    "brightness": (
+        BRIGHTNESS_CLASSES,
+        _brightness,
+        lambda A: [A.HorizontalFlip(p=0.5), A.Affine(translate_px=(-1, 1), p=0.5)],
+    ),
     "stripes": (STRIPE_CLASSES, _stripes, lambda A: [A.RandomBrightnessContrast(p=0.5)]),
 }
 
 
-def make_prepared_store(root: Path, per_split: dict[str, int] | None = None, size: int = 16, channels: int = 1,
-                        seed: int = 0, kind: str = "stripes", classes: list[str] | None = None) -> Path:
+def make_prepared_store(
+    root: Path,
+    per_split: dict[str, int] | None = None,
+    size: int = 16,
+    channels: int = 1,
+    seed: int = 0,
+    kind: str = "stripes",
+    classes: list[str] | None = None,
+) -> Path:
     """Write the prepared store at `root` and return it. per_split = images per class in each split
     (default train 12, val 4, test 4); train gets one balance copy (of its first row). `classes`
     renames the kind's three classes."""
@@ -60,8 +72,16 @@ def make_prepared_store(root: Path, per_split: dict[str, int] | None = None, siz
     for split, n in per_split.items():
         for label_idx, label in enumerate(classes):
             for gray in draw(n, label_idx, size, rng):
-                rows.append({"row": len(images), "image_id": f"{len(images):064x}", "label": label,
-                             "label_idx": label_idx, "split": split, "balance_copy": False})
+                rows.append(
+                    {
+                        "row": len(images),
+                        "image_id": f"{len(images):064x}",
+                        "label": label,
+                        "label_idx": label_idx,
+                        "split": split,
+                        "balance_copy": False,
+                    }
+                )
                 images.append(np.repeat(gray[:, :, None], channels, axis=2))
     rows.append(dict(rows[0], balance_copy=True))
     root = Path(root)
@@ -78,14 +98,26 @@ def make_prepared_store(root: Path, per_split: dict[str, int] | None = None, siz
     return root
 
 
-def make_project(root: Path, per_split: dict[str, int] | None = None, size: int = 16, channels: int = 1,
-                 classes: list[str] | None = None, seed: int = 0, kind: str = "brightness") -> Paths:
+def make_project(
+    root: Path,
+    per_split: dict[str, int] | None = None,
+    size: int = 16,
+    channels: int = 1,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    kind: str = "brightness",
+) -> Paths:
     """The prepared store at root/prepared plus the split manifest (root/split.parquet) train hashes;
     returns Paths for them and for root/train, root/reports. Default per_split train 16, val 6, test 4."""
-    paths = Paths(prepared=str(root / "prepared"), split=str(root / "split.parquet"),
-                  train_dir=str(root / "train"), reports=str(root / "reports"))
-    make_prepared_store(Path(paths.prepared), per_split or {"train": 16, "val": 6, "test": 4}, size, channels,
-                        seed, kind, classes)
+    paths = Paths(
+        prepared=str(root / "prepared"),
+        split=str(root / "split.parquet"),
+        train_dir=str(root / "train"),
+        reports=str(root / "reports"),
+    )
+    make_prepared_store(
+        Path(paths.prepared), per_split or {"train": 16, "val": 6, "test": 4}, size, channels, seed, kind, classes
+    )
     index = pd.read_parquet(Path(paths.prepared) / "index.parquet")
     index[~index["balance_copy"]].to_parquet(paths.split, index=False)
     return paths

@@ -5,6 +5,7 @@ stopped (the whole group) and its files removed at teardown.
 
 Nothing here is mocked: the servers are the ones a production install runs, started with the same
 command lines and environment variables as the runbook."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,11 @@ import requests
 
 HOST = "127.0.0.1"
 # moto accepts any credentials; these are the names every AWS client reads
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "imgcls-test", "AWS_SECRET_ACCESS_KEY": "imgcls-test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "imgcls-test",
+    "AWS_SECRET_ACCESS_KEY": "imgcls-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -41,16 +45,19 @@ def postgres_bindir() -> Path | None:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]),
-                        reverse=True)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+    )
     return Path(candidates[0]).parent if candidates else None
 
 
 def missing_requirements() -> str | None:
     """Why the production-profile servers cannot run here, or None when they can."""
     if postgres_bindir() is None:
-        return ("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin: "
-                "install Debian's postgresql-15 (.ci/run does)")
+        return (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin: "
+            "install Debian's postgresql-15 (.ci/run does)"
+        )
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: PostgreSQL refuses to run as root"
     for module in ("moto", "boto3", "psycopg", "asyncpg"):
@@ -68,6 +75,7 @@ class ServerError(AssertionError):
 @dataclass
 class Proc:
     """A server subprocess in its own process group, with its log file."""
+
     name: str
     popen: subprocess.Popen
     log: Path
@@ -107,12 +115,18 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
 
 
-def spawn(name: str, args: list[str], log: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> Proc:
+def spawn(name: str, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
     fh = open(log, "wb")
     try:
-        popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                 start_new_session=True, stdin=subprocess.DEVNULL)
+        popen = subprocess.Popen(
+            args,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         fh.close()  # the child holds its own copy
     return Proc(name, popen, log)
@@ -172,15 +186,50 @@ def postgres_cluster(databases: tuple[str, ...]) -> Iterator[Postgres]:
     port = free_port()
     started = False
     try:
-        subprocess.run(_as_postgres_user([str(bindir / "initdb"), "-D", str(datadir), "-U", "imgcls",
-                                          f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=peer",
-                                          "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]),
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_postgres_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "-U",
+                    "imgcls",
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=peer",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         pwfile.unlink()
-        subprocess.run(_as_postgres_user([
-            str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start", "-o",
-            f"-p {port} -c listen_addresses={HOST} -k {base} -c fsync=off -c synchronous_commit=off "
-            f"-c full_page_writes=off -c max_connections=100"]), check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_postgres_user(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(datadir),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                    "-o",
+                    f"-p {port} -c listen_addresses={HOST} -k {base} -c fsync=off -c synchronous_commit=off "
+                    f"-c full_page_writes=off -c max_connections=100",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         started = True
         pg = Postgres(port=port, user="imgcls", password=password, datadir=datadir, log=log)
         for name in databases:
@@ -190,8 +239,10 @@ def postgres_cluster(databases: tuple[str, ...]) -> Iterator[Postgres]:
         raise ServerError(f"{exc.cmd[:6]} failed: {exc.stderr}\n{log.read_text() if log.exists() else ''}") from exc
     finally:
         if started:
-            subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w",
-                                              "stop"]), capture_output=True)
+            subprocess.run(
+                _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -204,9 +255,13 @@ class S3:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -217,8 +272,12 @@ class S3:
 def s3_server(workdir: Path, buckets: tuple[str, ...]) -> Iterator[S3]:
     """moto's S3 in server mode (`python -m moto.server`), with `buckets` made."""
     port = free_port()
-    proc = spawn("moto_server", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-                 workdir / "moto.log", env={**os.environ, **AWS_ENV})
+    proc = spawn(
+        "moto_server",
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        workdir / "moto.log",
+        env={**os.environ, **AWS_ENV},
+    )
     try:
         s3 = S3(endpoint=f"http://{HOST}:{port}")
         proc.wait_until(lambda: s3.client().list_buckets() is not None, timeout=60)
@@ -237,9 +296,28 @@ def mlflow_server(workdir: Path, backend_uri: str, artifacts: str, s3: S3) -> It
     port = free_port()
     env = {**os.environ, **s3.env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = spawn("mlflow server", [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-                                   "--artifacts-destination", artifacts, "--host", HOST, "--port", str(port),
-                                   "--workers", "1"], workdir / "mlflow-server.log", env=env, cwd=workdir)
+    proc = spawn(
+        "mlflow server",
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            artifacts,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        workdir / "mlflow-server.log",
+        env=env,
+        cwd=workdir,
+    )
     url = f"http://{HOST}:{port}"
     try:
         yield url, proc
@@ -256,15 +334,37 @@ def prefect_server(workdir: Path, database_url: str, auth: str) -> Iterator[tupl
     port = free_port()
     home = workdir / "prefect-server-home"
     home.mkdir()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
-           "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+    }
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(name, None)
-    proc = spawn("prefect server", [sys.executable, "-m", "prefect", "server", "start", "--host", HOST,
-                                    "--port", str(port), "--no-scheduler", "--no-late-runs", "--no-ui",
-                                    "--analytics-off"],
-                 workdir / "prefect-server.log", env=env, cwd=workdir)
+    proc = spawn(
+        "prefect server",
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--no-scheduler",
+            "--no-late-runs",
+            "--no-ui",
+            "--analytics-off",
+        ],
+        workdir / "prefect-server.log",
+        env=env,
+        cwd=workdir,
+    )
     try:
         yield f"http://{HOST}:{port}/api", proc
     finally:

@@ -1,6 +1,7 @@
 """The data stages on a real dask.distributed LocalCluster (2 worker processes, one thread each, small
 memory) give exactly what they give in-process: the same manifests, flags and prepared images, in the
 same order. Also the Prefect flow's DaskTaskRunner serving the stages' work."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,15 @@ pytestmark = pytest.mark.timeout(240)
 
 # small partitions: many tasks per stage, so ordering across workers is really exercised
 ON_CLUSTER = dict(in_process_below=0, partition_size=16)
-OUTPUTS = ("data/manifests/cleaned.parquet", "data/manifests/validated.parquet", "data/manifests/split.parquet",
-           "reports/clean/flagged.csv", "reports/validate/flagged.csv", "data/prepared/index.parquet",
-           "data/prepared/stats.json")
+OUTPUTS = (
+    "data/manifests/cleaned.parquet",
+    "data/manifests/validated.parquet",
+    "data/manifests/split.parquet",
+    "reports/clean/flagged.csv",
+    "reports/validate/flagged.csv",
+    "data/prepared/index.parquet",
+    "data/prepared/stats.json",
+)
 
 
 def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, str]]:
@@ -30,15 +37,24 @@ def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, st
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return [(np.asarray(Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)),
-             f"digit_{d}") for d in classes for img in digits.images[digits.target == d][:per_class]]
+    return [
+        (
+            np.asarray(
+                Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
+            ),
+            f"digit_{d}",
+        )
+        for d in classes
+        for img in digits.images[digits.target == d][:per_class]
+    ]
 
 
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="768MiB",
-                                  dashboard_address=None) as local:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="768MiB", dashboard_address=None
+    ) as local:
         yield local
 
 
@@ -60,7 +76,9 @@ def _run_data_stages(root: Path) -> None:
     os.chdir(root)
     paths = Paths()
     clean.run(clean.Params(), paths)
-    validate.run(validate.Params(min_per_class=5, suspect_label={"model": "kernel", "folds": 3, "retrain": False}), paths)
+    validate.run(
+        validate.Params(min_per_class=5, suspect_label={"model": "kernel", "folds": 3, "retrain": False}), paths
+    )
     split.run(split.Params(group_radius=12), paths)  # wide: hash-near pairs to verify by thumbnails
     augment.run(augment.Params(image_size=16, preview={"images": 2, "draws": 1}), paths)
 
@@ -87,8 +105,11 @@ def test_stages_on_a_local_cluster_match_in_process(ingested, cluster, tmp_path,
         _run_data_stages(here)
     import distributed
 
-    with distributed.Client(cluster, set_as_default=False) as client, distributed.get_task_stream(client) as stream, \
-            engine.configured(engine.EngineParams(address=cluster.scheduler_address, **ON_CLUSTER)):
+    with (
+        distributed.Client(cluster, set_as_default=False) as client,
+        distributed.get_task_stream(client) as stream,
+        engine.configured(engine.EngineParams(address=cluster.scheduler_address, **ON_CLUSTER)),
+    ):
         _run_data_stages(there)
     ran = {task["key"][0] if isinstance(task["key"], tuple) else task["key"] for task in stream.data}
     # every stage's per-image work ran on the cluster's workers
@@ -146,11 +167,15 @@ def test_flow_on_the_dask_task_runner(ingested, tmp_path, monkeypatch):
 
     import yaml
 
-    (there / "params.yaml").write_text(yaml.safe_dump({
-        "engine": {"workers": 2, "memory_limit": "768MiB", **ON_CLUSTER},
-        "validate": {"min_per_class": 5, "suspect_label": {"model": "kernel", "folds": 3, "retrain": False}},
-        "augment": {"image_size": 16, "preview": {"images": 2, "draws": 1}},
-    }))
+    (there / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "engine": {"workers": 2, "memory_limit": "768MiB", **ON_CLUSTER},
+                "validate": {"min_per_class": 5, "suspect_label": {"model": "kernel", "folds": 3, "retrain": False}},
+                "augment": {"image_size": 16, "preview": {"images": 2, "draws": 1}},
+            }
+        )
+    )
     monkeypatch.chdir(there)
     with prefect_test_harness(server_startup_timeout=180):  # a loaded machine starts the API slowly
         data_stages("params.yaml")

@@ -65,10 +65,18 @@ def experiment_metrics(shown: list) -> dict[str, dict]:
 
 
 def registered_versions(root: Path) -> list[str]:
-    code = ("from mlflow import MlflowClient\n"
-            "print(','.join(str(v.version) for v in MlflowClient().search_model_versions(\"name='imgcls'\")))")
-    result = subprocess.run([str(root / ".venv/bin/python"), "-c", code], cwd=root, env=project_env(root),
-                            capture_output=True, text=True, check=True)
+    code = (
+        "from mlflow import MlflowClient\n"
+        "print(','.join(str(v.version) for v in MlflowClient().search_model_versions(\"name='imgcls'\")))"
+    )
+    result = subprocess.run(
+        [str(root / ".venv/bin/python"), "-c", code],
+        cwd=root,
+        env=project_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [v for v in result.stdout.strip().split(",") if v]
 
 

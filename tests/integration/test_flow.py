@@ -1,4 +1,5 @@
 """The whole pipeline as a Prefect flow on a real ephemeral Prefect API, on a tiny generated folder."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
-
 from prefect import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.pipeline as pipeline
-from tasks.stages import STAGES
 from tasks.common.params import stage_params_model
+from tasks.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("red", "green", "blue")
@@ -57,7 +57,9 @@ async def artifact_keys(flow_run_id: str) -> set[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.key for a in found}
 
 
@@ -75,7 +77,8 @@ def test_flow_trains_then_skips_until_new_data(tmp_path, monkeypatch):
         last = json.loads((tmp_path / "reports" / ".last_flow.json").read_text())
         assert last["dataset_version"] == first["dataset_version"] and last["flow_run_id"] == first["flow_run_id"]
         assert {"imgcls-data-quality", "imgcls-evaluation", "imgcls-promotion", "imgcls-mlflow-run"} <= asyncio.run(
-            artifact_keys(first["flow_run_id"]))
+            artifact_keys(first["flow_run_id"])
+        )
 
         second = pipeline.imgcls_pipeline("params.yaml")
         assert second["skipped"] == list(pipeline.MODEL_STAGES)
@@ -103,11 +106,15 @@ def test_first_run_from_the_cli_is_quiet(tmp_path):
     params = small_params(project / "source")
     params["validate"]["suspect_label"]["model"] = "kernel"  # the CNN's cost adds nothing to this check
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST")
+    }
     env["HOME"] = str(tmp_path / "home")
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     for forbidden in QUIET_FORBIDDEN:  # case matters but for telemetry ("error" in a summary key is fine)

@@ -1,4 +1,5 @@
 """promote against a real `mlflow server` (sqlite backend, served artifacts), checked over HTTP."""
+
 from __future__ import annotations
 
 import socket
@@ -29,10 +30,25 @@ def server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 120
@@ -65,8 +81,12 @@ def registered_model(url: str) -> dict:
 def test_promotion_is_visible_through_a_real_tracking_server(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     monkeypatch.chdir(tmp_path)
-    paths = Paths(store=str(tmp_path / "store"), split=str(tmp_path / "split.parquet"),
-                  reports=str(tmp_path / "reports"), cache=str(tmp_path / "cache"))
+    paths = Paths(
+        store=str(tmp_path / "store"),
+        split=str(tmp_path / "split.parquet"),
+        reports=str(tmp_path / "reports"),
+        cache=str(tmp_path / "cache"),
+    )
     write_split(paths, {"dark": 20, "mid": 20, "bright": 20})
     good = paths.model_copy(update={"train_dir": str(tmp_path / "train_good")})
     worse = paths.model_copy(update={"train_dir": str(tmp_path / "train_worse")})
@@ -78,8 +98,9 @@ def test_promotion_is_visible_through_a_real_tracking_server(server, tmp_path, m
 
     model = registered_model(server)
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1", "challenger": "2"}
-    by_alias = requests.get(f"{server}/api/2.0/mlflow/registered-models/alias",
-                            params={"name": "imgcls", "alias": "champion"}, timeout=10).json()["model_version"]
+    by_alias = requests.get(
+        f"{server}/api/2.0/mlflow/registered-models/alias", params={"name": "imgcls", "alias": "champion"}, timeout=10
+    ).json()["model_version"]
     tags = {t["key"]: t["value"] for t in by_alias["tags"]}
     assert tags["promotion_decision"] == "promoted" and tags["dataset_version"] == "ds-1"
     client = MlflowClient(tracking_uri=server)

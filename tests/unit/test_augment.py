@@ -1,5 +1,6 @@
 """augment: params validation of transform lists, the saved albumentations specs, and the prepared
 store written from a split manifest + image store of tiny generated PNGs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks import augment
 from models import transforms
+from tasks import augment
 from tasks.common.errors import UserError
 from tasks.common.images import decode, to_array
 from tasks.common.manifest import store_path
@@ -30,8 +31,13 @@ SPECS = [
     {"name": "GaussianBlur", "blur_limit": [3, 5], "p": 1.0},
     {"name": "RandomResizedCrop", "scale": [0.7, 1.0], "p": 1.0},
     {"name": "ColorJitter", "brightness": 0.3, "contrast": 0.3, "p": 1.0},
-    {"name": "CoarseDropout", "num_holes_range": [1, 3], "hole_height_range": [0.1, 0.3],
-     "hole_width_range": [0.1, 0.3], "p": 1.0},
+    {
+        "name": "CoarseDropout",
+        "num_holes_range": [1, 3],
+        "hole_height_range": [0.1, 0.3],
+        "hole_width_range": [0.1, 0.3],
+        "p": 1.0,
+    },
 ]
 
 
@@ -49,12 +55,18 @@ def load_error(tmp_path, augment_section: str) -> tuple[str, object]:
 
 
 def test_unknown_transform_is_one_line_with_close_match(tmp_path):
-    message, path = load_error(tmp_path, """  transforms:
+    message, path = load_error(
+        tmp_path,
+        """  transforms:
     - {name: Affine, rotate: [-5, 5]}
     - {name: GaussianBlur}
     - {name: HorizontalFlp, p: 0.5}
-""")
-    assert message == f"{path}: augment.transforms[2].name: unknown transform 'HorizontalFlp' (did you mean HorizontalFlip?)"
+""",
+    )
+    assert (
+        message
+        == f"{path}: augment.transforms[2].name: unknown transform 'HorizontalFlp' (did you mean HorizontalFlip?)"
+    )
 
 
 def test_unknown_argument_is_one_line_with_close_match(tmp_path):
@@ -116,6 +128,7 @@ def test_saved_spec_round_trips_with_same_seed(tmp_path):
 
 # ---- the stage on a generated store ----------------------------------------------------------
 
+
 def png_bytes(rng, mode: str, size: int = 12) -> bytes:
     gray = rng.integers(0, 256, (size, size), dtype=np.uint8)
     if mode == "RGB":
@@ -134,8 +147,12 @@ def make_project(tmp_path, counts: dict[str, dict[str, int]], color: bool = Fals
     """Store + split manifest. counts: label -> split -> images; `suspects`: (label, split) pairs whose
     first image is marked suspect_label. Gray sets mix L and gray palette files."""
     rng = np.random.default_rng(0)
-    paths = Paths(store=str(tmp_path / "store"), split=str(tmp_path / "split.parquet"),
-                  prepared=str(tmp_path / "prepared"), reports=str(tmp_path / "reports"))
+    paths = Paths(
+        store=str(tmp_path / "store"),
+        split=str(tmp_path / "split.parquet"),
+        prepared=str(tmp_path / "prepared"),
+        reports=str(tmp_path / "reports"),
+    )
     rows = []
     for label, splits in counts.items():
         for split, n in splits.items():
@@ -146,13 +163,25 @@ def make_project(tmp_path, counts: dict[str, dict[str, int]], color: bool = Fals
                 target = store_path(paths.store, image_id)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-                rows.append({"image_id": image_id, "label": label, "split": split, "mode": mode,
-                             "suspect_label": k == 0 and (label, split) in suspects, "given_probability": float("nan")})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "label": label,
+                        "split": split,
+                        "mode": mode,
+                        "suspect_label": k == 0 and (label, split) in suspects,
+                        "given_probability": float("nan"),
+                    }
+                )
     pd.DataFrame(rows).to_parquet(paths.split, index=False)
     return paths
 
 
-COUNTS = {"a": {"train": 8, "val": 2, "test": 2}, "b": {"train": 4, "val": 2, "test": 1}, "c": {"train": 2, "val": 1, "test": 1}}
+COUNTS = {
+    "a": {"train": 8, "val": 2, "test": 2},
+    "b": {"train": 4, "val": 2, "test": 1},
+    "c": {"train": 2, "val": 1, "test": 1},
+}
 
 
 def test_prepared_store_contract(tmp_path):
@@ -230,8 +259,9 @@ def test_worker_pool_gives_the_same_store(tmp_path):
     counts = {"a": {"train": 40}, "b": {"train": 30}}  # over the 64-image threshold for a pool
     one = augment.run(augment.Params(image_size=12, workers=1), make_project(tmp_path / "one", counts))
     two = augment.run(augment.Params(image_size=12, workers=2), make_project(tmp_path / "two", counts))
-    np.testing.assert_array_equal(np.load(tmp_path / "one" / "prepared" / "images.npy"),
-                                  np.load(tmp_path / "two" / "prepared" / "images.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "one" / "prepared" / "images.npy"), np.load(tmp_path / "two" / "prepared" / "images.npy")
+    )
     assert one["mean"] == two["mean"]
 
 

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES, make_prepared_store, stripes
-from tasks.judging.baseline import BaselineParams, hog_features, run_baseline
 from tasks.common.prepared import read_prepared
+from tasks.judging.baseline import BaselineParams, hog_features, run_baseline
+from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES
+from tests.helpers.prepared_store import make_prepared_store, stripes
 
 
 @pytest.fixture(scope="module")
@@ -63,5 +64,11 @@ def test_baseline_needs_two_classes_in_train(tmp_path, tracking):
     store = read_prepared(make_prepared_store(tmp_path / "prepared"))
     one_class = store.index.assign(split=np.where(store.index["label_idx"] == 0, "train", "test"))
     with pytest.raises(UserError, match="at least two classes"):
-        run_baseline(BaselineParams(), type(store)(store.images, one_class, store.classes),
-                     splits=["test"], dataset_version="v", top_k=1, bins=5)
+        run_baseline(
+            BaselineParams(),
+            type(store)(store.images, one_class, store.classes),
+            splits=["test"],
+            dataset_version="v",
+            top_k=1,
+            bins=5,
+        )

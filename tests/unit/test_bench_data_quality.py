@@ -1,6 +1,7 @@
 """bench.data_quality --quick: real Fashion-MNIST (Debian package) with planted faults through the
 real stages; checks the report's shape and that awkward-but-valid files survive (the recall goals
 are for the full run, see BENCHMARKS.md)."""
+
 import json
 
 import pytest
@@ -9,7 +10,9 @@ from bench import data_quality
 from bench.fashion import IDX_DIR
 
 
-@pytest.mark.skipif(not (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed"
+)
 def test_quick_bench_scores_every_reason_and_keeps_awkward_files(tmp_path, capsys):
     out = tmp_path / "dq.json"
     assert data_quality.main(["--quick", "--workers", "1", "--out", str(out)]) == 0

@@ -1,6 +1,7 @@
 """Every speed benchmark's --quick mode on real Fashion-MNIST (Debian package), in-process: the JSON
 has its structure, rates are positive and each ratio is the quotient of the two rates measured in
 the same run. No speed thresholds here: the goals are judged in BENCHMARKS.md from full runs."""
+
 import json
 import math
 
@@ -11,8 +12,9 @@ from bench import accuracy, clean_scaling, data_path, loop_overhead, prediction
 from bench.common import build_prepared
 from bench.fashion import IDX_DIR
 
-pytestmark = pytest.mark.skipif(not (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                reason="dataset-fashion-mnist not installed")
+pytestmark = pytest.mark.skipif(
+    not (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,9 @@ def test_accuracy_runs_the_whole_pipeline_and_keeps_the_official_test_split(tmp_
 
 def test_accuracy_overrides_are_section_key_value_pairs():
     assert accuracy.parse_overrides(["train.batch_size=256", "clean.workers=16", "augment.image_size=28"]) == {
-        "train": {"batch_size": 256}, "clean": {"workers": 16}, "augment": {"image_size": 28}}
+        "train": {"batch_size": 256},
+        "clean": {"workers": 16},
+        "augment": {"image_size": 28},
+    }
     with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
         accuracy.parse_overrides(["batch_size=256"])

@@ -1,5 +1,6 @@
 """Temperature scaling: fitted on deliberately mis-calibrated logits, applied the same way by the
 Predictor and the ONNX graph, and fitted by the train stage on the val split and saved with the model."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def test_under_confident_logits_get_a_temperature_below_one():
     logits, labels = synthetic(scale=0.3)
     t = fit_temperature(logits, labels)
     assert t < 1.0
-    assert expected_calibration_error(labels, probabilities(logits, t), BINS) < \
-        expected_calibration_error(labels, probabilities(logits, 1.0), BINS)
+    assert expected_calibration_error(labels, probabilities(logits, t), BINS) < expected_calibration_error(
+        labels, probabilities(logits, 1.0), BINS
+    )
 
 
 def test_temperature_stays_within_its_bounds():
@@ -91,8 +93,9 @@ def test_onnx_graph_applies_the_temperature_like_the_predictor(tmp_path):
 def test_train_fits_the_temperature_on_val_logs_it_and_saves_it_with_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     paths = make_project(tmp_path)
-    params = Params(epochs=2, batch_size=8, lr=0.01, num_workers=0, checkpoint_every_n_steps=3,
-                    early_stopping_patience=None)
+    params = Params(
+        epochs=2, batch_size=8, lr=0.01, num_workers=0, checkpoint_every_n_steps=3, early_stopping_patience=None
+    )
     assert params.calibrate  # on by default
     summary = run(params, paths)
 

@@ -1,5 +1,6 @@
 """clean on folders the tests plant: every reason code, awkward files kept, determinism, the MIH
 search against brute force, atomic outputs."""
+
 import tracemalloc
 
 import numpy as np
@@ -8,14 +9,22 @@ import pytest
 
 from bench.planted import VALID_AWKWARD, giant_png, plant, score
 from tasks import clean, ingest
+from tasks.checks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
+from tasks.checks.quality import inspect
 from tasks.common.errors import UserError
 from tasks.common.manifest import INGESTED_COLUMNS, store_path
 from tasks.common.params import Paths
-from tasks.checks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
-from tasks.checks.quality import inspect
 
-CLEAN_REASONS = ["corrupt", "too_large", "too_small", "low_information", "duplicate", "near_duplicate",
-                 "label_conflict", "outlier"]
+CLEAN_REASONS = [
+    "corrupt",
+    "too_large",
+    "too_small",
+    "low_information",
+    "duplicate",
+    "near_duplicate",
+    "label_conflict",
+    "outlier",
+]
 
 
 def _digits(per_class: int = 80, classes: tuple[int, ...] = (0, 1)) -> list[tuple[np.ndarray, str]]:
@@ -68,7 +77,7 @@ def test_every_planted_fault_is_found_and_awkward_files_kept(planted):
     assert (flagged.loc[flagged["reason"] == "label_conflict", "kept_image_id"] == "").all()
 
     for name in ("flagged.csv", "summary.md", "flagged.png", "class_distribution.png"):
-            assert (Paths().report_dir("clean") / name).stat().st_size > 0
+        assert (Paths().report_dir("clean") / name).stat().st_size > 0
     summary_md = (Paths().report_dir("clean") / "summary.md").read_text()
     assert "| too_large | 1 |" in summary_md
 

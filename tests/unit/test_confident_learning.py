@@ -140,16 +140,30 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
     features, labels, flipped = blobs_with_flips()
     found = {}
     for retrain in (False, True):
-        probs, issues = suspect_labels([kernel_model(features, 0)], labels, folds=4, seed=0, method="prune_by_noise_rate",
-                                       max_given_probability=0.3, retrain=retrain)
+        probs, issues = suspect_labels(
+            [kernel_model(features, 0)],
+            labels,
+            folds=4,
+            seed=0,
+            method="prune_by_noise_rate",
+            max_given_probability=0.3,
+            retrain=retrain,
+        )
         assert probs.shape == (180, 3) and not issues[~flipped].any()
         found[retrain] = issues[flipped].sum()
     # the 6 flips taught the first-round models that some class-0 pictures are 1; the second round
     # never sees them, so it is surer they are mislabelled
     assert found[False] >= 4 and found[True] > found[False]
     clean = np.repeat(np.arange(3), 60)
-    _, issues = suspect_labels([kernel_model(features, 0)], clean, folds=4, seed=0, method="prune_by_noise_rate",
-                               max_given_probability=0.3, retrain=True)
+    _, issues = suspect_labels(
+        [kernel_model(features, 0)],
+        clean,
+        folds=4,
+        seed=0,
+        method="prune_by_noise_rate",
+        max_given_probability=0.3,
+        retrain=True,
+    )
     assert not issues.any()
 
 
@@ -159,9 +173,9 @@ def test_image_features_ignore_colour_on_grayscale_images():
     small = rng.integers(0, 256, (5, 8, 8)).astype(np.uint8)
     feats = image_features(gray, np.repeat(small[..., None], 3, axis=-1))
     hog_dims = feats.shape[1] - 3 * 64
-    luminance, colour = feats[:, hog_dims:hog_dims + 64], feats[:, hog_dims + 64:]
+    luminance, colour = feats[:, hog_dims : hog_dims + 64], feats[:, hog_dims + 64 :]
     np.testing.assert_allclose(luminance, small.reshape(5, -1) / 255.0, atol=1e-5)
     assert not colour.any()
     tinted = np.repeat(small[..., None], 3, axis=-1).copy()
     tinted[..., 0] = 255
-    assert image_features(gray, tinted)[:, hog_dims + 64:].any()
+    assert image_features(gray, tinted)[:, hog_dims + 64 :].any()

@@ -1,4 +1,5 @@
 """The DataModule over the prepared store: splits, balance copies, and per-worker augmentation seeds."""
+
 from __future__ import annotations
 
 import albumentations as A
@@ -26,8 +27,11 @@ def test_workers_do_not_replay_the_same_augmentations(tmp_path):
     # every image identical and a transform that always fires: only the random draws differ
     images = np.full((13, 16, 16, 1), 128, np.uint8)
     np.save(f"{paths.prepared}/images.npy", images)
-    A.save(A.Compose([A.RandomBrightnessContrast(brightness_limit=0.5, p=1.0), A.Normalize(mean=[0.5], std=[0.2])]),
-           f"{paths.prepared}/augment.json", data_format="json")
+    A.save(
+        A.Compose([A.RandomBrightnessContrast(brightness_limit=0.5, p=1.0), A.Normalize(mean=[0.5], std=[0.2])]),
+        f"{paths.prepared}/augment.json",
+        data_format="json",
+    )
     firsts = []
     for _ in range(2):
         data = PreparedDataModule(paths.prepared, batch_size=1, num_workers=2, seed=7)

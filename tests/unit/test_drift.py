@@ -1,5 +1,6 @@
 """Drift watch: the served-input log (bounded, rotating, thread-safe, never failing) and the comparison
 with a real prepared store, through check_drift and `imgcls drift`."""
+
 from __future__ import annotations
 
 import io
@@ -45,12 +46,21 @@ def scene(rng: np.random.Generator, brightness: float = 0.0, contrast: float = 1
 def write_store(root: Path, n: int, seed: int = 0) -> Path:
     """The layout augment writes: raw scenes resized to SIZE, grayscale (channels=1)."""
     rng = np.random.default_rng(seed)
-    images = [np.asarray(Image.fromarray(scene(rng)).convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-              for _ in range(n)]
+    images = [
+        np.asarray(Image.fromarray(scene(rng)).convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+        for _ in range(n)
+    ]
     splits = ["train"] * (n - 20) + ["test"] * 20
-    index = pd.DataFrame({"row": range(n), "image_id": [f"{i:064x}" for i in range(n)],
-                          "label": ["a", "b"] * (n // 2), "label_idx": [0, 1] * (n // 2), "split": splits,
-                          "balance_copy": False})
+    index = pd.DataFrame(
+        {
+            "row": range(n),
+            "image_id": [f"{i:064x}" for i in range(n)],
+            "label": ["a", "b"] * (n // 2),
+            "label_idx": [0, 1] * (n // 2),
+            "split": splits,
+            "balance_copy": False,
+        }
+    )
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.stack(images)[:, :, :, None])
     write_metadata(root, index, ["a", "b"], {"image_size": SIZE, "channels": 1, "mean": [0.45], "std": [0.1]})
@@ -175,9 +185,12 @@ def test_corrupt_log_lines_are_skipped(tmp_path):
 def test_recording_never_raises(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("a file where the log folder should be")
-    for recorder, bad in ((InputRecorder(tmp_path / "log"), None), (InputRecorder(tmp_path / "log"), b"junk"),
-                          (InputRecorder(tmp_path / "log"), np.zeros((0, 3))),
-                          (InputRecorder(blocked), np.zeros((4, 4), np.uint8))):
+    for recorder, bad in (
+        (InputRecorder(tmp_path / "log"), None),
+        (InputRecorder(tmp_path / "log"), b"junk"),
+        (InputRecorder(tmp_path / "log"), np.zeros((0, 3))),
+        (InputRecorder(blocked), np.zeros((4, 4), np.uint8)),
+    ):
         assert recorder.record(bad) is False and recorder.errors == 1
 
 
@@ -223,8 +236,15 @@ def test_artifact_inside_a_flow_run():
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.testing.utilities import prefect_test_harness
 
-    report = {"status": "ok", "served": 0, "window": 5, "skipped_lines": 0, "threshold": 0.2, "alpha": 0.01,
-              "notes": ["0 served inputs"]}
+    report = {
+        "status": "ok",
+        "served": 0,
+        "window": 5,
+        "skipped_lines": 0,
+        "threshold": 0.2,
+        "alpha": 0.01,
+        "notes": ["0 served inputs"],
+    }
 
     @flow
     def watch() -> bool:

@@ -1,4 +1,5 @@
 """Recording a Prefect run in DVC: a real `dvc` in a temporary, git-less DVC project."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ DVC_YAML = {
 
 
 def dvc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_not_a_dvc_repo_records_nothing(tmp_path):

@@ -1,5 +1,6 @@
 """tasks.common.engine without a cluster: settings, the environment override, the in-process executor
 and the ordering/partitioning contract every stage relies on."""
+
 from __future__ import annotations
 
 import pytest

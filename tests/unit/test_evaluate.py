@@ -14,8 +14,15 @@ from tasks.judging.metrics import classification_metrics, per_class_table
 from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES
 from tests.helpers.prepared_store import make_prepared_store, make_project
 
-REPORTS = ["metrics.json", "per_class.csv", "predictions.csv", "confusion.png", "confusion_normalized.png",
-           "reliability.png", "mistakes.png"]
+REPORTS = [
+    "metrics.json",
+    "per_class.csv",
+    "predictions.csv",
+    "confusion.png",
+    "confusion_normalized.png",
+    "reliability.png",
+    "mistakes.png",
+]
 
 
 @pytest.fixture
@@ -28,8 +35,9 @@ def tracking(tmp_path, monkeypatch):
 
 
 def _paths(tmp_path):
-    return Paths(prepared=str(tmp_path / "prepared"), train_dir=str(tmp_path / "train"),
-                 reports=str(tmp_path / "reports"))
+    return Paths(
+        prepared=str(tmp_path / "prepared"), train_dir=str(tmp_path / "train"), reports=str(tmp_path / "reports")
+    )
 
 
 def test_missing_inputs_are_user_errors(tmp_path):
@@ -64,7 +72,14 @@ def test_write_reports(tmp_path):
     assert predictions.columns.tolist() == ["actual", "predicted"]
     assert predictions["actual"].tolist() == [CLASSES[i] for i in y_true]
     assert (predictions["actual"] != predictions["predicted"]).sum() == 1
-    assert pd.read_csv(out / "per_class.csv").columns.tolist() == ["split", "class", "precision", "recall", "f1", "support"]
+    assert pd.read_csv(out / "per_class.csv").columns.tolist() == [
+        "split",
+        "class",
+        "precision",
+        "recall",
+        "f1",
+        "support",
+    ]
 
 
 def test_metrics_and_reports_land_in_the_training_run(tmp_path, tracking):

@@ -9,14 +9,16 @@ CLASSES = ["cat", "dog", "bird"]
 
 def _predictions():
     y_true = np.array([0, 1, 2, 0, 1, 2])
-    proba = np.array([
-        [0.9, 0.05, 0.05],   # right
-        [0.7, 0.2, 0.1],     # wrong, confident 0.7
-        [0.1, 0.1, 0.8],     # right
-        [0.3, 0.6, 0.1],     # wrong, 0.6
-        [0.05, 0.95, 0.0],   # right
-        [0.05, 0.9, 0.05],   # wrong, most confident 0.9
-    ])
+    proba = np.array(
+        [
+            [0.9, 0.05, 0.05],  # right
+            [0.7, 0.2, 0.1],  # wrong, confident 0.7
+            [0.1, 0.1, 0.8],  # right
+            [0.3, 0.6, 0.1],  # wrong, 0.6
+            [0.05, 0.95, 0.0],  # right
+            [0.05, 0.9, 0.05],  # wrong, most confident 0.9
+        ]
+    )
     return y_true, proba
 
 

@@ -1,6 +1,7 @@
 """`imgcls export --format onnx`: a tiny real model, registered in a sqlite MLflow registry, exported
 to ONNX and checked against PyTorch on the prepared store's test split; the ONNX file runs in
 onnxruntime and labels PNGs like the pyfunc model does."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def project(tmp_path_factory):
     prepared = make_prepared_store(root / "prepared", {"train": 1, "val": 1, "test": 5}, size=SIZE, channels=CHANNELS)
     stats = json.loads((prepared / "stats.json").read_text()) | {"test_time_flip": True}
     torch.manual_seed(0)
-    files = save_model_files(root / "files", "resnet_tiny", build_network("resnet_tiny", 3, CHANNELS),
-                             STRIPE_CLASSES, stats)
+    files = save_model_files(
+        root / "files", "resnet_tiny", build_network("resnet_tiny", 3, CHANNELS), STRIPE_CLASSES, stats
+    )
     example = np.zeros((SIZE, SIZE, CHANNELS), dtype=np.uint8)
     save_pyfunc(root / "model", files, example)
     uri = f"sqlite:///{root}/mlflow.db"
@@ -100,8 +102,19 @@ def test_exports_the_champion_checks_parity_and_records_it_on_the_version(projec
 
 def test_a_bound_nothing_can_meet_fails_in_one_line_and_keeps_no_onnx_file(project, tmp_path, capsys):
     out = tmp_path / "model.onnx"
-    code = main(["export", "--params", project["params"], "--model", str(project["model"]), "--out", str(out),
-                 "--max-diff", "-1"])
+    code = main(
+        [
+            "export",
+            "--params",
+            project["params"],
+            "--model",
+            str(project["model"]),
+            "--out",
+            str(out),
+            "--max-diff",
+            "-1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: ONNX export does not match PyTorch on 15 test images: max |probability difference|")
@@ -111,12 +124,15 @@ def test_a_bound_nothing_can_meet_fails_in_one_line_and_keeps_no_onnx_file(proje
     assert report["passed"] is False and report["label_agreement"] == 1.0 and "registry" not in report
 
 
-@pytest.mark.parametrize("model, message", [
-    ("models:/tiny@nobody", "model 'tiny' has no alias 'nobody'"),
-    ("models:/tiny/7", "model 'tiny' has no version 7"),
-    ("models:/tiny/latest", "give a registry model as models:/NAME@ALIAS or models:/NAME/VERSION"),
-    ("no/such/folder", "no/such/folder: no such model folder or file"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("models:/tiny@nobody", "model 'tiny' has no alias 'nobody'"),
+        ("models:/tiny/7", "model 'tiny' has no version 7"),
+        ("models:/tiny/latest", "give a registry model as models:/NAME@ALIAS or models:/NAME/VERSION"),
+        ("no/such/folder", "no/such/folder: no such model folder or file"),
+    ],
+)
 def test_a_model_that_is_not_there_is_one_line(project, tmp_path, monkeypatch, capsys, model, message):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project["uri"])
     assert main(["export", "--params", project["params"], "--model", model, "--out", str(tmp_path / "m.onnx")]) == 2
@@ -128,8 +144,10 @@ def test_a_prepared_store_of_another_size_is_refused_before_exporting(project, t
     other = make_prepared_store(tmp_path / "prepared", {"train": 1, "val": 1, "test": 1}, size=20, channels=CHANNELS)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"paths": {"prepared": str(other)}}))
-    assert main(["export", "--params", str(params), "--model", str(project["model"]),
-                 "--out", str(tmp_path / "m.onnx")]) == 2
+    assert (
+        main(["export", "--params", str(params), "--model", str(project["model"]), "--out", str(tmp_path / "m.onnx")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "test images are (20, 20, 3) but the model takes (16, 16, 3)" in err and err.count("\n") == 1
     assert not (tmp_path / "m.onnx").exists()

@@ -1,6 +1,7 @@
 """Feedback you can trust, end to end: a real imgcls pyfunc model served by the FastAPI app, writers
 authenticated, clients rate-limited, labels checked against the model's classes, uploads quarantined,
 and ingest admitting only what its policy allows (a feedback label never overrides the data)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,6 +62,7 @@ def app_for(model_dir, feedback_dir, **kw):
 
 # --- the server ----------------------------------------------------------------------------------
 
+
 def test_served_classes_come_from_the_model(model_dir):
     assert served_classes(load_model(model_dir)) == CLASSES
 
@@ -74,16 +76,27 @@ def test_without_a_token_configured_writes_are_refused_reads_stay_open(model_dir
     assert not (tmp_path / "fb").exists()
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-0123456789"},
-                                     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer "}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer "},
+    ],
+)
 def test_unauthenticated_or_wrong_token_is_refused(model_dir, tmp_path, headers):
     with TestClient(app_for(model_dir, tmp_path / "fb", tokens=[TOKEN, OTHER])) as client:
         response = client.post("/feedback", files=upload(png(pattern(1))), data={"label": "cat"}, headers=headers)
         assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
         # any other write endpoint is guarded too (it would be a 404/405 only after authenticating)
         assert client.put("/predict/anything", content=b"x").status_code == 401
-        ok = client.post("/feedback", files=upload(png(pattern(1))), data={"label": "cat"},
-                         headers={"Authorization": f"Bearer {OTHER}"})
+        ok = client.post(
+            "/feedback",
+            files=upload(png(pattern(1))),
+            data={"label": "cat"},
+            headers={"Authorization": f"Bearer {OTHER}"},
+        )
         assert ok.status_code == 200, ok.text
     assert len(list((tmp_path / "fb").glob("*.json"))) == 1
 
@@ -144,6 +157,7 @@ def test_unknown_label_is_refused_unless_allowed(model_dir, tmp_path):
 
 # --- ingest's policy -----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def data(project, model_dir):
     """A source folder (cat/dog, three images each) and a server writing into the project's quarantine."""
@@ -184,11 +198,14 @@ def test_conflicting_feedback_goes_to_review_not_to_the_store(data):
     summary = _ingest(src)
     image_id = hashlib.sha256(existing).hexdigest()
     manifest = pd.read_parquet("data/manifests/ingested.parquet")
-    assert manifest.loc[manifest["image_id"] == image_id, ["source_path", "label"]].values.tolist() == [["cat/0.png", "cat"]]
+    assert manifest.loc[manifest["image_id"] == image_id, ["source_path", "label"]].values.tolist() == [
+        ["cat/0.png", "cat"]
+    ]
     assert (manifest["origin"] != "feedback").all() and summary["feedback_review"] == 1
     review = pd.read_csv("reports/ingest/feedback_review.csv")
     assert review[["image_id", "label", "conflicting_labels", "existing_source", "client_address"]].values.tolist() == [
-        [image_id, "dog", "cat", "cat/0.png", "testclient"]]
+        [image_id, "dog", "cat", "cat/0.png", "testclient"]
+    ]
     assert review["token_id"].iloc[0] == hashlib.sha256(TOKEN.encode()).hexdigest()[:12]
     # the same image re-posted with its own label is a duplicate, not a second copy
     _post(client, existing, "cat")
@@ -239,8 +256,10 @@ def test_a_reencoded_copy_posted_with_another_label_flags_only_the_feedback(data
     duplicate = flagged.loc[same["image_id"]]
     expected = "duplicate" if fmt == "BMP" else "near_duplicate"
     # the copy in the data is the one kept, although data/feedback/... sorts before cat/...
-    assert duplicate["reason"] == expected and duplicate["kept_image_id"] == hashlib.sha256(
-        (src / "cat" / "0.png").read_bytes()).hexdigest()
+    assert (
+        duplicate["reason"] == expected
+        and duplicate["kept_image_id"] == hashlib.sha256((src / "cat" / "0.png").read_bytes()).hexdigest()
+    )
     cleaned = pd.read_parquet("data/manifests/cleaned.parquet")
     assert sorted(cleaned["source_path"]) == sorted(f"{c}/{i}.png" for i, c in enumerate(CLASSES * 3))
     assert (cleaned["origin"] != "feedback").all()
@@ -294,5 +313,9 @@ def test_tampered_quarantine_is_reported_never_trusted(data, project):
     summary = _ingest(src)
     assert summary["from_feedback"] == 0
     skipped = pd.read_csv("reports/ingest/skipped.csv").set_index("source_path")["reason"].to_dict()
-    assert skipped == {f"data/feedback/{stored.name}": "bad_feedback", f"data/feedback/{fifo_side.name}": "bad_feedback",
-                       "data/feedback/stray.png": "bad_feedback", "data/feedback/not-a-sidecar.json": "bad_feedback"}
+    assert skipped == {
+        f"data/feedback/{stored.name}": "bad_feedback",
+        f"data/feedback/{fifo_side.name}": "bad_feedback",
+        "data/feedback/stray.png": "bad_feedback",
+        "data/feedback/not-a-sidecar.json": "bad_feedback",
+    }

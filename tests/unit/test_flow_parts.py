@@ -1,5 +1,6 @@
 """The parts of the flow that run without Prefect's engine: dataset version, skip rule, the markdown
 shown in Prefect, and the workspace lock the flow holds."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,13 @@ def test_stage_order_is_the_pipeline_order():
 def test_skip_only_when_data_and_model_params_are_unchanged():
     params = {"train": {"epochs": 3}, "clean": {"min_side": 8}}
     config = model_config_digest(params)
-    last = {"dataset_version": "v1", "model_config": config, "flow_run_name": "calm-fox", "flow_run_id": "id1",
-            "finished_at": "2026-01-01T00:00:00+00:00"}
+    last = {
+        "dataset_version": "v1",
+        "model_config": config,
+        "flow_run_name": "calm-fox",
+        "flow_run_id": "id1",
+        "finished_at": "2026-01-01T00:00:00+00:00",
+    }
     note = skip_note(last, "v1", config, force=False)
     assert note.startswith("no new data since run calm-fox")
     assert skip_note(last, "v1", config, force=True) is None
@@ -68,9 +74,16 @@ def test_data_quality_nests_the_stage_summaries(tmp_path):
 def test_metrics_and_decision_tables():
     table = metrics_markdown({"test/acc": 0.912345, "val/acc": 0.9})
     assert "| test/acc | 0.9123 |" in table and table.index("test/acc") < table.index("val/acc")
-    decision = decision_markdown({"decision": "challenger", "version": 3, "gates": [
-        {"name": "floor", "value": 0.95, "threshold": 0.9, "passed": True},
-        {"name": "min_improvement", "value": 0.001, "threshold": 0.002, "passed": False}]})
+    decision = decision_markdown(
+        {
+            "decision": "challenger",
+            "version": 3,
+            "gates": [
+                {"name": "floor", "value": 0.95, "threshold": 0.9, "passed": True},
+                {"name": "min_improvement", "value": 0.001, "threshold": 0.002, "passed": False},
+            ],
+        }
+    )
     assert "- **decision**: challenger" in decision
     assert "| name | value | threshold | passed |" in decision
     assert "| min_improvement | 0.0010 | 0.0020 | False |" in decision

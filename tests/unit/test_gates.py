@@ -84,8 +84,9 @@ def test_optional_ece_and_latency_bounds():
     assert unbounded["ece"].passed and unbounded["ece"].threshold is None
 
 
-PAIRED = Rules(metric="test/acc", floor=0.5, min_improvement=0.0, max_class_recall_drop=1.0, paired_gate=True,
-               max_paired_p=0.05)
+PAIRED = Rules(
+    metric="test/acc", floor=0.5, min_improvement=0.0, max_class_recall_drop=1.0, paired_gate=True, max_paired_p=0.05
+)
 
 
 def paired_scores(correct: list[bool]) -> Scores:
@@ -108,9 +109,9 @@ def test_score_predictions_keeps_per_image_correctness_in_test_image_order():
 
 def test_mcnemar_exact_counts_discordant_pairs_and_gives_the_binomial_p():
     b, c, p = mcnemar_exact([1, 1, 0, 1, 0], [1, 0, 1, 0, 0])
-    assert (b, c) == (2, 1) and p == pytest.approx(1.0)   # 2 * P(X <= 1 | 3) = 2 * 4/8, capped at 1
+    assert (b, c) == (2, 1) and p == pytest.approx(1.0)  # 2 * P(X <= 1 | 3) = 2 * 4/8, capped at 1
     assert mcnemar_exact([1] * 10, [0] * 10) == (10, 0, pytest.approx(2 / 2**10))
-    assert mcnemar_exact([1, 0], [1, 0]) == (0, 0, 1.0)     # no discordant image: no evidence
+    assert mcnemar_exact([1, 0], [1, 0]) == (0, 0, 1.0)  # no discordant image: no evidence
     with pytest.raises(ValueError):
         mcnemar_exact([1, 0], [1])
 

@@ -1,4 +1,5 @@
 """Decoding of every awkward-but-valid format a user folder holds, and of broken files."""
+
 import tracemalloc
 
 import numpy as np

@@ -22,17 +22,33 @@ def _folder(root, layout):
 
 
 def test_folder_layout_nested_hidden_and_non_images(project):
-    src = _folder(project.root / "src", {"cat/a.png": 1, "cat/deep/er/b.PNG": 2, "dog/c.png": 3,
-                                         "dog/.hidden.png": 4, ".trash/cat.png": 5, "loose.png": 6})
+    src = _folder(
+        project.root / "src",
+        {
+            "cat/a.png": 1,
+            "cat/deep/er/b.PNG": 2,
+            "dog/c.png": 3,
+            "dog/.hidden.png": 4,
+            ".trash/cat.png": 5,
+            "loose.png": 6,
+        },
+    )
     (src / "dog" / "notes.txt").write_text("hello")
     summary = _run(src)
     manifest = pd.read_parquet("data/manifests/ingested.parquet")
     assert list(manifest.columns) == INGESTED_COLUMNS
     assert dict(zip(manifest["source_path"], manifest["label"])) == {
-        "cat/a.png": "cat", "cat/deep/er/b.PNG": "cat", "dog/c.png": "dog"}
+        "cat/a.png": "cat",
+        "cat/deep/er/b.PNG": "cat",
+        "dog/c.png": "dog",
+    }
     skipped = pd.read_csv("reports/ingest/skipped.csv")
     assert dict(zip(skipped["source_path"], skipped["reason"])) == {
-        "dog/.hidden.png": "hidden", ".trash/cat.png": "hidden", "loose.png": "no_label", "dog/notes.txt": "not_image"}
+        "dog/.hidden.png": "hidden",
+        ".trash/cat.png": "hidden",
+        "loose.png": "no_label",
+        "dog/notes.txt": "not_image",
+    }
     assert summary["images"] == 3 and summary["skipped"] == 4
     # content-addressed store, user's files untouched
     for row in manifest.itertuples():
@@ -54,8 +70,13 @@ def test_csv_manifest_relative_paths_escape_and_split(project):
     write_png(data / "imgs" / "x.png", pattern(1))
     write_png(data / "imgs" / "y.png", pattern(2))
     write_png(project.root / "outside.png", pattern(3))
-    pd.DataFrame({"path": ["imgs/x.png", "imgs/y.png", "../outside.png", "imgs/missing.png"],
-                  "label": ["a", "b", "a", "b"], "split": ["train", "test", "", ""]}).to_csv(data / "m.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": ["imgs/x.png", "imgs/y.png", "../outside.png", "imgs/missing.png"],
+            "label": ["a", "b", "a", "b"],
+            "split": ["train", "test", "", ""],
+        }
+    ).to_csv(data / "m.csv", index=False)
     _run(data / "m.csv")
     manifest = pd.read_parquet("data/manifests/ingested.parquet").set_index("source_path")
     assert sorted(manifest.index) == ["imgs/x.png", "imgs/y.png"]

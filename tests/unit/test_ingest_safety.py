@@ -2,6 +2,7 @@
 loops, FIFOs, sockets and devices, blank class folders, blank / NaN labels, and numbers as labels.
 Every case is a real file-system object; every one ends in skipped.csv with a reason, never a hang
 or a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,12 @@ def test_dangling_and_looping_links_are_reported(src):
     _run(src)
     assert _manifest() == {"cat/a.png": "cat", "dog/b.png": "dog"}
     skipped = pd.read_csv("reports/ingest/skipped.csv").set_index("source_path")
-    assert skipped["reason"].to_dict() == {"cat/dangling.png": "broken_link", "cat/self.png": "broken_link",
-                                           "dog/up": "link_loop", "dog/here": "link_loop"}
+    assert skipped["reason"].to_dict() == {
+        "cat/dangling.png": "broken_link",
+        "cat/self.png": "broken_link",
+        "dog/up": "link_loop",
+        "dog/here": "link_loop",
+    }
     assert skipped.loc["cat/self.png", "detail"] == "symlink loop"
 
 
@@ -86,8 +91,12 @@ def test_fifos_sockets_and_devices_are_never_opened(src, project):
         sock.close()
     assert _manifest() == {"cat/a.png": "cat", "dog/b.png": "dog"}
     skipped = pd.read_csv("reports/ingest/skipped.csv").set_index("source_path")
-    assert skipped["reason"].to_dict() == {"cat/pipe.png": "not_regular", "cat/to_pipe.png": "not_regular",
-                                           "dog/sock.png": "not_regular", "dog/zero.png": "not_regular"}
+    assert skipped["reason"].to_dict() == {
+        "cat/pipe.png": "not_regular",
+        "cat/to_pipe.png": "not_regular",
+        "dog/sock.png": "not_regular",
+        "dog/zero.png": "not_regular",
+    }
     assert skipped.loc["cat/pipe.png", "detail"].startswith("a FIFO")
     assert skipped.loc["dog/zero.png", "detail"].startswith("a character device")
 
@@ -122,13 +131,15 @@ def _images(root, n):
 def test_blank_and_nan_manifest_labels_are_reported(project):
     root = project.root / "m"
     _images(root, 6)
-    pd.DataFrame({"path": [f"{i}.png" for i in range(6)],
-                  "label": ["cat", "", "   ", "nan", "NaN", "dog"]}).to_csv(root / "m.csv", index=False)
+    pd.DataFrame({"path": [f"{i}.png" for i in range(6)], "label": ["cat", "", "   ", "nan", "NaN", "dog"]}).to_csv(
+        root / "m.csv", index=False
+    )
     _run(root / "m.csv")
     assert _manifest() == {"0.png": "cat", "5.png": "dog"}
     assert _skipped() == {f"{i}.png": "no_label" for i in range(1, 5)}
-    pd.DataFrame({"path": [f"{i}.png" for i in range(5)],
-                  "label": pd.array(["cat", None, np.nan, " ", "dog"], dtype=object)}).to_parquet(root / "m.parquet")
+    pd.DataFrame(
+        {"path": [f"{i}.png" for i in range(5)], "label": pd.array(["cat", None, np.nan, " ", "dog"], dtype=object)}
+    ).to_parquet(root / "m.parquet")
     _run(root / "m.parquet")
     assert _manifest() == {"0.png": "cat", "4.png": "dog"}
     assert _skipped() == {f"{i}.png": "no_label" for i in range(1, 4)}
@@ -165,7 +176,9 @@ def test_manifest_rows_naming_fifos_and_dangling_links(project):
     _images(root, 1)
     os.mkfifo(root / "pipe.png")
     os.symlink(root / "nothing.png", root / "dangling.png")
-    pd.DataFrame({"path": ["0.png", "pipe.png", "dangling.png"], "label": ["a", "a", "a"]}).to_csv(root / "m.csv", index=False)
+    pd.DataFrame({"path": ["0.png", "pipe.png", "dangling.png"], "label": ["a", "a", "a"]}).to_csv(
+        root / "m.csv", index=False
+    )
     _run(root / "m.csv")
     assert _manifest() == {"0.png": "a"}
     assert _skipped() == {"pipe.png": "not_regular", "dangling.png": "broken_link"}

@@ -3,7 +3,11 @@ import pytest
 from sklearn import metrics as skm
 
 from tasks.judging.metrics import (
-    classification_metrics, confusion, expected_calibration_error, per_class_table, reliability_table,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    per_class_table,
+    reliability_table,
     top_k_accuracy,
 )
 
@@ -98,4 +102,6 @@ def test_perfectly_calibrated_predictions_have_near_zero_ece():
     proba = np.stack([confidence, 1 - confidence], axis=1)
     assert expected_calibration_error(y_true, proba, bins=10) < 0.02
     overconfident = np.stack([np.full(n, 0.99), np.full(n, 0.01)], axis=1)
-    assert expected_calibration_error(np.where(rng.uniform(size=n) < 0.7, 0, 1), overconfident, 10) == pytest.approx(0.29, abs=0.02)
+    assert expected_calibration_error(np.where(rng.uniform(size=n) < 0.7, 0, 1), overconfident, 10) == pytest.approx(
+        0.29, abs=0.02
+    )

@@ -1,4 +1,5 @@
 """The model card: built from the stage reports, attached to a version in a real sqlite MLflow registry."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,31 @@ from tasks.common.params import Paths
 from tasks.judging.model_card import CARD_FILE, MAX_DESCRIPTION, attach_model_card, model_card, reason_counts
 
 DECISION = {
-    "model_name": "imgcls", "metric": "test/macro_f1", "decision": "promoted",
-    "reason": "first champion: test/macro_f1 0.9300 >= floor 0.9", "decided_at": "2026-01-02T03:04:05+00:00",
-    "candidate": {"version": "1"}, "champion": None,
-    "gates": [{"name": "floor", "value": 0.93, "threshold": 0.9, "passed": True, "detail": "test/macro_f1 >= floor"},
-              {"name": "ece", "value": 0.031, "threshold": None, "passed": True, "detail": "no bound"}],
+    "model_name": "imgcls",
+    "metric": "test/macro_f1",
+    "decision": "promoted",
+    "reason": "first champion: test/macro_f1 0.9300 >= floor 0.9",
+    "decided_at": "2026-01-02T03:04:05+00:00",
+    "candidate": {"version": "1"},
+    "champion": None,
+    "gates": [
+        {"name": "floor", "value": 0.93, "threshold": 0.9, "passed": True, "detail": "test/macro_f1 >= floor"},
+        {"name": "ece", "value": 0.031, "threshold": None, "passed": True, "detail": "no bound"},
+    ],
 }
 
 
 def flagged(reasons: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"source_path": [f"img{i}.png" for i in range(len(reasons))], "image_id": "x", "label": "cat",
-                         "reason": reasons, "detail": "", "kept_image_id": ""})
+    return pd.DataFrame(
+        {
+            "source_path": [f"img{i}.png" for i in range(len(reasons))],
+            "image_id": "x",
+            "label": "cat",
+            "reason": reasons,
+            "detail": "",
+            "kept_image_id": "",
+        }
+    )
 
 
 @pytest.fixture
@@ -31,19 +46,28 @@ def paths(tmp_path) -> Paths:
     paths = Paths(reports=str(tmp_path / "reports"), prepared=str(tmp_path / "prepared"))
     evaluate = paths.report_dir("evaluate")
     evaluate.mkdir(parents=True)
-    pd.DataFrame({
-        "split": ["val", "val", "test", "test"], "class": ["cat", "dog", "cat", "dog"],
-        "precision": [0.5, 0.5, 0.91, 0.95], "recall": [0.5, 0.5, 0.96, 0.9], "f1": [0.5, 0.5, 0.9343, 0.9243],
-        "support": [10, 10, 25, 20],
-    }).to_csv(evaluate / "per_class.csv", index=False)
-    (evaluate / "metrics.json").write_text(json.dumps({"val/ece": 0.05, "test/ece": 0.0312, "test/acc": 0.93,
-                                                       "test/macro_f1": 0.9293, "baseline/test/ece": 0.2}))
+    pd.DataFrame(
+        {
+            "split": ["val", "val", "test", "test"],
+            "class": ["cat", "dog", "cat", "dog"],
+            "precision": [0.5, 0.5, 0.91, 0.95],
+            "recall": [0.5, 0.5, 0.96, 0.9],
+            "f1": [0.5, 0.5, 0.9343, 0.9243],
+            "support": [10, 10, 25, 20],
+        }
+    ).to_csv(evaluate / "per_class.csv", index=False)
+    (evaluate / "metrics.json").write_text(
+        json.dumps(
+            {"val/ece": 0.05, "test/ece": 0.0312, "test/acc": 0.93, "test/macro_f1": 0.9293, "baseline/test/ece": 0.2}
+        )
+    )
     for stage, reasons in (("clean", ["corrupt", "duplicate", "corrupt"]), ("validate", ["suspect_label"] * 4)):
         paths.report_dir(stage).mkdir(parents=True)
         flagged(reasons).to_csv(paths.report_dir(stage) / "flagged.csv", index=False)
     Path(paths.prepared).mkdir()
-    (Path(paths.prepared) / "stats.json").write_text(json.dumps({"image_size": 64, "channels": 3,
-                                                                 "mean": [0.5] * 3, "std": [0.2] * 3}))
+    (Path(paths.prepared) / "stats.json").write_text(
+        json.dumps({"image_size": 64, "channels": 3, "mean": [0.5] * 3, "std": [0.2] * 3})
+    )
     (Path(paths.prepared) / "classes.json").write_text(json.dumps(["cat", "dog"]))
     return paths
 
@@ -58,7 +82,11 @@ def test_card_holds_the_per_class_rows_the_counts_and_the_decision(paths):
     assert "| clean | corrupt | 2 |" in card and "| clean | duplicate | 1 |" in card
     assert "| validate | suspect_label | 4 |" in card and "- clean: 3 images flagged" in card
     assert "64x64 RGB (3 channels)" in card
-    assert "first champion" in card and "no champion (first model)" in card and "| floor | 0.9300 | 0.9000 | True |" in card
+    assert (
+        "first champion" in card
+        and "no champion (first model)" in card
+        and "| floor | 0.9300 | 0.9000 | True |" in card
+    )
     assert "| ece | 0.0310 | — | True | no bound |" in card
     assert reason_counts(paths) == {"clean": {"corrupt": 2, "duplicate": 1}, "validate": {"suspect_label": 4}}
 

@@ -1,4 +1,5 @@
 """The LightningModule's schedules on real (tiny) Trainer fits: any number of optimizer steps works."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -21,8 +22,15 @@ def fit(scheduler: str, steps: int, epochs: int = 1) -> list[float]:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordLr()])
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordLr()],
+    )
     trainer.fit(module, DataLoader(data, batch_size=4))
     return lrs
 

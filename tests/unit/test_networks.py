@@ -1,4 +1,5 @@
 """The network factory, our registered resnet_small, and transfer from a local safetensors file."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@ import numpy as np
 from tasks.checks.confident_learning import kernel_model, out_of_fold_probabilities
 from tasks.checks.oof_cnn import cnn_model, epochs_for
 
+
 def striped_images(per_class=40, seed=0):
     """uint8 [N, 32, 32, 3] noisy pictures: class 0 horizontal stripes, 1 vertical, 2 a checkerboard,
     each at a random phase and contrast."""

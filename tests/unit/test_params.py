@@ -86,8 +86,9 @@ def _compare_with_defaults(data: dict) -> tuple[dict[str, tuple], list[str]]:
     for section, model in SECTIONS.items():
         given, default = model.model_validate(data.get(section) or {}), model()
         defaults = dict(_leaves(default, f"{section}."))
-        differ |= {key: (value, defaults[key]) for key, value in _leaves(given, f"{section}.")
-                   if value != defaults[key]}
+        differ |= {
+            key: (value, defaults[key]) for key, value in _leaves(given, f"{section}.") if value != defaults[key]
+        }
         missing += _unset(given, f"{section}.")
     return differ, missing
 

@@ -1,5 +1,6 @@
 """Values that make no sense fail params validation, as one line naming the key, before a stage
 deletes anything or opens an MLflow run."""
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,13 @@ BAD = [
 
 def write(tmp_path: Path, section: str, key: str, value) -> Path:
     path = tmp_path / "params.yaml"
-    paths = {"prepared": str(tmp_path / "prepared"), "split": str(tmp_path / "split.parquet"),
-             "train_dir": str(tmp_path / "train"), "reports": str(tmp_path / "reports"),
-             "cache": str(tmp_path / "cache")}
+    paths = {
+        "prepared": str(tmp_path / "prepared"),
+        "split": str(tmp_path / "split.parquet"),
+        "train_dir": str(tmp_path / "train"),
+        "reports": str(tmp_path / "reports"),
+        "cache": str(tmp_path / "cache"),
+    }
     path.write_text(yaml.safe_dump({"paths": paths, section: {key: value}}), encoding="utf-8")
     return path
 
@@ -66,9 +71,17 @@ def test_known_networks_pass(tmp_path):
 def test_train_on_a_misspelt_network_exits_2_before_touching_anything(tmp_path):
     params = write(tmp_path, "train", "network", "resnet_smal")
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")} | {
-        "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    result = subprocess.run([sys.executable, "-m", "tasks.train", "--params", str(params)], cwd=tmp_path,
-                            capture_output=True, text=True, env=env, timeout=300)
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.train", "--params", str(params)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "train.network" in err and "resnet_small" in err

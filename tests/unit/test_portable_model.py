@@ -3,6 +3,7 @@ installed. A model saved through the real save path (models.pyfunc.save_pyfunc) 
 interpreter outside the project (no checkout on sys.path, the editable install's finder removed) with
 the training and pipeline packages made unimportable; its requirements.txt is checked against the
 imports of the code it ships."""
+
 from __future__ import annotations
 
 import ast
@@ -29,9 +30,29 @@ CLASSES = ["cat", "dog", "fox"]
 # mlflow tries scipy.sparse and sklearn, its tracking-store registry probes sqlalchemy and pandas
 # probes pyarrow, all optionally. torchvision is not here: `import timm` needs it (timm/layers/create_norm.py
 # and norm_act.py import torchvision.ops unconditionally), and timm declares it, so it arrives with timm.
-UNIMPORTABLE = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics",
-                "scipy", "sklearn", "albumentations", "albucore", "cv2", "prefect", "dvc", "matplotlib",
-                "pyarrow", "flask", "sqlalchemy", "alembic", "skops", "docker", "graphene", "gunicorn")
+UNIMPORTABLE = (
+    "lightning",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "lightning_utilities",
+    "torchmetrics",
+    "scipy",
+    "sklearn",
+    "albumentations",
+    "albucore",
+    "cv2",
+    "prefect",
+    "dvc",
+    "matplotlib",
+    "pyarrow",
+    "flask",
+    "sqlalchemy",
+    "alembic",
+    "skops",
+    "docker",
+    "graphene",
+    "gunicorn",
+)
 
 # Run by a fresh `python -I` (no PYTHONPATH, no user site, no script directory on sys.path) in tmp_path.
 LOADER = r'''
@@ -135,11 +156,21 @@ def _png_files(tmp_path: Path) -> list[str]:
 
 def test_loads_and_predicts_without_training_or_pipeline_packages(saved, tmp_path):
     images = _png_files(tmp_path)
-    args = {"model": str(saved), "images": [*images, str(tmp_path / "missing.png")],
-            "unimportable": UNIMPORTABLE, "project": str(ROOT)}
+    args = {
+        "model": str(saved),
+        "images": [*images, str(tmp_path / "missing.png")],
+        "unimportable": UNIMPORTABLE,
+        "project": str(ROOT),
+    }
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH, no MLFLOW_* settings
-    result = subprocess.run([sys.executable, "-I", "-c", LOADER, json.dumps(args)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOADER, json.dumps(args)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -191,15 +222,22 @@ def test_the_shipped_code_is_exactly_the_entry_points_import_closure(saved):
     while todo:
         file = todo.pop()
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
-                       else [])
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for module in modules:
                 if module.partition(".")[0] not in ("models", "tasks", "flows"):
                     continue
                 parts = module.split(".")
                 for i in range(1, len(parts) + 1):  # every package __init__ on the way
-                    package, leaf = code.joinpath(*parts[:i], "__init__.py"), code.joinpath(*parts[:i]).with_suffix(".py")
+                    package, leaf = (
+                        code.joinpath(*parts[:i], "__init__.py"),
+                        code.joinpath(*parts[:i]).with_suffix(".py"),
+                    )
                     target = package if package.exists() else leaf
                     assert target.exists(), f"{file.name} imports {module}, which the model does not ship"
                     if target not in reached:
@@ -209,7 +247,10 @@ def test_the_shipped_code_is_exactly_the_entry_points_import_closure(saved):
     assert reached == shipped, sorted(str(p.relative_to(code)) for p in reached ^ shipped)
     assert {str(p.relative_to(code / "models")) for p in (code / "models").rglob("*.py")} == set(SHIPPED_MODELS)
     assert {str(p.relative_to(code / "tasks")) for p in (code / "tasks").rglob("*.py")} == {
-        "__init__.py", "common/__init__.py", *SHIPPED_BASE}
+        "__init__.py",
+        "common/__init__.py",
+        *SHIPPED_BASE,
+    }
 
 
 @pytest.mark.slow
@@ -219,23 +260,51 @@ def test_a_fresh_venv_from_requirements_txt_loads_and_predicts(saved, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
-           **{k: v for k, v in os.environ.items() if k.startswith(("PIP_", "HTTP", "HTTPS", "NO_PROXY"))}}
-    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"),
-                          "-r", str(saved / "requirements.txt")], capture_output=True, text=True, timeout=3000, env=env)
-    if pip.returncode != 0 and re.search(r"NewConnectionError|Network is unreachable|Temporary failure in name "
-                                         r"resolution|No route to host", pip.stdout + pip.stderr):
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        **{k: v for k, v in os.environ.items() if k.startswith(("PIP_", "HTTP", "HTTPS", "NO_PROXY"))},
+    }
+    pip = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            "-r",
+            str(saved / "requirements.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        env=env,
+    )
+    if pip.returncode != 0 and re.search(
+        r"NewConnectionError|Network is unreachable|Temporary failure in name "
+        r"resolution|No route to host",
+        pip.stdout + pip.stderr,
+    ):
         pytest.skip(f"package index unreachable: {(pip.stdout + pip.stderr).strip().splitlines()[-1]}")
     assert pip.returncode == 0, (pip.stdout + pip.stderr)[-3000:]
-    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True,
-                               text=True, check=True, env=env).stdout
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True, env=env
+    ).stdout
     present = {_normal(line.partition("==")[0]) for line in installed.splitlines()}
     assert not present & {"lightning", "scikit-learn", "scipy", "albumentations", "prefect", "dvc", "mlflow"}, present
 
     images = _png_files(tmp_path)
     args = {"model": str(saved), "images": images, "unimportable": [], "project": str(ROOT)}
-    result = subprocess.run([str(python), "-I", "-c", LOADER, json.dumps(args)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(python), "-I", "-c", LOADER, json.dumps(args)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
     assert [r["error"] for r in rows] == ["", "", ""] and all(r["label"] in CLASSES for r in rows)

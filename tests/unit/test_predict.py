@@ -1,4 +1,5 @@
 """Batch prediction over files, folders and globs through a real saved pyfunc model."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from flows.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
+from tasks.common.errors import UserError
 from tests.helpers.brightness_models import save
 from tests.helpers.images import png_bytes
-from tasks.common.errors import UserError
-from flows.predict import CSV_COLUMNS, expand_inputs, load_model, predict_paths, write_predictions
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,16 @@ def images(tmp_path):
 
 
 def test_expand_files_folders_and_globs(images):
-    found = expand_inputs([str(images / "a"), str(images / "b*.png"), str(images / "broken.png"), str(images / "b1.png")])
-    assert found == [str(images / "a" / "deep" / "two.PNG"), str(images / "a" / "one.png"),
-                     str(images / "b1.png"), str(images / "b2.png"), str(images / "broken.png")]
+    found = expand_inputs(
+        [str(images / "a"), str(images / "b*.png"), str(images / "broken.png"), str(images / "b1.png")]
+    )
+    assert found == [
+        str(images / "a" / "deep" / "two.PNG"),
+        str(images / "a" / "one.png"),
+        str(images / "b1.png"),
+        str(images / "b2.png"),
+        str(images / "broken.png"),
+    ]
 
 
 def test_a_name_matching_nothing_is_kept_for_its_error_row(images):
@@ -59,7 +67,9 @@ def test_bad_file_gets_its_error_and_the_batch_goes_on(model, images, batch_size
 
 def test_a_model_that_fails_the_whole_batch_still_scores_the_good_images(images, tmp_path):
     strict = load_model(save(tmp_path / "strict", strict=True))
-    out = predict_paths(strict, [str(images / "b1.png"), str(images / "broken.png"), str(images / "b2.png")], batch_size=3)
+    out = predict_paths(
+        strict, [str(images / "b1.png"), str(images / "broken.png"), str(images / "b2.png")], batch_size=3
+    )
     assert out["label"].tolist() == ["bright", "", "dark"]
     assert out["error"].iloc[1].startswith("OSError")
 

@@ -1,5 +1,6 @@
 """promote against a real MLflow sqlite registry, with real pyfunc models (tests/helpers/brightness_pyfunc.py)
 scored on generated images."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,13 @@ ALL_CLASSES = {"dark": 30, "mid": 30, "bright": 30}
 def paths(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    return Paths(store=str(tmp_path / "store"), split=str(tmp_path / "split.parquet"),
-                 train_dir=str(tmp_path / "train"), reports=str(tmp_path / "reports"), cache=str(tmp_path / "cache"))
+    return Paths(
+        store=str(tmp_path / "store"),
+        split=str(tmp_path / "split.parquet"),
+        train_dir=str(tmp_path / "train"),
+        reports=str(tmp_path / "reports"),
+        cache=str(tmp_path / "cache"),
+    )
 
 
 def candidate(paths: Paths, tag: str, error_rates: dict[str, float], **kw) -> Paths:
@@ -209,7 +215,8 @@ def _promote_in_process(params_json: str, paths_json: str) -> None:
 
 def _start_promotion(paths: Paths):
     process = multiprocessing.get_context("spawn").Process(
-        target=_promote_in_process, args=(PARAMS.model_dump_json(), paths.model_dump_json()))
+        target=_promote_in_process, args=(PARAMS.model_dump_json(), paths.model_dump_json())
+    )
     process.start()
     return process
 
@@ -219,7 +226,9 @@ def _wait_until_blocked_on_lock(pid: int, timeout: float = 120.0) -> None:
     the kernel lists it as a blocked flock waiter (`->`) in /proc/locks."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any("->" in line.split() and str(pid) in line.split() for line in Path("/proc/locks").read_text().splitlines()):
+        if any(
+            "->" in line.split() and str(pid) in line.split() for line in Path("/proc/locks").read_text().splitlines()
+        ):
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} never waited for the registry lock")

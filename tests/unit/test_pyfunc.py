@@ -1,5 +1,6 @@
 """The pyfunc model a training run logs, loaded back through mlflow.pyfunc from the sqlite store:
 paths and base64 bytes in, label/score/top_k out, a bad image costing only its own row."""
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,6 @@ import sys
 from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -19,7 +19,8 @@ from PIL import Image
 from models.predictor import load_predictor
 from tasks.common.images import decode, to_array
 from tasks.train import Params, run
-from tests.helpers.prepared_store import BRIGHTNESS_CLASSES as CLASSES, make_project
+from tests.helpers.prepared_store import BRIGHTNESS_CLASSES as CLASSES
+from tests.helpers.prepared_store import make_project
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,10 @@ def test_round_trip_with_paths_base64_and_a_bad_row(trained, tmp_path):
     assert (good["error"] == "").all() and good["label"].isin(CLASSES).all()
     assert good["score"].between(0, 1).all()
     ranked = json.loads(good["top_k"].iloc[0])
-    assert [label for label, _ in ranked] and ranked[0] == [good["label"].iloc[0], pytest.approx(good["score"].iloc[0], abs=1e-6)]
+    assert [label for label, _ in ranked] and ranked[0] == [
+        good["label"].iloc[0],
+        pytest.approx(good["score"].iloc[0], abs=1e-6),
+    ]
     assert sorted(label for label, _ in ranked) == sorted(CLASSES)
     for bad in (2, 3):
         assert out["label"][bad] == "" and math.isnan(out["score"][bad]) and out["error"][bad]
@@ -89,8 +93,14 @@ def test_loads_and_predicts_from_a_plain_python_session(trained, tmp_path):
     image = tmp_path / "bright.png"
     image.write_bytes(png(220))
     # an unrelated folder and no PYTHONPATH: our code must come from the model itself
-    result = subprocess.run([sys.executable, "-c", script, str(image)], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=180, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(image)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
     assert rows[0]["label"] in CLASSES and rows[0]["error"] == ""

@@ -1,6 +1,7 @@
 """A quiet first run (issue 13): the CLI's process-wide defaults, the experiment MLflow's UI opens on
 its runs, artifacts inside the project, the one-line stage summary and validate's progress lines.
 The whole `imgcls run` with its captured output: tests/integration/test_flow.py."""
+
 from __future__ import annotations
 
 import logging

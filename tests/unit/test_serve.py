@@ -1,11 +1,12 @@
 """The prediction server against a real saved pyfunc model."""
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
-import os
 import json
+import os
 import threading
 import time
 
@@ -33,8 +34,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def client(model_dir, tmp_path):
-    app = create_app(model_dir, tmp_path / "feedback", max_upload_bytes=20_000, max_pixels=256 * 256,
-                     tokens=[TOKEN], classes=["dark", "bright"])
+    app = create_app(
+        model_dir,
+        tmp_path / "feedback",
+        max_upload_bytes=20_000,
+        max_pixels=256 * 256,
+        tokens=[TOKEN],
+        classes=["dark", "bright"],
+    )
     with TestClient(app) as c:
         yield c
 
@@ -137,8 +144,15 @@ def test_metrics_count_requests_by_endpoint_and_status(client, model_dir):
 def test_scored_inputs_are_recorded_after_the_response_and_drift_reads_them(model_dir, tmp_path):
     paths = make_project(tmp_path / "project")
     log_dir = default_log_dir(paths)
-    app = create_app(model_dir, tmp_path / "feedback", max_upload_bytes=20_000, max_pixels=256 * 256,
-                     tokens=[TOKEN], classes=["dark", "bright"], input_log=log_dir)
+    app = create_app(
+        model_dir,
+        tmp_path / "feedback",
+        max_upload_bytes=20_000,
+        max_pixels=256 * 256,
+        tokens=[TOKEN],
+        classes=["dark", "bright"],
+        input_log=log_dir,
+    )
     values = [30 + 13 * i for i in range(14)]
     with TestClient(app) as c:
         assert c.get("/health").json()["input_log"] is True
@@ -150,7 +164,11 @@ def test_scored_inputs_are_recorded_after_the_response_and_drift_reads_them(mode
     assert len(records) == len(values) and skipped == 0
     assert [r["brightness"] for r in records] == pytest.approx([v / 255 for v in values], abs=1e-4)
     assert [r["label"] for r in records] == ["dark" if v < 128 else "bright" for v in values]
-    assert records[0]["channels"] == 3 and records[0]["width"] == 16 and records[0]["score"] == pytest.approx(1 - 30 / 255, abs=1e-5)
+    assert (
+        records[0]["channels"] == 3
+        and records[0]["width"] == 16
+        and records[0]["score"] == pytest.approx(1 - 30 / 255, abs=1e-5)
+    )
     report = check_drift(paths, window=100, min_samples=10, publish=False)
     assert report["served"] == len(values) and report["status"] in ("ok", "drift") and report["psi"]
     dark = sum(v < 128 for v in values) / len(values)
@@ -186,8 +204,10 @@ def multipart_stream(counter: dict, total: int, fields: dict[str, str] | None = 
     boundary = "imgclsboundary"
     for name, value in (fields or {}).items():
         yield f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     while counter["sent"] < total:
         counter["sent"] += chunk
         yield b"\x89PNG" + b"0" * (chunk - 4)
@@ -200,8 +220,11 @@ def test_chunked_oversized_upload_is_cut_off_with_413(model_dir, tmp_path, path)
     total = 256 * 1024 * 1024
     counter = {"sent": 0}
     with running(app) as url, httpx.Client(timeout=30) as http:
-        response = http.post(url + path, content=multipart_stream(counter, total, {"label": "dark"}),
-                             headers={**AUTH, "Content-Type": "multipart/form-data; boundary=imgclsboundary"})
+        response = http.post(
+            url + path,
+            content=multipart_stream(counter, total, {"label": "dark"}),
+            headers={**AUTH, "Content-Type": "multipart/form-data; boundary=imgclsboundary"},
+        )
     assert "content-length" not in {k.lower() for k in response.request.headers}
     assert response.status_code == 413 and "larger than 20000 bytes" in response.json()["detail"]
     # the server stopped reading near the limit: the client could not push more than socket buffers hold
@@ -213,8 +236,11 @@ def test_refused_writer_is_cut_off_before_the_body(model_dir, tmp_path):
     app = create_app(model_dir, tmp_path / "feedback", max_upload_bytes=20_000, tokens=[TOKEN], classes=["dark"])
     counter = {"sent": 0}
     with running(app) as url, httpx.Client(timeout=30) as http:
-        response = http.post(url + "/feedback", content=multipart_stream(counter, 256 * 1024 * 1024, {"label": "dark"}),
-                             headers={"Content-Type": "multipart/form-data; boundary=imgclsboundary"})
+        response = http.post(
+            url + "/feedback",
+            content=multipart_stream(counter, 256 * 1024 * 1024, {"label": "dark"}),
+            headers={"Content-Type": "multipart/form-data; boundary=imgclsboundary"},
+        )
     assert response.status_code == 401 and counter["sent"] < 32 * 1024 * 1024
 
 

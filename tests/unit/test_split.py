@@ -14,15 +14,17 @@ def manifest(n, classes=("cat", "dog", "eel"), seed=0, prefix="img"):
     """A validated manifest with unrelated random perceptual hashes (no near-duplicates)."""
     rng = np.random.default_rng(seed)
     ids = [hashlib.sha256(f"{prefix}{seed}-{i}".encode()).hexdigest() for i in range(n)]
-    return pd.DataFrame({
-        "image_id": ids,
-        "source_path": [f"{prefix}/{i}.png" for i in range(n)],
-        "label": [classes[i % len(classes)] for i in range(n)],
-        "given_split": "",
-        "phash": rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64, endpoint=True),
-        "suspect_label": False,
-        "given_probability": np.nan,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "source_path": [f"{prefix}/{i}.png" for i in range(n)],
+            "label": [classes[i % len(classes)] for i in range(n)],
+            "given_split": "",
+            "phash": rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64, endpoint=True),
+            "suspect_label": False,
+            "given_probability": np.nan,
+        }
+    )
 
 
 def flip_bits(value, bits):
@@ -33,8 +35,12 @@ def flip_bits(value, bits):
 
 
 def tmp_paths(tmp_path):
-    return Paths(store=str(tmp_path / "store"), validated=str(tmp_path / "validated.parquet"),
-                 split=str(tmp_path / "split.parquet"), reports=str(tmp_path / "reports"))
+    return Paths(
+        store=str(tmp_path / "store"),
+        validated=str(tmp_path / "validated.parquet"),
+        split=str(tmp_path / "split.parquet"),
+        reports=str(tmp_path / "reports"),
+    )
 
 
 def test_adding_images_never_moves_existing_ones():
@@ -89,8 +95,10 @@ def test_near_duplicate_groups_never_straddle_splits():
         members = [g]
         for k in range(3):
             row = 60 + 3 * g + k
-            frame.loc[row, "phash"] = flip_bits(frame.loc[members[-1], "phash"] if k else base,
-                                                [int(b) for b in rng.choice(64, 2 + k % 2, replace=False)])
+            frame.loc[row, "phash"] = flip_bits(
+                frame.loc[members[-1], "phash"] if k else base,
+                [int(b) for b in rng.choice(64, 2 + k % 2, replace=False)],
+            )
             members.append(row)
         groups.append(members)
     result, facts = split.assign_splits(frame, split.Params(train=0.5, val=0.25, test=0.25))
@@ -127,8 +135,10 @@ def test_run_writes_manifest_and_reports(tmp_path):
 
 def write_params(tmp_path, split_section):
     params = tmp_path / "params.yaml"
-    params.write_text(f"paths:\n  validated: {tmp_path}/validated.parquet\n  split: {tmp_path}/split.parquet\n"
-                      f"  reports: {tmp_path}/reports\nsplit:\n{split_section}")
+    params.write_text(
+        f"paths:\n  validated: {tmp_path}/validated.parquet\n  split: {tmp_path}/split.parquet\n"
+        f"  reports: {tmp_path}/reports\nsplit:\n{split_section}"
+    )
     return params
 
 
@@ -164,8 +174,11 @@ def test_hash_neighbours_are_grouped_only_when_their_pictures_correlate(tmp_path
 
     paths = tmp_paths(tmp_path)
     original = pattern(1, size=32)
-    ids = [store_image(paths.store, original), store_image(paths.store, original, fmt="JPEG"),
-           store_image(paths.store, pattern(2, size=32))]
+    ids = [
+        store_image(paths.store, original),
+        store_image(paths.store, original, fmt="JPEG"),
+        store_image(paths.store, pattern(2, size=32)),
+    ]
     frame = manifest(3)
     frame["image_id"] = ids
     frame["phash"] = frame.loc[0, "phash"]  # the same hash for all three: only the pictures differ

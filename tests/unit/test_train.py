@@ -1,5 +1,6 @@
 """The train stage end to end on CPU: it learns, records itself in MLflow, exports a predictor, starts
 from a local safetensors file, and a run killed mid-epoch resumes in the same MLflow run."""
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,9 @@ def test_only_an_unfinished_run_of_the_same_configuration_is_resumed(tmp_path, t
     def leave(completed: bool, fingerprint: str = "f", run_id: str = unfinished.info.run_id) -> None:
         for name in ("last.ckpt", "best.ckpt"):
             (tmp_path / name).write_bytes(b"checkpoint")
-        run_records.write_resume(tmp_path, run_id=run_id, experiment_id="0", fingerprint=fingerprint,
-                                 completed=completed)
+        run_records.write_resume(
+            tmp_path, run_id=run_id, experiment_id="0", fingerprint=fingerprint, completed=completed
+        )
 
     leave(completed=False)
     assert resume_point(tmp_path, "f") == unfinished.info.run_id and (tmp_path / "last.ckpt").is_file()
@@ -129,7 +131,7 @@ def test_missing_prepared_store_is_one_clear_error(tmp_path, tracking):
 
 
 def _last_json(stdout: str) -> dict:
-    return json.loads(stdout[stdout.rindex("\n{\n") + 1:])
+    return json.loads(stdout[stdout.rindex("\n{\n") + 1 :])
 
 
 @pytest.mark.slow

@@ -19,11 +19,11 @@ def pattern(cls: int, rng) -> np.ndarray:
     img = rng.normal(40, 12, (SIZE, SIZE))
     c = SIZE // 2 + int(rng.integers(-2, 3))
     if cls == 0:
-        img[c - 1:c + 1, 2:-2] = 220
+        img[c - 1 : c + 1, 2:-2] = 220
     elif cls == 1:
-        img[2:-2, c - 1:c + 1] = 220
+        img[2:-2, c - 1 : c + 1] = 220
     elif cls == 2:
-        img[c - 4:c + 3, c - 4:c + 3] = 220
+        img[c - 4 : c + 3, c - 4 : c + 3] = 220
     else:
         idx = np.arange(SIZE)
         img[idx, (idx + c - SIZE // 2) % SIZE] = 220
@@ -33,9 +33,13 @@ def pattern(cls: int, rng) -> np.ndarray:
 def build(tmp_path, labels, classes_of=None, seed=0) -> Paths:
     """Store + cleaned manifest: image i shows class classes_of[i] (default: its label) as a PNG."""
     rng = np.random.default_rng(seed)
-    paths = Paths(store=str(tmp_path / "store"), cleaned=str(tmp_path / "cleaned.parquet"),
-                  validated=str(tmp_path / "validated.parquet"), reports=str(tmp_path / "reports"),
-                  cache=str(tmp_path / "cache"))
+    paths = Paths(
+        store=str(tmp_path / "store"),
+        cleaned=str(tmp_path / "cleaned.parquet"),
+        validated=str(tmp_path / "validated.parquet"),
+        reports=str(tmp_path / "reports"),
+        cache=str(tmp_path / "cache"),
+    )
     rows = []
     for i, label in enumerate(labels):
         buf = io.BytesIO()
@@ -44,9 +48,23 @@ def build(tmp_path, labels, classes_of=None, seed=0) -> Paths:
         image_id = hashlib.sha256(data).hexdigest()
         store_path(paths.store, image_id).parent.mkdir(parents=True, exist_ok=True)
         store_path(paths.store, image_id).write_bytes(data)
-        rows.append({"image_id": image_id, "source_path": f"{label}/{i}.png", "label": str(label), "bytes": len(data),
-                     "format": "PNG", "width": SIZE, "height": SIZE, "mode": "L", "ingested_at": "2025-01-01T00:00:00",
-                     "origin": "source", "given_split": "", "pixel_hash": image_id, "phash": i})
+        rows.append(
+            {
+                "image_id": image_id,
+                "source_path": f"{label}/{i}.png",
+                "label": str(label),
+                "bytes": len(data),
+                "format": "PNG",
+                "width": SIZE,
+                "height": SIZE,
+                "mode": "L",
+                "ingested_at": "2025-01-01T00:00:00",
+                "origin": "source",
+                "given_split": "",
+                "pixel_hash": image_id,
+                "phash": i,
+            }
+        )
     pd.DataFrame(rows).to_parquet(paths.cleaned, index=False)
     return paths
 

@@ -1,6 +1,7 @@
 """One run at a time per workspace, with real processes: a second run is refused naming the holder,
 the holder's own stages and children share its lock, a killed holder frees it, and a waiting run
 gets it when the holder finishes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,13 @@ def clean_env() -> dict[str, str]:
 @contextlib.contextmanager
 def holding_process(cache: Path):
     """Another process holding the workspace lock of `cache` until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cache)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=clean_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(cache)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         yield proc
@@ -61,12 +67,20 @@ def try_in_child(cache: Path, env: dict[str, str]) -> subprocess.CompletedProces
 def test_a_second_stage_run_is_refused_at_once_naming_the_holder(tmp_path):
     cache = tmp_path / "cache"
     params = tmp_path / "params.yaml"
-    params.write_text(f"paths:\n  validated: {tmp_path}/validated.parquet\n  split: {tmp_path}/split.parquet\n"
-                      f"  reports: {tmp_path}/reports\n  cache: {cache}\nsplit: {{}}\n")
+    params.write_text(
+        f"paths:\n  validated: {tmp_path}/validated.parquet\n  split: {tmp_path}/split.parquet\n"
+        f"  reports: {tmp_path}/reports\n  cache: {cache}\nsplit: {{}}\n"
+    )
     with holding_process(cache) as holder:
         started = time.monotonic()
-        refused = subprocess.run([sys.executable, "-m", "tasks.split", "--params", str(params)], cwd=tmp_path,
-                                 capture_output=True, text=True, env=clean_env(), timeout=120)
+        refused = subprocess.run(
+            [sys.executable, "-m", "tasks.split", "--params", str(params)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+        )
         assert refused.returncode == 2
         err = refused.stderr.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: the workspace is busy")
