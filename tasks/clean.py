@@ -121,7 +121,7 @@ def inspect_all(
         engine.session(len(todo), what="clean") as eng,
         tqdm(total=len(todo), desc="clean", unit="img", disable=None) as bar,
     ):
-        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store), params.max_pixels, str(store)):
+        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store), params.max_pixels):
             for image_id, insp in done:
                 if insp is None:
                     missing.append(image_id)

@@ -128,13 +128,10 @@ def inspect_chunk(items: list[tuple[str, str]], max_pixels: int) -> list[tuple[s
     return [(image_id, inspect(path, max_pixels)) for image_id, path in items]
 
 
-def inspect_partition(
-    image_ids: list[str], store: str, max_pixels: int, shown_store: str | None = None
-) -> list[tuple[str, Inspection | None]]:
+def inspect_partition(image_ids: list[str], store: str, max_pixels: int) -> list[tuple[str, Inspection | None]]:
     """Engine task (tasks.common.engine): inspect stored images named by id under the absolute `store`
-    path it is given; None for an id whose file is not in the store. A decoder message naming the
-    file names it under `shown_store` (the store as params.yaml gives it), so reports and the cache
-    read the same wherever the work ran."""
+    path it is given; None for an id whose file is not in the store. Decoder messages name a file by
+    its base name (tasks.common.images), so reports and the cache read the same wherever it ran."""
     from tasks.common.manifest import store_path
 
     out: list[tuple[str, Inspection | None]] = []
@@ -143,10 +140,7 @@ def inspect_partition(
         if not path.is_file():
             out.append((image_id, None))
             continue
-        insp = inspect(path, max_pixels)
-        if shown_store is not None and str(path) in insp.detail:
-            insp.detail = insp.detail.replace(str(path), str(store_path(shown_store, image_id)))
-        out.append((image_id, insp))
+        out.append((image_id, inspect(path, max_pixels)))
     return out
 
 

@@ -60,11 +60,16 @@ def probe(src: str | Path | bytes) -> Header:
             with _open(src) as img:
                 return Header(img.format or "", int(img.width), int(img.height), img.mode)
     except Exception as exc:  # PIL raises many types for garbage input
-        raise DecodeError(_describe(exc)) from None
+        raise DecodeError(_describe(exc, src)) from None
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, src: str | Path | bytes) -> str:
+    """One line for a report. A file is named by its base name only, so the message is the same
+    whichever folder (or Dask worker's mount) it was read from, and the 200-character cut never
+    falls inside a long directory."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(src, (str, Path)) and str(src) in text:
+        text = text.replace(str(src), Path(src).name)
     return f"{type(exc).__name__}: {text}"[:200]
 
 
@@ -115,7 +120,7 @@ def decode(src: str | Path | bytes, max_pixels: int | None = None) -> Image.Imag
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(_describe(exc)) from None
+        raise DecodeError(_describe(exc, src)) from None
 
 
 def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:

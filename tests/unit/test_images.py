@@ -83,3 +83,16 @@ def test_giant_header_is_probed_and_refused_without_allocating(tmp_path):
     finally:
         tracemalloc.stop()
     assert path.stat().st_size < 1000 and peak < 5_000_000
+
+
+def test_decode_errors_name_the_file_not_its_folder(tmp_path):
+    """The same bad file gives the same message wherever it is read from (a Dask worker's mount, a long
+    temporary folder): reports and caches must not depend on the reader's path."""
+    messages = []
+    for folder in (tmp_path / "a", tmp_path.joinpath(*["a-rather-long-folder-name"] * 10)):
+        folder.mkdir(parents=True)
+        (folder / "f00d").write_bytes(b"not an image at all")
+        with pytest.raises(DecodeError) as err:
+            decode(folder / "f00d")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "'f00d'" in messages[0] and str(tmp_path) not in messages[0]
