@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
@@ -217,7 +218,15 @@ def _start_promotion(paths: Paths):
     process = multiprocessing.get_context("spawn").Process(
         target=_promote_in_process, args=(PARAMS.model_dump_json(), paths.model_dump_json())
     )
-    process.start()
+    # A spawned child starts from this process's sys.path, where MLflow has put the code folder of
+    # every pyfunc loaded so far: a registered imgcls model's folder holds a minimal `tasks` package
+    # (the shipped base only). The project's own root goes first, so the child imports the real one.
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    try:
+        process.start()
+    finally:
+        sys.path[:] = saved
     return process
 
 
