@@ -4,6 +4,8 @@
 #
 #   bash bench/gpu.sh OUTDIR loops      # loop overhead + data path on one 20k Fashion-MNIST store
 #   bash bench/gpu.sh OUTDIR accuracy   # the whole pipeline on Fashion-MNIST (official test set), then digits
+#   bash bench/gpu.sh OUTDIR fashion60  # train + evaluate on all of Fashion-MNIST in 60 s of training (two
+#                                       # batch sizes), then the loop ratio at batch 512 and 128 on that store
 #
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
 # Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
@@ -11,7 +13,7 @@ set -uo pipefail
 out=${1:?OUTDIR}; part=${2:?loops or accuracy}
 mkdir -p "$out"
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-export PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:////tmp/gpu_bench_mlflow.db}
+export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:////tmp/gpu_bench_mlflow.db}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 case $part in
@@ -33,5 +35,21 @@ accuracy)
         --out "$out/accuracy_fashion_gpu.json"
     python3 -m bench.accuracy --dataset digits --set "train.num_workers=$workers" --out "$out/accuracy_digits_gpu.json"
     ;;
-*) echo "unknown part: $part (loops | accuracy)"; exit 2 ;;
+fashion60)
+    # each step bounded, so one slow step cannot eat the device time of the others
+    store=/tmp/gpu_fashion/prepared
+    timeout 170 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 --set train.batch_size=512 \
+        --set train.lr=0.006 --set train.epochs=25 --set train.num_workers=$workers --out "$out/gpu_fashion_b512.json" \
+        > "$out/gpu_fashion_b512.log" 2>&1; echo "fashion b512 rc=$?"
+    for batch in 512 128; do
+        timeout 120 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size $batch --steps 70 \
+            --warmup 15 --repeats 2 --num-workers "$workers" --threads 0 --out "$out/loop_overhead_gpu_b$batch.json" \
+            > "$out/loop_overhead_b$batch.log" 2>&1; echo "loop b$batch rc=$?"
+    done
+    rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
+    timeout 170 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 --set train.batch_size=256 \
+        --set train.lr=0.004 --set train.epochs=15 --set train.num_workers=$workers --out "$out/gpu_fashion_b256.json" \
+        > "$out/gpu_fashion_b256.log" 2>&1; echo "fashion b256 rc=$?"
+    ;;
+*) echo "unknown part: $part (loops | accuracy | fashion60)"; exit 2 ;;
 esac
