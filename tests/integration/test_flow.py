@@ -63,48 +63,21 @@ async def artifact_keys(flow_run_id: str) -> set[str]:
     return {a.key for a in found}
 
 
-def test_flow_trains_then_skips_until_new_data(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    write_images(tmp_path / "source", per_class=14, seed=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params(tmp_path / "source")))
-
-    with prefect_test_harness():
-        first = pipeline.imgcls_pipeline("params.yaml")
-        assert list(first["stages"]) == list(STAGES) and first["skipped"] == []
-        assert "test/acc" in first["metrics"] and first["decision"]
-        assert first["dvc"]["recorded"] is False  # not a DVC project
-        last = json.loads((tmp_path / "reports" / ".last_flow.json").read_text())
-        assert last["dataset_version"] == first["dataset_version"] and last["flow_run_id"] == first["flow_run_id"]
-        assert {"imgcls-data-quality", "imgcls-evaluation", "imgcls-promotion", "imgcls-mlflow-run"} <= asyncio.run(
-            artifact_keys(first["flow_run_id"])
-        )
-
-        second = pipeline.imgcls_pipeline("params.yaml")
-        assert second["skipped"] == list(pipeline.MODEL_STAGES)
-        assert f"no new data since run {first['flow_run_name']}" in second["note"]
-        assert "train" not in second["stages"] and second["last_run"]["mlflow_run_id"] == first["mlflow_run_id"]
-        assert "imgcls-skipped" in asyncio.run(artifact_keys(second["flow_run_id"]))
-
-        write_images(tmp_path / "data" / "inbox", per_class=2, seed=1)  # new labelled images arrive
-        third = pipeline.imgcls_pipeline("params.yaml")
-        assert third["skipped"] == [] and third["dataset_version"] != first["dataset_version"]
-        assert third["mlflow_run_id"] != first["mlflow_run_id"]
-
-
 QUIET_FORBIDDEN = ("Traceback", "ERROR", "database is locked", "telemetry")
 
 
-def test_first_run_from_the_cli_is_quiet(tmp_path):
+def test_cli_run_is_quiet_then_the_flow_skips_until_new_data(tmp_path, monkeypatch):
     """`imgcls run` in a fresh project as a new user gets it (no Prefect/MLflow settings, an empty HOME):
     nothing in its output a user cannot act on, Prefect's home and MLflow's artifacts inside the project,
-    every stage's one-line summary, an experiment MLflow's UI opens on its runs, a run with its dataset."""
+    every stage's one-line summary, an experiment MLflow's UI opens on its runs, a run with its dataset.
+    Then the flow again on a real Prefect API: it skips the model stages while nothing is new, and trains
+    once new labelled images arrive (one training shared by both checks: each costs a whole pipeline)."""
     import mlflow
 
     project = tmp_path / "project"
     write_images(project / "source", per_class=14, seed=0)
     params = small_params(project / "source")
-    params["validate"]["suspect_label"]["model"] = "kernel"  # the CNN's cost adds nothing to this check
+    params["validate"]["suspect_label"]["model"] = "kernel"  # the CNN's cost adds nothing to these checks
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     env = {
         k: v
@@ -131,3 +104,26 @@ def test_first_run_from_the_cli_is_quiet(tmp_path):
     assert experiment.artifact_location == (project.resolve() / "mlruns" / "imgcls").as_uri()
     inputs = client.get_run(run_info["run_id"]).inputs.dataset_inputs
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("split", run_info["dataset_version"][:12])]
+    first = json.loads((project / "reports" / ".last_flow.json").read_text())
+    assert first["dataset_version"] == run_info["dataset_version"]
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlflow.db")
+    with prefect_test_harness(server_startup_timeout=180):  # a loaded machine starts the API slowly
+        second = pipeline.imgcls_pipeline("params.yaml")
+        assert second["skipped"] == list(pipeline.MODEL_STAGES)
+        assert f"no new data since run {first['flow_run_name']}" in second["note"]
+        assert "train" not in second["stages"] and second["last_run"]["mlflow_run_id"] == run_info["run_id"]
+        assert "imgcls-skipped" in asyncio.run(artifact_keys(second["flow_run_id"]))
+
+        write_images(project / "data" / "inbox", per_class=2, seed=1)  # new labelled images arrive
+        third = pipeline.imgcls_pipeline("params.yaml")
+        assert list(third["stages"]) == list(STAGES) and third["skipped"] == []
+        assert third["dataset_version"] != first["dataset_version"] and third["mlflow_run_id"] != run_info["run_id"]
+        assert "test/acc" in third["metrics"] and third["decision"]
+        assert third["dvc"]["recorded"] is False  # not a DVC project
+        last = json.loads((project / "reports" / ".last_flow.json").read_text())
+        assert last["dataset_version"] == third["dataset_version"] and last["flow_run_id"] == third["flow_run_id"]
+        assert {"imgcls-data-quality", "imgcls-evaluation", "imgcls-promotion", "imgcls-mlflow-run"} <= asyncio.run(
+            artifact_keys(third["flow_run_id"])
+        )
