@@ -21,7 +21,7 @@ import yaml
 
 from bench import fashion
 from bench.common import run_stages
-from bench.planted import VALID_AWKWARD, plant, score
+from bench.planted import VALID_AWKWARD, plant, score, score_kinds
 from tasks.common.params import Paths
 
 CLEAN_REASONS = [
@@ -113,6 +113,9 @@ def measure(n: int, seed: int, per_fault: int, flip_fraction: float, workdir: Pa
             "recall": round(totals.hits / totals.planted, 4),
             "precision": round(totals.hits / totals.flagged, 4),
         },
+        # recall per planted kind (resize, crop, shift, rotate, levels, re-encoding; containers)
+        "near_duplicate_kinds": score_kinds(truth, flagged, "near_duplicate"),
+        "duplicate_kinds": score_kinds(truth, flagged, "duplicate"),
         "not_run": [r for r in VALIDATE_REASONS if r not in judged],
         "awkward": {"planted": len(awkward), "kept": len(awkward & set(last["source_path"]))},
         "clean_images_set_aside": int(clean_kept_wrongly.sum()),
@@ -139,6 +142,10 @@ def markdown(result: dict) -> str:
     o = result["overall"]
     lines.append(
         f"| **all faults** | {o['planted']} | {o['flagged']} | {o['hits']} | {o['recall']:.3f} | {o['precision']:.3f} |"
+    )
+    lines.append(
+        "\nnear_duplicate recall per kind: "
+        + ", ".join(f"{k} {v['hits']}/{v['planted']}" for k, v in result["near_duplicate_kinds"].items())
     )
     if result["not_run"]:
         lines.append(f"\nnot measured (stage not available): {', '.join(result['not_run'])}")

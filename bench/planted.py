@@ -53,6 +53,21 @@ def _gray(arr: np.ndarray) -> np.ndarray:
     return arr if arr.ndim == 2 else np.asarray(Image.fromarray(arr).convert("L"))
 
 
+def _palette_trns_background(arr: np.ndarray) -> bytes:
+    """Palette PNG whose background colour (the corner pixel's palette entry) is marked transparent by
+    a tRNS chunk: the picture's whole background is transparent, the stored colour is the original's."""
+    img = _rgb(arr).quantize(colors=255)
+    return encode(img, "PNG", transparency=int(np.asarray(img)[0, 0]))
+
+
+def _cutout(arr: np.ndarray, mode: str) -> bytes:
+    """LA / RGBA with alpha 0 wherever the picture shows its border colour (stored there unchanged)."""
+    gray = _gray(arr)
+    alpha = np.where(gray == gray[0, 0], 0, 255).astype(np.uint8)
+    colour = _gray(arr)[:, :, None] if mode == "LA" else np.asarray(_rgb(arr))
+    return encode(Image.fromarray(np.dstack([colour, alpha]), mode=mode), "PNG")
+
+
 def _palette_with_transparency(arr: np.ndarray) -> bytes:
     img = _rgb(arr).quantize(colors=255)
     return encode(img, "PNG", transparency=255)  # index 255 is unused: the flag is set, no pixel vanishes
@@ -79,7 +94,10 @@ AWKWARD: dict[str, Callable[[np.ndarray], bytes]] = {
     "cmyk.jpg": lambda a: encode(_rgb(a).convert("CMYK"), "JPEG", quality=95),
     "palette_transparency.png": _palette_with_transparency,
     "gray16.png": lambda a: encode(Image.fromarray(_gray(a).astype(np.uint16) * 257), "PNG"),
-    "rgba.png": lambda a: encode(_rgb(a).convert("RGBA"), "PNG"),
+    "rgba.png": lambda a: encode(_rgb(a).convert("RGBA"), "PNG"),  # alpha channel, fully opaque
+    "palette_trns_background.png": _palette_trns_background,
+    "la_cutout.png": lambda a: _cutout(a, "LA"),
+    "rgba_cutout.png": lambda a: _cutout(a, "RGBA"),
     "exif_rotated.jpg": _exif_rotated,
     "lossless.webp": lambda a: encode(_rgb(a), "WEBP", lossless=True),
     "picture.bmp": lambda a: encode(_rgb(a), "BMP"),
@@ -89,6 +107,85 @@ AWKWARD: dict[str, Callable[[np.ndarray], bytes]] = {
     "grayscale.png": lambda a: encode(Image.fromarray(_gray(a)), "PNG"),
     "one_bit.png": lambda a: encode(Image.fromarray(_gray(a) > 127), "PNG"),
 }
+
+
+def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Moved by (dy, dx) pixels; the uncovered edge takes the colour of the image's border."""
+    fill = np.median(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]), axis=0).astype(arr.dtype)
+    out = np.empty_like(arr)
+    out[...] = fill
+    h, w = arr.shape[:2]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = arr[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _resized(arr: np.ndarray, side: int, back: bool = False) -> np.ndarray:
+    h, w = arr.shape[:2]
+    img = Image.fromarray(arr).resize((side, side * h // w), Image.Resampling.BICUBIC)
+    return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC) if back else img)
+
+
+def _cropped(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1-2 px cut from two or more sides, resized back to the original size."""
+    h, w = arr.shape[:2]
+    top, left, bottom, right = (int(v) for v in rng.integers(0, 3, size=4))
+    if top + bottom + left + right < 2:
+        top, right = 1, 1
+    part = Image.fromarray(arr[top : h - bottom, left : w - right])
+    return np.asarray(part.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _rotated(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    angle = float(rng.choice([-1, 1]) * rng.uniform(2.0, 5.0))
+    fill = int(np.median(np.concatenate([arr[0], arr[-1]]))) if arr.ndim == 2 else None
+    img = Image.fromarray(arr).rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=fill)
+    return np.asarray(img)
+
+
+def _levels(arr: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    return np.clip(arr.astype(np.float64) * gain + offset, 0, 255).round().astype(np.uint8)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    return encode(Image.fromarray(arr), "PNG")
+
+
+# kind -> (file suffix, how to write a near-duplicate of a clean array). Each kind is recorded in the
+# truth's `detail` (as "<kind> of <original>") so recall can be reported per kind.
+NearMaker = Callable[[np.ndarray, np.random.Generator], bytes]
+NEAR_DUPLICATE_KINDS: dict[str, tuple[str, NearMaker]] = {
+    "resize_up": ("png", lambda a, r: _png(_resized(a, a.shape[1] * 8 // 7))),  # 28 -> 32 px
+    "resize_down": ("png", lambda a, r: _png(_resized(a, a.shape[1] * 6 // 7))),  # 28 -> 24 px
+    "resize_down_up": ("png", lambda a, r: _png(_resized(a, a.shape[1] * 6 // 7, back=True))),  # 28 -> 24 -> 28
+    "crop": ("png", lambda a, r: _png(_cropped(a, r))),
+    "shift_1px": ("png", lambda a, r: _png(_shift(a, *[(0, 1), (1, 0), (0, -1), (-1, 0)][int(r.integers(4))]))),
+    "shift_2px": ("png", lambda a, r: _png(_shift(a, int(r.choice([-2, 2])), int(r.integers(-1, 2))))),
+    "rotate": ("png", lambda a, r: _png(_rotated(a, r))),
+    "brightness": ("png", lambda a, r: _png(_levels(a, 1.0, float(r.choice([-1, 1]) * r.uniform(6, 20))))),
+    "contrast": ("png", lambda a, r: _png(_levels(a, float(r.uniform(0.75, 0.9)), float(r.uniform(0, 10))))),
+    "jpeg_q90": ("jpg", lambda a, r: encode(Image.fromarray(a), "JPEG", quality=90)),
+    "jpeg_q70": ("jpg", lambda a, r: encode(Image.fromarray(a), "JPEG", quality=70)),
+    "jpeg_q50": ("jpg", lambda a, r: encode(Image.fromarray(a), "JPEG", quality=50)),
+    "webp_q80": ("webp", lambda a, r: encode(_rgb(a), "WEBP", quality=80)),
+    "jpeg_to_png": (
+        "png",
+        lambda a, r: _png(np.asarray(Image.open(io.BytesIO(encode(Image.fromarray(a), "JPEG", quality=80))))),
+    ),
+}
+# lossless containers of the same pixels: exact duplicates (clean's `duplicate`, by pixel hash)
+DUPLICATE_CONTAINERS: dict[str, Callable[[np.ndarray], bytes]] = {
+    "png_copy": _png,
+    "bmp": lambda a: encode(Image.fromarray(a), "BMP"),
+    "tiff": lambda a: encode(Image.fromarray(a), "TIFF"),
+    "webp_lossless": lambda a: encode(_rgb(a), "WEBP", lossless=True),
+}
+
+
+def near_duplicate(arr: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
+    """The encoded near-duplicate of `arr` of one NEAR_DUPLICATE_KINDS kind."""
+    return NEAR_DUPLICATE_KINDS[kind][1](arr, rng)
 
 
 class _Writer:
@@ -121,11 +218,21 @@ def plant(
     seed: int = 0,
     per_fault: int = 2,
     flip_fraction: float = 0.02,
+    near_kinds: Sequence[str] | None = None,
+    confusable: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write the planted folder under `root` and return its truth table.
 
     base: uint8 arrays (HxW gray or HxWx3 RGB) of one size, with folder-safe class names. Needs at
-    least two classes and about 12 * per_fault + 20 images."""
+    least two classes and about (12 + len(near_kinds)) * per_fault + 20 images.
+    near_kinds: NEAR_DUPLICATE_KINDS to plant (default all), per_fault originals each with one copy;
+    `detail` is "<kind> of <original>". flip_fraction (0.01-0.05) of the remaining images get a wrong
+    label: half to a uniformly drawn other class, half to their class's most confusable one
+    (`confusable`, default: the class whose mean image is nearest); detail "really <true> (<how>)"."""
+    near_kinds = list(NEAR_DUPLICATE_KINDS) if near_kinds is None else list(near_kinds)
+    unknown = set(near_kinds) - set(NEAR_DUPLICATE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown near-duplicate kinds {sorted(unknown)}; known: {list(NEAR_DUPLICATE_KINDS)}")
     root = Path(root)
     labels = sorted({str(label) for _, label in base})
     if len(labels) < 2 or any("/" in label or label.startswith(".") for label in labels):
@@ -167,20 +274,17 @@ def plant(
 
         i, arr, label = take()
         kept = out.write(label, f"img_{i:05d}.png", png(arr), CLEAN, "original of duplicates")
-        out.write(label, f"img_{i:05d}_copy.png", png(arr), "duplicate", f"byte copy of {kept}")
-        out.write(label, f"img_{i:05d}_bmp.bmp", encode(Image.fromarray(arr), "BMP"), "duplicate", f"BMP of {kept}")
+        for kind, make in DUPLICATE_CONTAINERS.items():
+            ext = {"png_copy": "png", "webp_lossless": "webp"}.get(kind, kind)
+            name = f"img_{i:05d}_{kind.replace('_', '')}.{ext}"  # original = name up to the last "_"
+            out.write(label, name, make(arr), "duplicate", f"{kind} of {kept}")
 
-        i, arr, label = take()
-        kept = out.write(label, f"img_{i:05d}.png", png(arr), CLEAN, "original of near-duplicates")
-        brighter = np.clip(arr.astype(np.int16) + 6, 0, 255).astype(np.uint8)
-        out.write(label, f"img_{i:05d}_bright.png", png(brighter), "near_duplicate", f"brightness +6 of {kept}")
-        out.write(
-            label,
-            f"img_{i:05d}_jpeg.jpg",
-            encode(Image.fromarray(arr), "JPEG", quality=90),
-            "near_duplicate",
-            f"JPEG q90 of {kept}",
-        )
+        for kind in near_kinds:
+            ext, make = NEAR_DUPLICATE_KINDS[kind]
+            i, arr, label = take()
+            kept = out.write(label, f"img_{i:05d}.png", png(arr), CLEAN, "original of near-duplicates")
+            name = f"img_{i:05d}_{kind.replace('_', '')}.{ext}"
+            out.write(label, name, make(arr, rng), "near_duplicate", f"{kind} of {kept}")
 
         for variant in ("copy", "brighter copy"):
             i, arr, label = take()
@@ -217,11 +321,20 @@ def plant(
         out.write(RARE_CLASS, f"img_{i:05d}.png", png(arr), "rare_class", "3 images", true_label=label)
 
     remaining = list(order)
-    flips = set(remaining[: int(round(flip_fraction * len(remaining)))])
+    flipped = remaining[: int(round(flip_fraction * len(remaining)))]
+    confusable = confusable or nearest_classes(base)
+    flips = {}
+    for n, i in enumerate(flipped):
+        label = str(base[i][1])
+        if n % 2 == 0:
+            flips[i] = (str(rng.choice([c for c in labels if c != label])), "uniform")
+        else:
+            flips[i] = (confusable.get(label) or other(label), "confusable")
     for i in remaining:
         arr, label = base[i][0], str(base[i][1])
         if i in flips:
-            out.write(other(label), f"img_{i:05d}.png", png(arr), "suspect_label", f"really {label}", true_label=label)
+            given, how = flips[i]
+            out.write(given, f"img_{i:05d}.png", png(arr), "suspect_label", f"really {label} ({how})", true_label=label)
         else:
             out.write(label, f"img_{i:05d}.png", png(arr), CLEAN)
 
@@ -229,6 +342,35 @@ def plant(
     truth.to_csv(root / "truth.csv", index=False)
     (root / "classes.json").write_text(json.dumps(labels + [RARE_CLASS]) + "\n", encoding="utf-8")
     return truth
+
+
+def nearest_classes(base: Sequence[tuple[np.ndarray, str]]) -> dict[str, str]:
+    """Per class, the other class whose mean (grey) image is nearest: the confusable one to flip to."""
+    labels = np.array([str(label) for _, label in base])
+    grey = np.stack([_gray(arr).astype(np.float64).ravel() for arr, _ in base])
+    names = sorted(set(labels))
+    means = np.stack([grey[labels == name].mean(axis=0) for name in names])
+    dist = ((means[:, None] - means[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    return {name: names[int(np.argmin(dist[k]))] for k, name in enumerate(names)}
+
+
+def kind_of(detail: str) -> str:
+    """The planted kind recorded in a truth `detail` ("<kind> of <original>")."""
+    return str(detail).split(" of ")[0]
+
+
+def score_kinds(truth: pd.DataFrame, flagged: pd.DataFrame, reason: str = "near_duplicate") -> dict[str, dict]:
+    """Recall per planted kind of one reason: {kind: {planted, hits, recall}} (a hit is flagged with
+    that reason, or, for near-duplicates, as an exact duplicate)."""
+    given = flagged.drop_duplicates("source_path").set_index("source_path")["reason"]
+    accepted = {reason, "duplicate"} if reason == "near_duplicate" else {reason}
+    planted = truth[truth["planted_reason"] == reason]
+    out = {}
+    for kind, rows in planted.groupby(planted["detail"].map(kind_of), sort=True):
+        hits = int(given.reindex(rows["source_path"]).isin(accepted).sum())
+        out[kind] = {"planted": len(rows), "hits": hits, "recall": round(hits / len(rows), 4)}
+    return out
 
 
 def score(truth: pd.DataFrame, flagged: pd.DataFrame, reasons: Sequence[str] | None = None) -> pd.DataFrame:

@@ -1,6 +1,8 @@
 """`imgcls`: one command for the pipeline, its schedule, prediction, serving and the registry.
 
     imgcls run [--params P] [--force]          the whole pipeline as a Prefect flow
+               [--params-override FILE]        ... with FILE's sections merged over params.yaml (never edited)
+    imgcls tune [--params P]                   hyperparameter search over train.* (docs/tuning.md)
     imgcls schedule --cron "0 3 * * *"        serve the flow on a cron schedule
     imgcls stage NAME [--params P]             one stage, as `python -m tasks.NAME`
     imgcls predict PATH... [--out CSV]         batch prediction to a CSV
@@ -9,6 +11,7 @@
     imgcls rollback [--reason TEXT]            champion <- previous
     imgcls export --format onnx [--model URI] [--out FILE]   ONNX file, parity-checked on the test split
     imgcls drift [--window N --threshold T]    served inputs vs the training set (exit 3: retrain recommended)
+    imgcls review [list | decide SHA ... | apply-csv F | export | import]   human label decisions (docs/review.md)
 
 A ParamsError or UserError prints one line `error: ...` and exits 2."""
 
@@ -57,8 +60,21 @@ def _max_pixels(args) -> int:
     return parse_section(read_yaml(args.params), "clean", CleanParams, args.params).max_pixels
 
 
+def checked_params(params_path) -> dict:
+    """The whole params file checked, `tune:` included: bad params are one line before anything starts."""
+    from tasks.tuning.space import check_section
+
+    data = validate_file(params_path)
+    check_section(data, params_path)
+    return data
+
+
 def cmd_run(args) -> int:
-    validate_file(args.params)  # bad params: one line before Prefect starts anything
+    checked_params(args.params)  # bad params: one line before Prefect starts anything
+    if getattr(args, "params_override", None):  # a bad override: one line before Prefect starts anything
+        from tasks.common.params import merge_override
+
+        merge_override(args.params, args.params_override, _paths(args.params).cache)
     from flows.pipeline import imgcls_pipeline
 
     if not os.environ.get("PREFECT_API_URL") and not _profile_api_url():
@@ -73,13 +89,29 @@ def cmd_run(args) -> int:
 
         os.environ[engine.ADDRESS_ENV] = args.cluster  # engine.current() reads it, in this process and its tasks
         engine.current()  # a malformed address: one line now
-    summary = imgcls_pipeline(params_path=args.params, force=args.force, retrain_on_drift=args.retrain_on_drift)
+    summary = imgcls_pipeline(
+        params_path=args.params,
+        force=args.force,
+        retrain_on_drift=args.retrain_on_drift,
+        params_override=getattr(args, "params_override", None),
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
+def cmd_tune(args) -> int:
+    import logging
+
+    from flows.tune import summary_lines, tune
+
+    logging.basicConfig(level=logging.INFO, format="[tune] %(message)s")
+    summary = tune(args.params)
+    print("\n".join(summary_lines(summary)))
+    return 0
+
+
 def cmd_schedule(args) -> int:
-    validate_file(args.params)
+    checked_params(args.params)
     if not os.environ.get("PREFECT_API_URL"):
         # Prefect's temporary API has no scheduler: the cron would never fire
         raise UserError(
@@ -187,6 +219,39 @@ def cmd_drift(args) -> int:
     return DRIFT_EXIT if should_retrain(report) else 0
 
 
+def cmd_review(args) -> int:
+    from flows import review
+    from tasks.common.label_decisions import describe
+
+    ctx = review.Context.load(args.params)
+    action = getattr(args, "review_action", None) or "list"
+    if action == "list":
+        queue = review.build(ctx, args.feedback_min_confidence)
+        counts = ", ".join(f"{reason} {n}" for reason, n in queue["reason"].value_counts().items())
+        what = f" ({counts})" if counts else ""
+        print(f"{len(queue)} image(s) await review{what} -> {ctx.queue_dir()}/queue.csv, queue.html")
+        return 0
+    if action == "export":
+        n, config = review.export_label_studio(
+            ctx, args.out, args.image_prefix, args.image_root, args.feedback_min_confidence
+        )
+        print(f"{n} Label Studio task(s) -> {args.out}; labeling interface -> {config}")
+        return 0
+    if action == "decide":
+        decision = "keep" if args.keep else "exclude" if args.exclude else "relabel"
+        done = [review.decide(ctx, args.sha256, decision, args.relabel or "", args.note, args.user)]
+    elif action == "apply-csv":
+        done = review.apply_csv(ctx, args.file, args.user)
+    else:  # import
+        done, unannotated = review.import_label_studio(ctx, args.file, args.user)
+        if unannotated:
+            print(f"{unannotated} task(s) without an annotation left as they are")
+    for d in done[:20]:
+        print(f"{d.sha256[:12]}: {describe(d)}")
+    print(f"{len(done)} decision(s) recorded in {ctx.paths.label_decisions}; the next ingest applies them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="declarative image-classification pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="tcp://HOST:8786",
         help="Dask scheduler for the per-image work (overrides engine.address; docs/scaling.md)",
     )
+    p.add_argument(
+        "--params-override",
+        default=None,
+        metavar="FILE",
+        help="a params file whose sections are merged over --params for this run, e.g. "
+        "reports/tune/best_params.yaml from `imgcls tune` (--params itself is not changed)",
+    )
+
+    command("tune", cmd_tune, "hyperparameter search over train.* (tune: in params.yaml; docs/tuning.md)")
 
     p = command(
         "schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)"
@@ -299,6 +373,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--alpha", type=float, default=0.01, help="significance of the thumbnail MMD test (default 0.01)")
     p.add_argument("--log-dir", default=None, help="served-input log (default: paths.reports/serve/inputs)")
+
+    # imgcls review [list | decide | apply-csv | export | import] (flows/review.py, docs/review.md)
+    p = command("review", cmd_review, "review flagged images and record label decisions (default: list)")
+    p.add_argument("--feedback-min-confidence", type=float, default=0.5, help=argparse.SUPPRESS)
+    actions = p.add_subparsers(dest="review_action", metavar="ACTION")
+
+    def action(name: str, help_: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help_, description=help_)
+        a.add_argument("--params", default=argparse.SUPPRESS, help="params file (default params.yaml)")
+        return a
+
+    for name, help_ in (
+        ("list", "write reports/review/queue.csv and queue.html: what awaits a decision"),
+        ("export", "write the queue as Label Studio tasks with the model's suggestion as pre-annotation"),
+    ):
+        a = action(name, help_)
+        a.add_argument(
+            "--feedback-min-confidence",
+            type=float,
+            default=argparse.SUPPRESS,
+            help="admitted feedback whose label the out-of-fold models give less than this is queued (default 0.5)",
+        )
+        if name == "export":
+            a.add_argument("--format", choices=["label-studio"], default="label-studio")
+            a.add_argument("out", metavar="OUT.json")
+            a.add_argument(
+                "--image-prefix",
+                default="/data/local-files/?d=",
+                help="put before each image's path (default: Label Studio's local file serving)",
+            )
+            a.add_argument("--image-root", default=".", help="image paths are relative to this folder (default .)")
+    user_help = "who decides (default: $IMGCLS_USER or the login name)"
+    a = action("decide", "record one decision: --keep, --relabel LABEL or --exclude")
+    a.add_argument("--user", default=None, help=user_help)
+    a.add_argument("sha256", help="the image's SHA-256 (or a unique prefix of at least 8 characters)")
+    what = a.add_mutually_exclusive_group(required=True)
+    what.add_argument("--keep", action="store_true", help="the given label is right")
+    what.add_argument("--relabel", metavar="LABEL", help="the image's label becomes LABEL (a known class)")
+    what.add_argument("--exclude", action="store_true", help="leave the image out of the data")
+    a.add_argument("--note", default="", help="why, recorded with the decision")
+    a = action("apply-csv", "record the decisions of a CSV with sha256, decision, label columns (e.g. queue.csv)")
+    a.add_argument("file", metavar="FILE")
+    a.add_argument("--user", default=None, help=user_help)
+    a = action("import", "record the annotations of a Label Studio JSON export")
+    a.add_argument("--format", choices=["label-studio"], default="label-studio")
+    a.add_argument("file", metavar="EXPORTED.json")
+    a.add_argument("--user", default=None, help=user_help)
     return parser
 
 

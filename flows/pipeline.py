@@ -26,10 +26,19 @@ from flows import artifacts, dask_runner, drift, dvc_record
 from tasks.common.atomic import write_json
 from tasks.common.entry import summary_line
 from tasks.common.errors import UserError
-from tasks.common.params import ParamsError, Paths, load_stage, parse_section, read_yaml, validate_file
+from tasks.common.params import (
+    ParamsError,
+    Paths,
+    load_stage,
+    merge_override,
+    parse_section,
+    read_yaml,
+    validate_file,
+)
 from tasks.common.versioning import dataset_version
 from tasks.common.workspace_lock import workspace_lock
 from tasks.stages import STAGES
+from tasks.tuning.space import check_section
 
 MODEL_STAGES = ("augment", "train", "evaluate", "promote")
 DATA_STAGES = tuple(s for s in STAGES if s not in MODEL_STAGES)
@@ -148,15 +157,27 @@ def skip_note(last: dict | None, version: str, config: str, force: bool) -> str 
 # Dask (prefect-dask): the stages' per-image work runs on this runner's cluster (tasks.common.engine)
 @flow(name="imgcls-pipeline", log_prints=True, persist_result=False, task_runner=dask_runner.flow_task_runner())
 @one_run_at_a_time
-def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False, retrain_on_drift: bool = False) -> dict:
+def imgcls_pipeline(
+    params_path: str = "params.yaml",
+    force: bool = False,
+    retrain_on_drift: bool = False,
+    params_override: str | None = None,
+) -> dict:
     params_path = str(params_path)
+    base_params = params_path
+    if params_override:  # e.g. reports/tune/best_params.yaml: merged over params_path, which stays as it is
+        paths = parse_section(read_yaml(params_path), "paths", Paths, params_path)
+        params_path = str(merge_override(params_path, params_override, paths.cache))
+        print(f"params: {params_override} merged over {base_params} -> {params_path}")
     quiet_logging()
     data = validate_file(params_path)  # a typo anywhere fails now, not after hours of training
+    check_section(data, params_path)  # tune: too (nothing in the run reads it, but a typo is a typo)
     paths = parse_section(data, "paths", Paths, params_path)
     summary: dict[str, Any] = {
         "flow_run_id": str(flow_run.id),
         "flow_run_name": flow_run.name,
         "params": params_path,
+        "params_override": params_override,
         "force": force,
         "stages": {},
         "skipped": [],
@@ -185,7 +206,15 @@ def imgcls_pipeline(params_path: str = "params.yaml", force: bool = False, retra
             summary["stages"][stage] = stage_task(stage)(stage, params_path)
         summary.update(artifacts.publish_model_reports(paths))
 
-    summary["dvc"] = record_in_dvc(list(summary["stages"]))
+    if params_override:
+        # dvc.lock records params.yaml's values: committing outputs made with other values would make it lie
+        summary["dvc"] = {
+            "recorded": False,
+            "reason": f"run with --params-override {params_override}: dvc.lock names params.yaml's values, "
+            "so this run is not recorded in DVC (for a DVC record: dvc exp run -S ...)",
+        }
+    else:
+        summary["dvc"] = record_in_dvc(list(summary["stages"]))
     if not note:
         write_json(
             {

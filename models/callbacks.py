@@ -18,3 +18,16 @@ class FreezeBackbone(L.Callback):
         frozen = trainer.current_epoch < self.epochs
         for p in network.parameters():
             p.requires_grad_(not frozen or id(p) in head)
+
+
+class FitClock(L.Callback):
+    """When training proper began (on_train_start: after the processes of a DDP run have all started,
+    the process group formed and the sanity check ran), so seconds per epoch measure training alone."""
+
+    def __init__(self):
+        self.started: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self.started = time.perf_counter()

@@ -4,6 +4,7 @@ albumentations specs augment.json (train) and eval.json (val), both ending in No
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import albumentations as A
@@ -83,10 +84,15 @@ class PreparedDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            drop_last=train and len(dataset) > self.batch_size,  # a 1-image batch breaks BatchNorm
+            # a 1-image batch breaks BatchNorm; under DDP each rank gets its share of the dataset
+            drop_last=train and math.ceil(len(dataset) / self._world_size()) > self.batch_size,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return max(1, int(trainer.world_size)) if trainer is not None else 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset(self.train_index, store.TRAIN_SPEC), train=True)

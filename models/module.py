@@ -1,7 +1,9 @@
 """The LightningModule: a network from models.networks, cross-entropy with label smoothing and
 optional class weights, AdamW or SGD, a per-step OneCycle or warmup+cosine schedule, accuracy and
 macro-F1. Hyperparameters hold everything needed to rebuild the network for inference (name, class
-names, input stats), so a checkpoint alone is enough for models.predictor."""
+names, input stats), so a checkpoint alone is enough for models.predictor. Under DDP every logged
+figure is over all ranks: the losses with sync_dist (one all-reduce per epoch, as they are logged
+on_epoch only), the torchmetrics by their own sync."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class ImageClassifier(L.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -73,7 +75,7 @@ class ImageClassifier(L.LightningModule):
         logits = self(x)
         self.val_acc(logits, y)
         self.val_f1(logits, y)
-        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/macro_f1", self.val_f1, on_epoch=True, batch_size=len(y))
 

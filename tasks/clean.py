@@ -21,12 +21,14 @@ from pydantic import Field
 from tqdm import tqdm
 
 from tasks.checks import inspection_cache
-from tasks.checks.phash import as_int64, radius_pairs
-from tasks.checks.quality import FEATURE_SIDE, Inspection, correlated, inspect_partition
+from tasks.checks.phash import as_int64
+from tasks.checks.quality import FEATURE_SIDE, Inspection, inspect_partition
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, near_duplicate_pairs
 from tasks.common import engine
 from tasks.common.atomic import write_parquet
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
+from tasks.common.images import ALPHA_MODES, alpha_background
 from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
 from tasks.common.params import Paths, Strict
 from tasks.common.reports import flagged_frame, write_stage_reports
@@ -40,8 +42,10 @@ class Params(Strict):
     min_side: int = Field(8, ge=1)
     min_std: float = Field(3.0, ge=0)
     max_dominant_fraction: float = Field(0.98, gt=0, le=1)
-    near_duplicate_distance: int = Field(4, ge=0, le=32)
-    near_duplicate_min_correlation: float = Field(0.99, ge=-1, le=1)
+    # near-duplicates (tasks.checks.similarity, the rule split's groups use too): candidates within
+    # this many bits of the aligned perceptual hash, verified by shift-tolerant similarity
+    near_duplicate_distance: int = Field(DEFAULT_RADIUS, ge=0, le=32)
+    near_duplicate_min_similarity: float = Field(DEFAULT_MIN_SIMILARITY, ge=-1, le=1)
     outlier_zscore: float = Field(5.0, gt=0)
     outlier_min_class_size: int = Field(10, ge=3)
     workers: int = Field(2, ge=1)  # no longer used: engine.workers sizes the embedded cluster (docs/scaling.md)
@@ -67,6 +71,7 @@ def run(params: Params, paths: Paths) -> dict:
     kept = rows.drop(index=list(flags)).reset_index(drop=True)
     kept["pixel_hash"] = [inspections[i].pixel_hash for i in kept["image_id"]]
     kept["phash"] = np.array([as_int64(inspections[i].phash) for i in kept["image_id"]], dtype=np.int64)
+    kept["alpha_background"] = alpha_backgrounds(kept, paths.store, params.max_pixels)
     flagged = flagged_frame(
         [
             {
@@ -83,8 +88,8 @@ def run(params: Params, paths: Paths) -> dict:
     notes = [
         f"too_large above {params.max_pixels} pixels (from the header); too_small below {params.min_side} px",
         f"low_information: grayscale std < {params.min_std} or over {params.max_dominant_fraction:.0%} of pixels one value",
-        f"near_duplicate: 64-bit DCT hash within {params.near_duplicate_distance} bits and thumbnail "
-        f"correlation >= {params.near_duplicate_min_correlation}",
+        f"near_duplicate: aligned 64-bit DCT hash within {params.near_duplicate_distance} bits and "
+        f"shift-tolerant similarity >= {params.near_duplicate_min_similarity} (tasks.checks.similarity)",
         f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
         f"structure, fine detail), in {outlier_classes} class(es) with >= {params.outlier_min_class_size} images",
     ]
@@ -137,6 +142,16 @@ def inspect_all(
             f"{store} (first: {missing[0]}): run the `ingest` stage again"
         )
     return results
+
+
+def alpha_backgrounds(rows: pd.DataFrame, store: str, max_pixels: int) -> list[str]:
+    """Per row, the background its transparency is composited onto ('' for none): only files whose
+    header mode can carry transparency are opened again (they all decoded already)."""
+    modes = rows["mode"].astype(str) if "mode" in rows.columns else pd.Series("", rows.index)
+    return [
+        alpha_background(store_path(store, image_id), max_pixels) if mode in ALPHA_MODES else ""
+        for image_id, mode in zip(rows["image_id"], modes)
+    ]
 
 
 def flag_unusable(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
@@ -203,12 +218,13 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
             flags[pos] = ("duplicate", detail, rows.at[keep, "image_id"])
 
 
-def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, radius: int, min_correlation: float) -> np.ndarray:
-    """Pairs whose perceptual hashes are within `radius` bits AND whose thumbnails correlate at least
-    `min_correlation`. The hash finds candidates fast, but on small, similar pictures (digits,
-    sneakers) distinct images often land within a few bits; the correlation (like the hash, blind
-    to brightness and contrast) tells a re-encoded copy (~1.0) from a look-alike (~0.95)."""
-    return correlated(radius_pairs(hashes, radius), thumbs, min_correlation)
+def near_pairs(hashes: np.ndarray, copies: np.ndarray, radius: int, min_similarity: float) -> np.ndarray:
+    """Pairs whose aligned hashes are within `radius` bits AND whose aligned copies are at least
+    `min_similarity` alike (tasks.checks.similarity: the same rule split groups by). The hash finds
+    candidates fast, but on small, similar pictures (digits, sneakers) distinct images often land
+    within a few bits; the shift-tolerant similarity tells a resized, shifted or re-encoded copy
+    from a look-alike."""
+    return near_duplicate_pairs(hashes, copies, radius, min_similarity)
 
 
 def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
@@ -223,7 +239,7 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
     thumbs = np.stack([insp.thumbnail for insp in found]) if found else np.zeros((0, 1))
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
     neighbours: dict[int, list[int]] = defaultdict(list)
-    for a, b in near_pairs(hashes, thumbs, params.near_duplicate_distance, params.near_duplicate_min_correlation):
+    for a, b in near_pairs(hashes, thumbs, params.near_duplicate_distance, params.near_duplicate_min_similarity):
         neighbours[a].append(b)
         neighbours[b].append(a)
 

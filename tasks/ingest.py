@@ -14,7 +14,11 @@ Feedback (paths.feedback, written by `imgcls serve`) is quarantined: ingest.feed
 admitted. A feedback label never overrides the data: an image already in the source / inbox (or in
 the store from earlier runs) under another label, or posted with two different labels, goes to
 reports/ingest/feedback_review.csv (or skipped.csv as label_conflict) instead of the manifest, and a
-label no trusted image has is refused (unknown_label) unless allow_new_classes."""
+label no trusted image has is refused (unknown_label) unless allow_new_classes.
+
+Human review decisions (paths.label_decisions, written by `imgcls review`; tasks/common/label_decisions.py)
+are applied on every run: relabel sets the label (original_label keeps the source's), exclude leaves the
+image out (skipped.csv, excluded_by_review), keep marks it checked (review_decision) for validate."""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tasks.common import label_decisions
 from tasks.common.atomic import atomic_path, write_csv, write_parquet, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
@@ -120,16 +125,28 @@ def run(params: Params, paths: Paths) -> dict:
     if not rows:
         raise UserError(f"no readable images in source {params.source!r} or inbox {paths.inbox!r}")
 
+    # --- human review decisions (`imgcls review`, tasks/common/label_decisions.py): relabel / exclude / keep
+    decided = label_decisions.load_for_ingest(paths.label_decisions)
+    rows, excluded = label_decisions.apply_decisions(rows, decided)
+    skipped += excluded
+    if not rows:
+        raise UserError(f"every image of source {params.source!r} is excluded by {paths.label_decisions}")
+
     review: list[dict] = []
     pending = 0
     if params.feedback.admit:
-        feedback_rows, n = _admit_feedback(params.feedback, paths, rows, previous, cache, now, skipped, review)
+        feedback_rows, n = _admit_feedback(
+            params.feedback, paths, rows, previous, cache, now, skipped, review, decided or {}
+        )
+        feedback_rows, _ = label_decisions.apply_decisions(feedback_rows, decided)  # marks them; none excluded here
         rows += feedback_rows
         copied += n
     else:
         pending = len(list_sidecars(paths.feedback)[0])
 
-    manifest = pd.DataFrame(rows, columns=INGESTED_COLUMNS).sort_values("source_path", kind="stable")
+    # a decisions file adds original_label / review_decision (validate skips human-checked images)
+    review_columns = [c for c in label_decisions.MANIFEST_COLUMNS if decided is not None and c not in INGESTED_COLUMNS]
+    manifest = pd.DataFrame(rows, columns=INGESTED_COLUMNS + review_columns).sort_values("source_path", kind="stable")
     manifest = manifest.reset_index(drop=True)
     cache.save()
     pruned = _prune_store(Path(paths.store), set(manifest["image_id"]))
@@ -147,6 +164,8 @@ def run(params: Params, paths: Paths) -> dict:
         "from_feedback": int((manifest["origin"] == "feedback").sum()),
         "feedback_review": len(review),
         "feedback_pending": pending,
+        "relabelled_by_review": int((manifest.get("review_decision", pd.Series(dtype=str)) == "relabel").sum()),
+        "excluded_by_review": len(excluded),
     }
 
 
@@ -409,12 +428,16 @@ def _admit_feedback(
     now: str,
     skipped: list[dict],
     review: list[dict],
+    decided: dict[str, label_decisions.Decision],
 ) -> tuple[list[dict], int]:
     """Admitted feedback rows (origin "feedback"); conflicts go to `review` (or skipped), refusals to
-    skipped. Trusted labels: this run's source + inbox rows and the earlier manifest's non-feedback rows."""
+    skipped. Trusted labels: this run's source + inbox rows and the earlier manifest's non-feedback rows.
+    A review decision on the image (`decided`) wins: relabel X -> the image is X, exclude -> not admitted."""
     display = str(paths.feedback).rstrip("/")
     trusted: dict[str, dict[str, str]] = defaultdict(dict)  # image_id -> label -> a source_path with it
     for image_id, label, where in previous.get("trusted", ()):
+        if image_id in decided and decided[image_id].decision != "keep":  # review: the earlier label is gone
+            continue
         trusted[image_id].setdefault(label, where)
     for row in rows:
         trusted[row["image_id"]].setdefault(row["label"], row["source_path"])
@@ -464,9 +487,22 @@ def _admit_feedback(
     for image_id in sorted(by_image):
         group = by_image[image_id]
         existing = trusted.get(image_id, {})
-        labels = {label_text(sub.record.label, table=False) for sub, _, _ in group}
+        # --- review decision on this image (tasks/common/label_decisions.py)
+        decision = decided.get(image_id)
+        if decision is not None and decision.decision == "exclude":
+            for _, shown, _ in group:
+                skipped.append(
+                    {
+                        "source_path": shown,
+                        "reason": label_decisions.EXCLUDED_REASON,
+                        "detail": label_decisions.describe(decision),
+                    }
+                )
+            continue
+        relabel = decision.label if decision is not None and decision.decision == "relabel" else None
+        labels = {relabel or label_text(sub.record.label, table=False) for sub, _, _ in group}
         for sub, shown, entry in group:
-            label = label_text(sub.record.label, table=False)
+            label = relabel or label_text(sub.record.label, table=False)
             others = sorted((set(existing) | labels) - {label})
             if label in existing:
                 skipped.append(
@@ -521,6 +557,7 @@ def _admit_feedback(
                         **entry,
                         "source_path": shown,
                         "label": label,
+                        "original_label": label_text(sub.record.label, table=False),  # kept when decided
                         "ingested_at": previous.get("times", {}).get((shown, image_id), now),
                         "origin": "feedback",
                         "given_split": "",

@@ -7,8 +7,8 @@ is split in the given fractions in expectation (binomial noise: a class of n ima
 within about +-2*sqrt(n*f*(1-f)) of n*f). Exact per-class counts would need ranks within the class,
 and ranks shift whenever an image is added, moving old images: stability wins here.
 
-Near-duplicates that clean kept (perceptual hashes within `group_radius` bits AND thumbnails correlating
-at least `group_min_correlation`, clean's own test; chained) form a group
+Near-duplicates that clean kept (aligned perceptual hashes within `group_radius` bits AND shift-tolerant
+similarity at least `group_min_similarity`: tasks.checks.similarity, clean's own rule; chained) form a group
 that always shares one split, decided by the u of its smallest image_id. The one way an existing image
 can move: a newly added image joins its group (with a smaller image_id, or bridging two groups) -
 then the move is what keeps near-copies out of different splits.
@@ -29,7 +29,8 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from tasks.checks.phash import near_duplicate_groups
-from tasks.checks.quality import THUMBNAIL_SIDE, correlated, thumbnail_partition
+from tasks.checks.quality import COPY_SIZE, thumbnail_partition
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, verified
 from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
@@ -57,8 +58,8 @@ class Params(Strict):
     val: float = Field(0.1, ge=0.0, le=1.0)
     test: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 0
-    group_radius: int = Field(4, ge=0, le=32)  # keep equal to clean.near_duplicate_distance
-    group_min_correlation: float = Field(0.99, ge=-1, le=1)  # keep equal to clean.near_duplicate_min_correlation
+    group_radius: int = Field(DEFAULT_RADIUS, ge=0, le=32)  # keep equal to clean.near_duplicate_distance
+    group_min_similarity: float = Field(DEFAULT_MIN_SIMILARITY, ge=-1, le=1)  # = clean.near_duplicate_min_similarity
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self):
@@ -99,15 +100,15 @@ def _given_splits(frame: pd.DataFrame) -> pd.Series:
     return given.fillna("")
 
 
-def thumbnail_check(frame: pd.DataFrame, store: str, min_correlation: float):
-    """verify() for near_duplicate_groups: candidate pairs (positions in `frame`) whose thumbnails
-    correlate like clean's near-duplicates. Only images in a candidate pair are decoded. Without it,
-    hash neighbours chain look-alikes (small centred objects: sneakers, digits) into huge groups."""
+def thumbnail_check(frame: pd.DataFrame, store: str, min_similarity: float):
+    """verify() for near_duplicate_groups: the candidate pairs (positions in `frame`) that clean's rule
+    (tasks.checks.similarity.verified) calls near-duplicates. Only images in a candidate pair are
+    decoded. Without it, hash neighbours chain look-alikes (sneakers, digits) into huge groups."""
 
     def verify(pairs: np.ndarray) -> np.ndarray:
         involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
         ids = frame["image_id"].to_numpy()[involved].tolist()
-        thumbs = np.zeros((len(involved), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
+        thumbs = np.zeros((len(involved), COPY_SIZE), dtype=np.float32)
         start = 0
         with (
             engine.session(len(ids), what="split: near-duplicate check") as eng,
@@ -118,7 +119,7 @@ def thumbnail_check(frame: pd.DataFrame, store: str, min_correlation: float):
                 thumbs[start : start + len(block)] = block
                 start += len(block)
                 bar.update(len(block))
-        local = correlated(np.searchsorted(involved, pairs), thumbs, min_correlation)
+        local = verified(thumbs, np.searchsorted(involved, pairs), min_similarity)
         return involved[local]
 
     return verify
@@ -183,8 +184,8 @@ def _summary(table: pd.DataFrame, params: Params, facts: dict, notes: list[str])
         *(f"- {split}: {int(table[split].sum())} images ({table[split].sum() / total:.3f})" for split in SPLITS),
         f"- {facts['given']} images kept the split named by the source",
         f"- {facts['images_in_groups']} images in {facts['near_duplicate_groups']} near-duplicate groups "
-        f"(phash within {params.group_radius} bits and thumbnail correlation >= "
-        f"{params.group_min_correlation}), each group in one split",
+        f"(aligned phash within {params.group_radius} bits and similarity >= "
+        f"{params.group_min_similarity}), each group in one split",
         *(f"- {n}" for n in notes),
         "",
         "## Images per class and split",
@@ -202,7 +203,7 @@ def run(params: Params, paths: Paths) -> dict:
     if validated.empty:
         raise UserError(f"{paths.validated} has no images: nothing to split")
     frame = validated.reset_index(drop=True)
-    split, facts = assign_splits(frame, params, thumbnail_check(frame, paths.store, params.group_min_correlation))
+    split, facts = assign_splits(frame, params, thumbnail_check(frame, paths.store, params.group_min_similarity))
     result = frame.assign(split=split.to_numpy())
     notes = []
     if facts["given_groups_straddling"]:

@@ -6,6 +6,13 @@ and resume.json, the small state that lets a killed run continue: re-running wit
 and data resumes from last.ckpt inside the same MLflow run (both records: tasks.common.run_records).
 The run is left tagged imgcls.registered=false until promote registers its model.
 
+Several processes (train.devices > 1 or train.num_nodes > 1; Lightning's DDP): started by `python -m
+tasks.train` itself (Lightning re-runs the command once per extra local device), by torchrun or by srun.
+Rank 0 alone decides whether to resume, opens the MLflow run, logs params, metrics and artifacts,
+calibrates, exports and writes run.json / resume.json; it hands the decision (run id, resume or not)
+to the other ranks through IMGCLS_TRAIN_PLAN (children of Lightning's launcher inherit it) or a
+broadcast (processes started by torchrun / srun), which then only train (docs/scaling.md).
+
 dataset_version is tasks.common.versioning.dataset_version (sha256 of the split manifest's (image_id, label,
 split) rows, the same value the Prefect flow records); the resume fingerprint also hashes the
 prepared store's index and specs, so changed augmentation params start a fresh run."""
@@ -17,6 +24,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
 import tempfile
 import time
 import warnings
@@ -39,6 +48,9 @@ LAST_CKPT, BEST_CKPT = "last.ckpt", "best.ckpt"
 # params that change how fast training runs, not what it computes: a resume may differ in them
 NOT_FINGERPRINTED = {"num_workers", "max_time_minutes"}
 DATASET_DIGEST_CHARS = 12  # of dataset_version, as MLflow's dataset digest
+# rank 0's decision (MLflow run id, resume or not) for the ranks Lightning's launcher starts: they
+# re-run `python -m tasks.train` with rank 0's environment, so this variable reaches them
+PLAN_ENV = "IMGCLS_TRAIN_PLAN"
 
 
 class Params(Strict):
@@ -60,7 +72,10 @@ class Params(Strict):
     early_stopping_patience: int | None = Field(5, ge=1)  # on val/acc; null: off
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = "auto"  # a device count >= 1; "auto": all of them
+    devices: int | Literal["auto"] = "auto"  # a device count >= 1 per node; "auto": all of them
+    # "auto": Lightning's choice (DDP when there are several devices or nodes); "ddp": always DDP
+    strategy: Literal["auto", "ddp"] = "auto"
+    num_nodes: int = Field(1, ge=1)
     channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = Field(2, ge=0)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed range
@@ -159,6 +174,45 @@ def device_settings(params: Params) -> tuple[bool, str, bool]:
         precision = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
     channels_last = gpu if params.channels_last == "auto" else params.channels_last
     return gpu, precision, channels_last
+
+
+def launch_rank() -> int:
+    """0 in the process that must do every write (the global rank 0), else a nonzero number, read from
+    what the launcher set before Lightning runs: torchrun's RANK, then LOCAL_RANK (Lightning's own
+    launcher starts local ranks 1..N-1 with it; the process that started them is local rank 0), then
+    srun's SLURM_PROCID, then NODE_RANK (Lightning's launcher on the other nodes). 0 when alone."""
+    env = os.environ
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
+        value = env.get(key, "").strip()
+        if value.isdigit() and int(value):
+            return int(value)
+        if value.isdigit() and key == "RANK":
+            return 0  # torchrun names the global rank itself: nothing below can overrule it
+    return 0
+
+
+def process_count(params: Params, gpu: bool) -> int:
+    """How many training processes these params ask for: devices per node (Lightning's "auto": every
+    GPU, one process on CPU/MPS) times num_nodes."""
+    if params.devices != "auto":
+        per_node = params.devices
+    elif gpu:
+        import torch
+
+        per_node = max(1, torch.cuda.device_count())
+    else:
+        per_node = 1
+    return per_node * params.num_nodes
+
+
+def strategy_for(params: Params, gpu: bool):
+    """The Trainer's strategy: "auto" for one process; otherwise DDP, with find_unused_parameters when
+    the backbone starts frozen (its parameters get no gradients then, which plain DDP refuses)."""
+    if params.strategy == "auto" and process_count(params, gpu) == 1:
+        return "auto"
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=params.freeze_backbone_epochs > 0)
 
 
 def loss_weights(params: Params, counts) -> list[float] | None:
@@ -289,9 +343,10 @@ def log_inputs(params: Params, paths: Paths, data, version: str, precision: str,
             mlflow.log_artifact(str(artifact))
 
 
-def build_module(params: Params, data, channels_last: bool, fresh: bool) -> tuple:
+def build_module(params: Params, data, channels_last: bool, fresh: bool, log_pretrained: bool = True) -> tuple:
     """(the LightningModule, tensor names pretrained_path did not cover). A resumed run (fresh=False)
-    takes every weight from last.ckpt, so pretrained weights are loaded only into a fresh run."""
+    takes every weight from last.ckpt, so pretrained weights are loaded only into a fresh run; what was
+    loaded is logged to the active MLflow run unless log_pretrained is off (ranks other than 0)."""
     import mlflow
 
     from models.module import ImageClassifier
@@ -313,37 +368,148 @@ def build_module(params: Params, data, channels_last: bool, fresh: bool) -> tupl
     reinitialised: list[str] = []
     if params.pretrained_path and fresh:
         reinitialised = load_pretrained(module.network, params.pretrained_path)
-        mlflow.log_dict({"pretrained_path": params.pretrained_path, "reinitialised": reinitialised}, "pretrained.json")
+        if log_pretrained:
+            mlflow.log_dict(
+                {"pretrained_path": params.pretrained_path, "reinitialised": reinitialised}, "pretrained.json"
+            )
     return module, reinitialised
 
 
-def build_trainer(params: Params, train_dir: Path, precision: str, tracking_uri: str, run_id: str) -> tuple:
-    """(the Lightning Trainer logging into MLflow run `run_id`, its best-checkpoint callback)."""
+def silent_logger():
+    """The logger of ranks other than 0: Lightning needs one (LearningRateMonitor refuses to run
+    without), but only rank 0 writes to MLflow, and these ranks need not even reach its store."""
+    from lightning.pytorch.loggers import Logger
+
+    class RankLogger(Logger):
+        name, version = "imgcls", None
+
+        def log_metrics(self, metrics, step=None) -> None:
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+    return RankLogger()
+
+
+def build_trainer(
+    params: Params, train_dir: Path, precision: str, tracking_uri: str, run_id: str | None, gpu: bool = False
+) -> tuple:
+    """(the Lightning Trainer logging into MLflow run `run_id`, its best-checkpoint callback). run_id
+    None: a rank other than 0, which logs nothing. A setting Lightning refuses (devices x num_nodes not
+    what torchrun / srun started, an accelerator this machine lacks) is one UserError line."""
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import MLFlowLogger
 
     best, callbacks = make_callbacks(params, train_dir)
-    trainer = L.Trainer(
-        max_epochs=params.epochs,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        precision=precision,
-        deterministic=params.deterministic,
-        callbacks=callbacks,
-        default_root_dir=train_dir,
-        logger=MLFlowLogger(experiment_name=params.experiment, tracking_uri=tracking_uri, run_id=run_id),
-        max_time={"minutes": params.max_time_minutes} if params.max_time_minutes else None,
-        limit_train_batches=params.limit_train_batches,
-        limit_val_batches=params.limit_val_batches,
-        log_every_n_steps=1,
+    logger = (
+        MLFlowLogger(experiment_name=params.experiment, tracking_uri=tracking_uri, run_id=run_id)
+        if run_id
+        else silent_logger()
     )
+    try:
+        trainer = L.Trainer(
+            max_epochs=params.epochs,
+            accelerator=params.accelerator,
+            devices=params.devices,
+            strategy=strategy_for(params, gpu),
+            num_nodes=params.num_nodes,
+            precision=precision,
+            deterministic=params.deterministic,
+            callbacks=callbacks,
+            default_root_dir=train_dir,
+            logger=logger,
+            max_time={"minutes": params.max_time_minutes} if params.max_time_minutes else None,
+            limit_train_batches=params.limit_train_batches,
+            limit_val_batches=params.limit_val_batches,
+            log_every_n_steps=1,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        raise UserError(f"train: Lightning refuses these settings: {' '.join(str(exc).split())}") from None
     return trainer, best
+
+
+def launched_externally(trainer) -> bool:
+    """True when torchrun / srun (or Lightning's launcher, for its children) started the processes, so
+    they all run at once; False when this process will start the others itself (trainer.fit)."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return environment is not None and environment.creates_processes_externally
+
+
+def share_plan(trainer, plan: dict):
+    """Rank 0: give `plan` (run id, resume or not) to the other ranks. Returns a context manager to
+    hold around trainer.fit: it sets PLAN_ENV for the children Lightning's launcher starts there (and
+    takes it away after). Processes started by torchrun / srun are already running: they get the plan
+    by broadcast, over the process group Lightning then reuses."""
+    import contextlib
+
+    if trainer.world_size <= 1:
+        return contextlib.nullcontext()
+    if launched_externally(trainer):
+        trainer.strategy.setup_environment()  # the process group; fit finds it initialised and keeps it
+        trainer.strategy.broadcast(plan, src=0)
+        return contextlib.nullcontext()
+    return _environment(PLAN_ENV, json.dumps(plan))
+
+
+def check_launch(params: Params, gpu: bool) -> None:
+    """Several processes need a launcher that runs this stage in each: torchrun, srun, or Lightning's
+    own, which re-runs this process's command line once per extra device, so only works from `python
+    -m tasks.train` (from pytest, the flow or a search it would start those again). And torchrun /
+    srun must have started as many as the params ask for. Checked before anything is written."""
+    import __main__
+
+    processes = process_count(params, gpu)
+    started = os.environ.get("WORLD_SIZE") if "RANK" in os.environ else os.environ.get("SLURM_NTASKS")
+    if started and started.isdigit() and int(started) > 1 and int(started) != processes:
+        launcher = "torchrun" if "RANK" in os.environ else "srun"
+        raise UserError(
+            f"train.devices x train.num_nodes = {processes} processes, but {launcher} started {started}: "
+            "make them agree (devices = processes per node, num_nodes = nodes)"
+        )
+    if processes <= 1 or {"RANK", "LOCAL_RANK"} & set(os.environ) or os.environ.get("SLURM_NTASKS", "1") != "1":
+        return
+    if getattr(__main__.__spec__, "name", None) != "tasks.train":
+        raise UserError(
+            f"train.devices x train.num_nodes = {processes} processes: start them with `python -m "
+            "tasks.train`, torchrun or srun (docs/scaling.md), or set train.devices: 1 to train in this process"
+        )
+
+
+def receive_plan(trainer) -> dict:
+    """A rank other than 0: rank 0's plan, from PLAN_ENV (Lightning's launcher started us) or its broadcast."""
+    if os.environ.get(PLAN_ENV):
+        return json.loads(os.environ[PLAN_ENV])
+    trainer.strategy.setup_environment()
+    return trainer.strategy.broadcast(None, src=0)
+
+
+def _environment(name: str, value: str):
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        before = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+
+    return scope()
 
 
 def fit(trainer, module, data, resume_from: Path | None) -> tuple[dict | None, float]:
     """Train, from `resume_from` (last.ckpt) when given. Returns (where it resumed: epoch and
-    global_step, or None; seconds per epoch run here)."""
+    global_step, or None; seconds per epoch run here, from the start of training proper: process
+    start-up, the process group and the sanity check are not an epoch's work)."""
     import torch
+
+    from models.callbacks import FitClock
 
     resumed_from = None
     if resume_from is not None:
@@ -351,14 +517,15 @@ def fit(trainer, module, data, resume_from: Path | None) -> tuple[dict | None, f
         resumed_from = {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
         log.info("resuming at epoch %d, step %d", *resumed_from.values())
     first_epoch = resumed_from["epoch"] if resumed_from else 0
-    fit_started = time.perf_counter()
+    fit_started, clock = time.perf_counter(), FitClock()
+    trainer.callbacks.append(clock)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         # resume.json and run.json live beside the checkpoints by design
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     epochs_run = max(1, trainer.current_epoch - first_epoch)
-    return resumed_from, (time.perf_counter() - fit_started) / epochs_run
+    return resumed_from, (time.perf_counter() - (clock.started or fit_started)) / epochs_run
 
 
 def load_best(module, best) -> float:
@@ -416,7 +583,8 @@ def export_model(params: Params, module, data, prepared: Path, train_dir: Path) 
         return log_pyfunc(files, example_image).model_uri
 
 
-def run(params: Params, paths: Paths) -> dict:
+def run(params: Params, paths: Paths) -> dict | None:
+    """Train and record the run; returns the summary (None in ranks other than 0, which only train)."""
     import lightning as L
     import mlflow
 
@@ -425,6 +593,9 @@ def run(params: Params, paths: Paths) -> dict:
     prepared, train_dir = Path(paths.prepared), Path(paths.train_dir)
     gpu, precision, channels_last = device_settings(params)
     data = PreparedDataModule(prepared, params.batch_size, params.num_workers, params.seed, pin_memory=gpu)
+    check_launch(params, gpu)
+    if launch_rank() != 0:
+        return run_other_rank(params, data, train_dir, gpu, precision, channels_last)
     version = dataset_version(paths)
     config_hash = fingerprint(params, version, prepared)
     uri = tracking.use()
@@ -442,8 +613,9 @@ def run(params: Params, paths: Paths) -> dict:
         )
         log_inputs(params, paths, data, version, precision, channels_last)
         module, reinitialised = build_module(params, data, channels_last, fresh=resume_id is None)
-        trainer, best = build_trainer(params, train_dir, precision, uri, run_id)
-        resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
+        trainer, best = build_trainer(params, train_dir, precision, uri, run_id, gpu)
+        with share_plan(trainer, {"run_id": run_id, "resume": resume_id is not None}):
+            resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
         best_acc = load_best(module, best)
         calibrate(params, module, data, prepared)
         mlflow.log_metrics(
@@ -476,10 +648,45 @@ def run(params: Params, paths: Paths) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "precision": precision,
         "reinitialised": reinitialised,
+        "processes": trainer.world_size,
     }
 
 
+def run_other_rank(params: Params, data, train_dir: Path, gpu: bool, precision: str, channels_last: bool) -> None:
+    """A rank other than 0: train in step with rank 0 (same seed, same resume point) and write nothing;
+    Lightning saves checkpoints from rank 0 and the silent logger drops this rank's metrics."""
+    import lightning as L
+
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    trainer, _ = build_trainer(params, train_dir, precision, "", None, gpu)
+    plan = receive_plan(trainer)
+    module, _ = build_module(params, data, channels_last, fresh=not plan["resume"], log_pretrained=False)
+    fit(trainer, module, data, train_dir / LAST_CKPT if plan["resume"] else None)
+    return None
+
+
+def other_rank_main(argv: list[str] | None) -> int:
+    """`python -m tasks.train` in a rank other than 0: rank 0 holds the workspace lock and writes every
+    output, so this one only loads the params and trains (no lock, no summary)."""
+    import argparse
+
+    from tasks.common.params import DEFAULT_PARAMS, ParamsError, load_stage
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.train")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[train rank {launch_rank()}] %(message)s")
+    try:
+        run(*load_stage("train", args.params))
+    except (ParamsError, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if launch_rank() != 0:
+        return other_rank_main(argv)
     return stage_main("train", run, argv)
 
 

@@ -30,6 +30,7 @@ from tasks.common.atomic import write_parquet
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
+from tasks.common.label_decisions import human_checked
 from tasks.common.manifest import read_manifest, store_path
 from tasks.common.params import Paths, Strict
 from tasks.common.reports import flagged_frame, write_stage_reports
@@ -255,9 +256,10 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
 
 
 def _check_suspect_labels(
-    params: Params, found: _Findings, store: str, cache_dir: str
+    params: Params, found: _Findings, store: str, cache_dir: str, checked: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (suspect mask, given-label probability) over all rows; NaN where not scored."""
+    """Returns (suspect mask, given-label probability) over all rows; NaN where not scored. Rows in
+    `checked` (a person kept or relabelled them: `imgcls review`) are scored but never flagged."""
     cfg = params.suspect_label
     frame = found.frame
     suspect = np.zeros(len(frame), dtype=bool)
@@ -300,6 +302,11 @@ def _check_suspect_labels(
         f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
         f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})"
     )
+    if checked is not None and (issues & checked[scored]).any():  # human-checked: not flagged again
+        found.notes.append(
+            f"{int((issues & checked[scored]).sum())} image(s) a person kept or relabelled (imgcls review) not flagged"
+        )
+        issues = issues & ~checked[scored]
     limit = int(cfg.max_fraction * len(y))
     if issues.sum() > limit:
         found.warn(
@@ -338,7 +345,8 @@ def run(params: Params, paths: Paths) -> dict:
     _check_unknown_labels(params, found)
     _check_rare_classes(params, found)
     _check_balance(params, found)
-    suspect, given_p = _check_suspect_labels(params, found, paths.store, paths.cache)
+    checked = human_checked(frame, paths.ingested)  # review decisions, from the manifest (imgcls review)
+    suspect, given_p = _check_suspect_labels(params, found, paths.store, paths.cache, checked)
 
     validated = frame.assign(suspect_label=suspect, given_probability=given_p)[found.keep].reset_index(drop=True)
     flagged = flagged_frame(found.flagged)

@@ -1,12 +1,54 @@
-"""64-bit DCT perceptual hash and a radius search over many hashes without comparing all pairs."""
+"""What near-duplicate detection keeps per image: a 32x32 grey copy centred on the picture's centre of
+mass (ALIGNED_SIDE), its 64-bit DCT perceptual hash, and a radius search over many hashes without
+comparing all pairs. The rule that decides whether two images are near-duplicates is in
+tasks.checks.similarity."""
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 from scipy.fft import dctn
+from scipy.ndimage import affine_transform, gaussian_filter
 
 HASH_BITS = 64
 _LOW = 8  # the hash keeps the 8x8 lowest frequencies of a 32x32 DCT
+ALIGNED_SIDE = 32  # the aligned grey copy is ALIGNED_SIDE x ALIGNED_SIDE
+_WORKING_SIDE = 64  # larger images are box-reduced to about this before aligning (cost, not result)
+HASH_BLUR = 1.0  # the aligned copy is blurred (sigma, px) before hashing: sub-pixel moves flip fewer bits
+
+
+def aligned_copy(gray: Image.Image) -> np.ndarray:
+    """float32 [ALIGNED_SIDE, ALIGNED_SIDE]: the grey image scaled so its longer side spans the copy,
+    moved (with sub-pixel precision) so that the centre of mass of its difference from the border
+    colour sits in the middle. A copy shifted by a pixel or two, or resized, or re-encoded, lands on
+    (almost) the same copy; what was cut off or rotated still differs."""
+    gray = gray.convert("L")
+    if max(gray.size) > _WORKING_SIDE:
+        factor = _WORKING_SIDE / max(gray.size)
+        gray = gray.resize(
+            (max(1, round(gray.width * factor)), max(1, round(gray.height * factor))), Image.Resampling.BOX
+        )
+    g = np.asarray(gray, dtype=np.float64)
+    h, w = g.shape
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    weight = np.abs(g - np.median(border))
+    total = weight.sum()
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    cy, cx = ((weight * yy).sum() / total, (weight * xx).sum() / total) if total > 0 else (h / 2, w / 2)
+    scale = max(h, w) / ALIGNED_SIDE  # input pixels per output pixel
+    if scale > 1:
+        g = gaussian_filter(g, 0.5 * scale)  # anti-aliasing
+    half = ALIGNED_SIDE / 2
+    offset = np.array([cy - half * scale - 0.5 + 0.5 * scale, cx - half * scale - 0.5 + 0.5 * scale])
+    out = affine_transform(
+        g, np.diag([scale, scale]), offset=offset, output_shape=(ALIGNED_SIDE,) * 2, order=1, mode="nearest"
+    )
+    return out.astype(np.float32)
+
+
+def aligned_hash(copy: np.ndarray) -> int:
+    """The perceptual hash near-duplicate candidates are found by: phash of the blurred aligned copy."""
+    return phash_from_dct(dct32(gaussian_filter(np.asarray(copy, dtype=np.float64), HASH_BLUR)))
 
 
 def dct32(gray32: np.ndarray) -> np.ndarray:

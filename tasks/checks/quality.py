@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.checks.phash import dct32, phash_from_dct
+from tasks.checks.phash import ALIGNED_SIDE, aligned_copy, aligned_hash, dct32
 from tasks.common.images import DecodeError, decode, probe
 
 FEATURE_SIDE = 8  # outlier features: a standardized 8x8 thumbnail (coarse: robust to 1-bit, JPEG) + 2 statistics
 STRUCTURE_BAND = 6  # DCT frequencies (of 32) that carry an image's large-scale structure
 DETAIL_BAND = 8  # ...and above which its fine detail lies
-THUMBNAIL_SIDE = 16  # near-duplicate check: finer, to tell a re-encoded copy from a look-alike
+COPY_SIZE = ALIGNED_SIDE * ALIGNED_SIDE  # near-duplicate check: the aligned grey copy (tasks.checks.phash)
 
 
 @dataclass
@@ -29,8 +29,9 @@ class Inspection:
     gray_std: float = 0.0
     dominant_fraction: float = 0.0  # share of pixels holding the most common gray value
     pixel_hash: str = ""
-    phash: int = 0  # unsigned 64-bit
-    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # THUMBNAIL_SIDE**2
+    phash: int = 0  # unsigned 64-bit, of the aligned copy (tasks.checks.phash.aligned_hash)
+    # the aligned grey copy near-duplicates are verified on (tasks.checks.similarity), float32 [COPY_SIZE]
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -77,20 +78,9 @@ def _gray32(gray: Image.Image) -> np.ndarray:
     return np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
 
 
-def near_duplicate_thumbnail(path: str | Path, max_pixels: int) -> np.ndarray:
-    """The thumbnail `inspect` compares near-duplicates by, for one image already known to decode."""
-    return (
-        thumbnail(_gray32(decode(path, max_pixels=max_pixels).convert("L")), THUMBNAIL_SIDE).ravel().astype(np.float32)
-    )
-
-
-def correlated(pairs: np.ndarray, thumbs: np.ndarray, min_correlation: float) -> np.ndarray:
-    """The pairs (rows of indices into `thumbs`) whose thumbnails correlate at least `min_correlation`:
-    a re-encoded or resized copy (~1.0), not a look-alike (~0.95)."""
-    centred = thumbs - thumbs.mean(axis=1, keepdims=True)
-    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-9)
-    correlation = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
-    return pairs[correlation >= min_correlation]
+def near_duplicate_copy(path: str | Path, max_pixels: int) -> np.ndarray:
+    """The aligned copy `inspect` keeps for near-duplicates, for one image already known to decode."""
+    return aligned_copy(decode(path, max_pixels=max_pixels).convert("L")).ravel()
 
 
 def inspect(path: str | Path, max_pixels: int) -> Inspection:
@@ -110,6 +100,7 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
     counts = np.bincount(gray_arr.ravel(), minlength=256)
     gray32 = _gray32(gray)
     coeffs = dct32(gray32)
+    copy = aligned_copy(gray)
     return Inspection(
         "ok",
         width=img.width,
@@ -117,8 +108,8 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         gray_std=float(gray_arr.std()),
         dominant_fraction=float(counts.max() / gray_arr.size),
         pixel_hash=pixel_hash(img),
-        phash=phash_from_dct(coeffs),
-        thumbnail=thumbnail(gray32, THUMBNAIL_SIDE).ravel().astype(np.float32),
+        phash=aligned_hash(copy),
+        thumbnail=copy.ravel(),
         features=features(gray32, coeffs),
     )
 
@@ -145,10 +136,10 @@ def inspect_partition(image_ids: list[str], store: str, max_pixels: int) -> list
 
 
 def thumbnail_partition(image_ids: list[str], store: str, max_pixels: int) -> np.ndarray:
-    """Engine task: near_duplicate_thumbnail of stored images named by id, float32 [k, THUMBNAIL_SIDE**2]."""
+    """Engine task: near_duplicate_copy of stored images named by id, float32 [k, COPY_SIZE]."""
     from tasks.common.manifest import store_path
 
-    out = np.zeros((len(image_ids), THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
+    out = np.zeros((len(image_ids), COPY_SIZE), dtype=np.float32)
     for i, image_id in enumerate(image_ids):
-        out[i] = near_duplicate_thumbnail(store_path(store, image_id), max_pixels=max_pixels)
+        out[i] = near_duplicate_copy(store_path(store, image_id), max_pixels=max_pixels)
     return out

@@ -73,11 +73,65 @@ def _describe(exc: Exception, src: str | Path | bytes) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
+# header modes that can carry transparency ("P" only with a tRNS chunk)
+ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa", "P")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ALPHA_MODES[:-1] or (img.mode == "P" and "transparency" in img.info)
+
+
+def background_colour(rgba: np.ndarray) -> tuple[int, int, int] | None:
+    """The colour transparency is composited onto, decided per image from its own pixels (so
+    prediction needs no statistics of the data set): None when every pixel is opaque (alpha is
+    dropped, nothing changes); else the median colour of the opaque pixels on the image's border
+    when at least half of the border is opaque (the picture's own background shows around a
+    transparent hole); else the median colour STORED under the transparent border pixels: a palette
+    PNG whose background colour is marked transparent (tRNS) gets exactly that colour back, and so
+    does a cut-out saved over black (Fashion-MNIST, digits) or white. Never a fixed white, which
+    turned black-background pictures into outliers."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return None
+    border = np.concatenate([rgba[0], rgba[-1], rgba[1:-1, 0], rgba[1:-1, -1]])
+    opaque = border[border[:, 3] == 255]
+    chosen = opaque if 2 * len(opaque) >= len(border) else border[border[:, 3] < 255]
+    return tuple(int(v) for v in np.median(chosen[:, :3], axis=0).round())
+
+
+def colour_name(colour: tuple[int, int, int] | None) -> str:
+    """'' (no transparency) or '#rrggbb': the manifest's alpha_background column."""
+    return "" if colour is None else "#{:02x}{:02x}{:02x}".format(*colour)
+
+
 def _flatten_alpha(img: Image.Image) -> Image.Image:
-    """Composite transparency onto white: what a person sees in a viewer."""
+    """Composite transparency onto background_colour(...) (alpha dropped when fully opaque)."""
     rgba = img.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    colour = background_colour(np.asarray(rgba))
+    if colour is None:
+        return rgba.convert("RGB")
+    background = Image.new("RGBA", rgba.size, (*colour, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def alpha_background(src: str | Path | bytes, max_pixels: int | None = None) -> str:
+    """Which background decode() composites this image's transparency onto: '' when it has no
+    transparency (or every pixel is opaque), else '#rrggbb'. Raises DecodeError like decode()."""
+    header = probe(src)
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise DecodeError(f"{header.width}x{header.height} exceeds the pixel limit {max_pixels}")
+    if header.mode not in ALPHA_MODES:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(src) as img:
+                img.load()
+                if not _has_alpha(img):
+                    return ""
+                return colour_name(background_colour(np.asarray(ImageOps.exif_transpose(img).convert("RGBA"))))
+    except Exception as exc:
+        raise DecodeError(_describe(exc, src)) from None
 
 
 def normalize_mode(img: Image.Image) -> Image.Image:
@@ -93,7 +147,7 @@ def normalize_mode(img: Image.Image) -> Image.Image:
         # 16-bit and float images: scale their actual range to 0..255 instead of clipping at 255
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
         return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if mode == "LA" or (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "PA", "La", "RGBa"):
+    if _has_alpha(img):
         flat = _flatten_alpha(img)
         return flat.convert("L") if mode in ("LA", "La") else flat
     if mode == "P":

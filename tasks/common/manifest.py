@@ -25,7 +25,9 @@ INGESTED_COLUMNS = [
     "given_split",  # split named by the source manifest ("" when none)
 ]
 # columns added by clean
-CLEAN_COLUMNS = ["pixel_hash", "phash"]
+# alpha_background: "" or the "#rrggbb" that decode() composites the image's transparency onto
+# (tasks.common.images.background_colour: a per-image rule, so prediction decodes the same way)
+CLEAN_COLUMNS = ["pixel_hash", "phash", "alpha_background"]
 # added by validate: suspected mislabels stay in the manifest but are kept out of training
 VALIDATE_COLUMNS = ["suspect_label", "given_probability"]
 SPLITS = ("train", "val", "test")

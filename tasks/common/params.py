@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 DEFAULT_PARAMS = Path("params.yaml")
+TUNE_SECTION = "tune"  # `imgcls tune`'s settings: known here, checked by tasks.tuning.space.check_section
+# (from flows/, so that no stage depends on tasks/tuning and the training code it imports)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -36,6 +38,7 @@ class Paths(Strict):
     train_dir: str = "artifacts/train"
     reports: str = "reports"
     cache: str = ".imgcls/cache"
+    label_decisions: str = "data/label_decisions.csv"  # `imgcls review` decisions, applied by ingest
 
     def report_dir(self, stage: str) -> Path:
         return Path(self.reports) / stage
@@ -95,7 +98,7 @@ def validate_file(params_path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     from tasks.stages import STAGES
 
     data = read_yaml(params_path)
-    known = {"paths", "engine", *STAGES}
+    known = {"paths", "engine", TUNE_SECTION, *STAGES}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ParamsError(f"{params_path}: {unknown[0]}: unknown section (expected one of {', '.join(sorted(known))})")
@@ -121,3 +124,37 @@ def parse_engine(data: dict[str, Any], params_path: str | Path = DEFAULT_PARAMS)
 def load_engine(params_path: str | Path = DEFAULT_PARAMS):
     """The engine settings of a params file (IMGCLS_DASK_ADDRESS is applied by engine.current())."""
     return parse_engine(read_yaml(params_path), params_path)
+
+
+OVERRIDE_DIR = "params_override"  # under paths.cache: the merged files `--params-override` runs read
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged over `base`: mappings key by key, anything else (lists included) replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both else value
+    return merged
+
+
+def merge_override(params_path: str | Path, override_path: str | Path, folder: str | Path) -> Path:
+    """The params file a run with `--params-override` reads: `override_path`'s sections (e.g. the
+    `train:` section `imgcls tune` writes) merged over `params_path`, validated, and written to
+    <folder>/params_override/params.<digest>.yaml. `params_path` itself is never changed. The override
+    may not hold `paths:` (a run's inputs and outputs stay where DVC and the project expect them)."""
+    import hashlib
+
+    from tasks.common.atomic import write_text
+
+    base, over = read_yaml(params_path), read_yaml(override_path)
+    if "paths" in over:
+        raise ParamsError(f"{override_path}: paths: an override may not move the project's files")
+    text = yaml.safe_dump(deep_merge(base, over), sort_keys=False)
+    target = Path(folder) / OVERRIDE_DIR / f"params.{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    write_text(text, target)
+    try:
+        validate_file(target)
+    except ParamsError as exc:  # name the file the user wrote, not the merged copy
+        raise ParamsError(str(exc).replace(str(target), f"{override_path} (over {params_path})", 1)) from None
+    return target

@@ -20,6 +20,7 @@ CODE = [
     "pyproject.toml",
     "data/inbox/.gitkeep",
     "data/feedback/.gitkeep",
+    "data/label_decisions.csv",
 ]
 
 

@@ -27,6 +27,18 @@ CLEAN_REASONS = [
 ]
 
 
+SURE_KINDS = (
+    "resize_up",
+    "resize_down_up",
+    "shift_1px",
+    "brightness",
+    "contrast",
+    "jpeg_q90",
+    "webp_q80",
+    "jpeg_to_png",
+)
+
+
 def _digits(per_class: int = 80, classes: tuple[int, ...] = (0, 1)) -> list[tuple[np.ndarray, str]]:
     """Real pictures of consistent classes: scikit-learn's bundled digits (offline), 32x32."""
     from PIL import Image
@@ -48,7 +60,9 @@ def _ingest(source) -> None:
 @pytest.fixture
 def planted(project):
     # no label flips: they are validate's to find (clean may call a "1" among "0"s an outlier)
-    truth = plant(_digits(), project.root / "planted", seed=1, per_fault=1, flip_fraction=0)
+    # near-duplicate kinds every run must find (the harder crop / rotate / 2 px shift are measured in
+    # bench/near_duplicates.py and tests/unit/test_bench_data_quality.py, not required here)
+    truth = plant(_digits(), project.root / "planted", seed=1, per_fault=1, flip_fraction=0, near_kinds=SURE_KINDS)
     _ingest(project.root / "planted" / "images")
     return truth
 
@@ -63,7 +77,7 @@ def test_every_planted_fault_is_found_and_awkward_files_kept(planted):
     should_keep = planted[~planted["planted_reason"].isin(CLEAN_REASONS)]["source_path"]
     assert set(kept["source_path"]) == set(should_keep)
     assert set(planted.loc[planted["planted_reason"] == VALID_AWKWARD, "source_path"]) <= set(kept["source_path"])
-    assert list(kept.columns) == INGESTED_COLUMNS + ["pixel_hash", "phash"]
+    assert list(kept.columns) == INGESTED_COLUMNS + ["pixel_hash", "phash", "alpha_background"]
     assert kept["phash"].dtype == np.int64 and kept["pixel_hash"].str.len().eq(64).all()
     assert kept["source_path"].is_unique
     assert summary["kept"] == len(kept) and sum(summary["flagged"].values()) == len(flagged)

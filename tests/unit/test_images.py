@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bench.planted import AWKWARD, encode, giant_png
-from tasks.common.images import DecodeError, decode, probe
+from tasks.common.images import DecodeError, alpha_background, decode, probe
 
 
 def _picture() -> np.ndarray:
@@ -44,12 +44,45 @@ def test_exif_rotation_is_applied(tmp_path):
     assert decode(path).size == (32, 24)  # ... shown upright
 
 
-def test_palette_transparency_and_rgba_are_flattened_on_white(tmp_path):
+def test_fully_transparent_image_keeps_its_stored_colour(tmp_path):
+    """Every pixel transparent: the border is transparent, so the colour stored under it is used
+    (black here) instead of a fixed white that would invert a black-background data set."""
     rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[..., 3] = 0  # fully transparent
     path = tmp_path / "t.png"
     Image.fromarray(rgba, "RGBA").save(path)
-    assert np.asarray(decode(path)).min() == 255
+    assert np.asarray(decode(path)).max() == 0
+    assert alpha_background(path) == "#000000"
+
+
+def _garment() -> np.ndarray:
+    """A bright shape on a black background, like Fashion-MNIST and digits."""
+    arr = np.zeros((28, 28), np.uint8)
+    arr[6:22, 9:19] = np.linspace(120, 250, 16)[:, None].astype(np.uint8)
+    return arr
+
+
+@pytest.mark.parametrize("suffix", ["palette_trns_background.png", "la_cutout.png", "rgba_cutout.png", "rgba.png"])
+def test_transparency_decodes_like_the_opaque_picture(tmp_path, suffix):
+    """A palette PNG with its black background marked transparent (tRNS), LA / RGBA cut-outs and an
+    RGBA whose alpha is fully opaque all decode to the opaque picture's pixels."""
+    arr = _garment()
+    path = tmp_path / suffix
+    path.write_bytes(AWKWARD[suffix](arr))
+    decoded = np.asarray(decode(path).convert("L"))
+    assert np.abs(decoded.astype(int) - arr).max() <= 1
+    assert alpha_background(path) == ("" if suffix == "rgba.png" else "#000000")
+
+
+def test_transparent_hole_takes_the_opaque_border_colour(tmp_path):
+    """Opaque grey background with a transparent hole (stored white): the hole is shown grey."""
+    rgba = np.full((16, 16, 4), 255, np.uint8)
+    rgba[..., :3] = 90
+    rgba[5:10, 5:10] = (255, 255, 255, 0)
+    path = tmp_path / "hole.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    assert np.unique(np.asarray(decode(path))).tolist() == [90]
+    assert alpha_background(path) == "#5a5a5a"
+    assert alpha_background(AWKWARD["grayscale.png"](_garment())) == ""
 
 
 @pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n", b"GIF89a garbage", bytes(range(256)) * 4])
