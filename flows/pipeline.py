@@ -11,6 +11,8 @@ import hashlib
 import inspect
 import json
 import logging
+import subprocess
+import sys
 import time
 import warnings
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows import artifacts, dask_runner, drift, dvc_record
+from tasks.common import run_records
 from tasks.common.atomic import write_json
 from tasks.common.entry import summary_line
 from tasks.common.errors import UserError
@@ -51,11 +54,31 @@ LAST_RUN_FILE = ".last_flow.json"  # under paths.reports: what the last successf
 def run_stage(stage: str, params_path: str) -> Any:
     params, paths = load_stage(stage, params_path)
     started = time.perf_counter()
-    result = STAGES[stage].run(params, paths)
+    if stage == "train" and training_processes(params) > 1:
+        result = train_in_own_processes(params_path, paths)
+    else:
+        result = STAGES[stage].run(params, paths)
     summary = result.summary() if hasattr(result, "summary") else result
     # the same one line as `python -m tasks.<stage>`, in the task run's log (terminal and Prefect UI)
     get_run_logger().info(summary_line(summary, time.perf_counter() - started))
     return summary
+
+
+def training_processes(params) -> int:
+    """How many processes the train stage's params ask for (devices x num_nodes; every GPU for "auto")."""
+    train = STAGES["train"]
+    return train.process_count(params, train.device_settings(params)[0])
+
+
+def train_in_own_processes(params_path: str, paths: Paths) -> dict:
+    """DDP from the flow: Lightning's launcher re-runs its process's command once per extra device, so the
+    stage runs as `python -m tasks.train` (rank 0, which starts the other ranks) rather than in this
+    process. It inherits the flow's workspace lock; its output goes to this process's terminal."""
+    command = [sys.executable, "-m", "tasks.train", "--params", params_path]
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        raise UserError(f"train in several processes failed (exit {done.returncode}): `{' '.join(command)}`")
+    return run_records.read_run(paths.train_dir)
 
 
 class _DropLitLoggerTip(logging.Filter):

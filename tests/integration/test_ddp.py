@@ -180,3 +180,22 @@ def test_killed_ddp_run_resumes_in_the_same_mlflow_run(tmp_path, tracking):
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     assert len(client.get_metric_history(run_id, "val/acc")) == 3  # each epoch once, none repeated
+
+
+@pytest.mark.slow  # the same two-process training as the fixture's, started through the flow's helper
+def test_the_flow_runs_several_processes_as_python_m_tasks_train(tmp_path, tracking, monkeypatch):
+    """`imgcls run` on a machine with several devices: the flow's train task starts `python -m tasks.train`
+    (whose launcher starts the other ranks) instead of training in the flow's own process."""
+    from flows.pipeline import train_in_own_processes, training_processes
+
+    assert training_processes(Params(**DDP)) == 2 and training_processes(Params(**TRAIN)) == 1
+    paths = make_project(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    info = train_in_own_processes(str(_params_file(tmp_path, paths, DDP)), paths)
+
+    client = mlflow.MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert [r.info.run_id for r in runs] == [info["run_id"]]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["train.devices"] == "2"
+    assert info["model_uri"] and (Path(paths.train_dir) / "model").is_dir()
