@@ -4,6 +4,7 @@ running the stages' own run() functions (ingest -> clean -> validate -> split ->
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -127,6 +128,64 @@ def build_prepared(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
     }
     run_stages(write_params(root / "project", sections), DATA_STAGES)
     return Path(project_paths(root / "project").prepared)
+
+
+def write_array_store(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: list[str] | np.ndarray,
+    classes: list[str],
+    transforms: list[dict],
+    test_time_flip: bool,
+) -> Paths:
+    """A prepared store + split manifest under root straight from arrays, in the layout `augment` writes
+    (images uint8 [N, H, W] or [N, H, W, C]; labels = class indices; splits = train / val / test per
+    image; transforms = albumentations steps as augment's params give them, before Normalize, whose
+    mean/std come from the train images). Returns the Paths the train / evaluate stages read."""
+    import albumentations as A
+    import pandas as pd
+
+    images = images[..., None] if images.ndim == 3 else images
+    labels = np.asarray(labels).astype(int)
+    splits = np.asarray(splits, dtype=str)
+    index = pd.DataFrame(
+        {
+            "row": np.arange(len(labels)),
+            "image_id": [f"{i:064x}" for i in range(len(labels))],
+            "label": [classes[i] for i in labels],
+            "label_idx": labels,
+            "split": splits,
+            "balance_copy": False,
+        }
+    )
+    paths = Paths(
+        prepared=str(root / "prepared"),
+        split=str(root / "split.parquet"),
+        train_dir=str(root / "train"),
+        reports=str(root / "reports"),
+    )
+    prepared = Path(paths.prepared)
+    prepared.mkdir(parents=True, exist_ok=True)
+    np.save(prepared / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    index.to_parquet(prepared / "index.parquet", index=False)
+    index.to_parquet(paths.split, index=False)
+    train_pixels = images[splits == "train"].reshape(-1, images.shape[-1])
+    mean, std = (train_pixels.mean(0) / 255).tolist(), (train_pixels.std(0) / 255).tolist()
+    (prepared / "classes.json").write_text(json.dumps(list(classes)))
+    stats = {
+        "image_size": int(images.shape[1]),
+        "channels": int(images.shape[-1]),
+        "mean": mean,
+        "std": std,
+        "test_time_flip": test_time_flip,
+    }
+    (prepared / "stats.json").write_text(json.dumps(stats))
+    normalize = A.Normalize(mean=mean, std=std, max_pixel_value=255)
+    steps = [getattr(A, t["name"])(**{k: v for k, v in t.items() if k != "name"}) for t in transforms]
+    A.save(A.Compose([*steps, normalize]), str(prepared / "augment.json"), data_format="json")
+    A.save(A.Compose([normalize]), str(prepared / "eval.json"), data_format="json")
+    return paths
 
 
 def device_setup(accelerator: str) -> tuple:

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from bench import fashion
 from bench.accuracy import merged, parse_overrides
-from bench.common import machine, write_result
+from bench.common import machine, write_array_store, write_result
 from tasks import evaluate, train
 from tasks.common.params import Paths
 
@@ -32,46 +31,20 @@ TRANSFORMS = [
 
 def write_store(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Paths:
     """The prepared store + split manifest for the whole Fashion-MNIST set; returns the project's Paths."""
-    import albumentations as A
-
     train_images, train_labels = fashion.load("train")
     test_images, test_labels = fashion.load("test")
     order = np.random.default_rng(seed).permutation(len(train_labels))
     val_rows = set(order[: int(len(order) * val_fraction)].tolist())
-    images = np.concatenate([train_images, test_images])[:, :, :, None]
-    labels = np.concatenate([train_labels, test_labels]).astype(int)
     splits = ["val" if i in val_rows else "train" for i in range(len(train_labels))] + ["test"] * len(test_labels)
-    index = pd.DataFrame(
-        {
-            "row": np.arange(len(labels)),
-            "image_id": [f"{i:064x}" for i in range(len(labels))],
-            "label": [fashion.CLASSES[i] for i in labels],
-            "label_idx": labels,
-            "split": splits,
-            "balance_copy": False,
-        }
+    return write_array_store(
+        root,
+        np.concatenate([train_images, test_images]),
+        np.concatenate([train_labels, test_labels]),
+        splits,
+        fashion.CLASSES,
+        TRANSFORMS,
+        test_time_flip=True,
     )
-    paths = Paths(
-        prepared=str(root / "prepared"),
-        split=str(root / "split.parquet"),
-        train_dir=str(root / "train"),
-        reports=str(root / "reports"),
-    )
-    prepared = Path(paths.prepared)
-    prepared.mkdir(parents=True, exist_ok=True)
-    np.save(prepared / "images.npy", images)
-    index.to_parquet(prepared / "index.parquet", index=False)
-    index.to_parquet(paths.split, index=False)
-    train_pixels = images[index["split"].to_numpy() == "train"]
-    mean, std = [float(train_pixels.mean() / 255)], [float(train_pixels.std() / 255)]
-    (prepared / "classes.json").write_text(json.dumps(fashion.CLASSES))
-    stats = {"image_size": 28, "channels": 1, "mean": mean, "std": std, "test_time_flip": True}
-    (prepared / "stats.json").write_text(json.dumps(stats))
-    normalize = A.Normalize(mean=mean, std=std, max_pixel_value=255)
-    steps = [getattr(A, t["name"])(**{k: v for k, v in t.items() if k != "name"}) for t in TRANSFORMS]
-    A.save(A.Compose([*steps, normalize]), str(prepared / "augment.json"), data_format="json")
-    A.save(A.Compose([normalize]), str(prepared / "eval.json"), data_format="json")
-    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
