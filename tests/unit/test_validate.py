@@ -124,7 +124,9 @@ def test_suspects_can_be_dropped(tmp_path):
     labels = truth.copy()
     labels[[5, 22, 47]] = (truth[[5, 22, 47]] + 1) % 4
     paths = build(tmp_path, labels, classes_of=truth)
-    summary = validate.run(validate.Params(suspect_label={"action": "drop", "max_given_probability": 0.3}), paths)
+    summary = validate.run(
+        validate.Params(suspect_label={"action": "drop", "max_given_probability": 0.3, "model": "kernel"}), paths
+    )
     out = validated(paths)
     dropped = set(flagged(paths)["source_path"])
     assert dropped & {"2/5.png", "3/22.png", "0/47.png"}
@@ -136,7 +138,9 @@ def test_weak_model_flags_at_most_max_fraction(tmp_path):
     # labels unrelated to the pictures: the model cannot tell, so confident learning would flag many
     labels = np.random.default_rng(1).integers(0, 4, 120)
     paths = build(tmp_path, labels, classes_of=np.random.default_rng(2).integers(0, 4, 120))
-    summary = validate.run(validate.Params(suspect_label={"max_fraction": 0.05, "max_given_probability": 1.0}), paths)
+    summary = validate.run(
+        validate.Params(suspect_label={"max_fraction": 0.05, "max_given_probability": 1.0, "model": "kernel"}), paths
+    )
     assert 0 < summary["suspect_label"] <= 6
     assert any("max_fraction" in w for w in summary["warnings"])
 
@@ -291,7 +295,8 @@ def test_unchanged_data_reuses_the_suspect_scores_and_any_change_recomputes(tmp_
     labels = truth.copy()
     labels[[5, 22, 47]] = (truth[[5, 22, 47]] + 1) % 4
     paths = build(tmp_path, labels, classes_of=truth)
-    params = validate.Params(suspect_label={"max_given_probability": 0.3})
+    # the kernel model: what is cached is the same whichever model scored (the CNN's own test: test_oof_cnn)
+    params = validate.Params(suspect_label={"max_given_probability": 0.3, "model": "kernel"})
     validate.run(params, paths)
     first = validated(paths)
     assert "reused" not in summary_text(paths)
@@ -302,7 +307,7 @@ def test_unchanged_data_reuses_the_suspect_scores_and_any_change_recomputes(tmp_
     pd.testing.assert_frame_equal(validated(paths), first)
 
     # other settings, then other labels: computed again, and only the latest entry is kept
-    validate.run(validate.Params(suspect_label={"max_given_probability": 0.3, "seed": 1}), paths)
+    validate.run(validate.Params(suspect_label={"max_given_probability": 0.3, "seed": 1, "model": "kernel"}), paths)
     assert "reused" not in summary_text(paths)
     cleaned = pd.read_parquet(paths.cleaned)
     cleaned.loc[5, "label"] = str(truth[5])
