@@ -3,6 +3,7 @@
     imgcls run [--params P] [--force]          the whole pipeline as a Prefect flow
                [--params-override FILE]        ... with FILE's sections merged over params.yaml (never edited)
     imgcls tune [--params P]                   hyperparameter search over train.* (docs/tuning.md)
+    imgcls ensemble --seeds N | --runs ID ...  an ensemble of CNNs as the candidate model (docs/ensembles.md)
     imgcls schedule --cron "0 3 * * *"        serve the flow on a cron schedule
     imgcls stage NAME [--params P]             one stage, as `python -m tasks.NAME`
     imgcls predict PATH... [--out CSV]         batch prediction to a CSV
@@ -107,6 +108,16 @@ def cmd_tune(args) -> int:
     logging.basicConfig(level=logging.INFO, format="[tune] %(message)s")
     summary = tune(args.params)
     print("\n".join(summary_lines(summary)))
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    import logging
+
+    from flows.ensemble import make, summary_lines
+
+    logging.basicConfig(level=logging.INFO, format="[ensemble] %(message)s")
+    print("\n".join(summary_lines(make(args.params, seeds=args.seeds, runs=args.runs))))
     return 0
 
 
@@ -279,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("tune", cmd_tune, "hyperparameter search over train.* (tune: in params.yaml; docs/tuning.md)")
+
+    p = command(
+        "ensemble", cmd_ensemble, "make an ensemble of CNNs the candidate for evaluate/promote (docs/ensembles.md)"
+    )
+    members = p.add_mutually_exclusive_group(required=True)
+    members.add_argument("--seeds", type=int, metavar="N", help="train N members with train.seed = 0..N-1")
+    members.add_argument("--runs", nargs="+", metavar="RUN_ID", help="use the models these MLflow runs logged")
 
     p = command(
         "schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)"

@@ -149,10 +149,16 @@ def predictor_from_checkpoint(path: str | Path) -> Predictor:
 
 def load_predictor(model_dir_or_ckpt: str | Path) -> Predictor:
     """A .ckpt file, a directory holding the four model files, a saved pyfunc model (files under
-    artifacts/), or a train_dir (its model/ folder)."""
+    artifacts/), or a train_dir (its model/ folder); an ensemble (models/ensemble.py) in any of these
+    places (weights.json, under artifacts/ensemble/ in a pyfunc) loads as an EnsemblePredictor."""
+    from models.ensemble import ENSEMBLE_DIR, is_ensemble_dir, load_ensemble
+
     path = Path(model_dir_or_ckpt)
     if path.is_file() and path.suffix == ".ckpt":
         return predictor_from_checkpoint(path)
+    for folder in (path, path / "artifacts" / ENSEMBLE_DIR, path / "model" / "artifacts" / ENSEMBLE_DIR):
+        if is_ensemble_dir(folder):
+            return load_ensemble(folder)
     for folder in (path, path / "artifacts", path / "model" / "artifacts"):
         if (folder / WEIGHTS).is_file():
             return predictor_from_files(folder / WEIGHTS, folder / STATS, folder / CLASSES, folder / NETWORK)

@@ -25,6 +25,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from models.contract import OUTPUT_COLUMNS, error_row
+from models.ensemble import ENSEMBLE_DIR, EnsemblePredictor, load_ensemble
 from models.predictor import Predictor, predictor_from_files
 from tasks.common.images import DecodeError, decode, to_array
 from tasks.common.packages import installed_version
@@ -36,7 +37,7 @@ TASKS_DIR = MODELS_DIR.parent / "tasks"
 SHIPPED_BASE = ("common/errors.py", "common/images.py", "common/packages.py")
 # The models/ modules inference needs (training code, which imports Lightning and albumentations, stays
 # behind); test_portable_model keeps this equal to the shipped code's import closure.
-SHIPPED_MODELS = ("__init__.py", "contract.py", "networks.py", "predictor.py", "pyfunc.py")
+SHIPPED_MODELS = ("__init__.py", "contract.py", "ensemble.py", "networks.py", "predictor.py", "pyfunc.py")
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before allocating them (clean's default limit)
 TOP_K = 5
 # Every distribution the shipped code imports (a test loads the model with all others unimportable).
@@ -46,9 +47,12 @@ REQUIREMENTS = ("mlflow-skinny", "torch", "timm", "safetensors", "numpy", "panda
 
 
 class ImgclsModel(PythonModel):
-    predictor: Predictor
+    predictor: Predictor | EnsemblePredictor
 
     def load_context(self, context) -> None:
+        if ENSEMBLE_DIR in context.artifacts:  # an ensemble: one artifact folder (models/ensemble.py)
+            self.predictor = load_ensemble(context.artifacts[ENSEMBLE_DIR])
+            return
         self.predictor = predictor_from_files(
             **{k: context.artifacts[k] for k in ("weights", "stats", "classes", "network")}
         )
@@ -166,7 +170,8 @@ def _pinned(name: str) -> str:
 
 
 def save_pyfunc(path: str | Path, files: dict[str, Path], example_image: np.ndarray) -> None:
-    """Save the model to an empty or missing directory `path` (files from predictor.save_model_files)."""
+    """Save the model to an empty or missing directory `path` (files from predictor.save_model_files, or
+    {"ensemble": folder} for an ensemble saved by models.ensemble.save_ensemble)."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory() as staging:

@@ -66,6 +66,10 @@ def run(params: Params, paths: Paths) -> dict:
     pictured = params.splits[-1]
     if pictured not in scored:
         raise UserError(f"the {pictured} split of {paths.prepared} has no images to evaluate")
+    if hasattr(predictor, "members"):  # an ensemble (imgcls ensemble): what it costs per image vs one member
+        from tasks.judging.latency import latency_metrics
+
+        metrics |= latency_metrics(predictor, np.asarray(store.images[int(scored[pictured][0]["row"].iloc[0])]))
 
     baseline_run_id = None
     if params.baseline.enabled:
