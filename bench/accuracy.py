@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 
 from bench import fashion
 from bench.common import run_stages, write_result
-from tasks.common.params import Paths
+from tasks.common.params import Paths, deep_merge
 from tasks.stages import STAGES
 
 PIPELINE = [s for s in STAGES if s != "promote"]  # the registry decision is not what is measured here
@@ -54,18 +54,10 @@ def write_params(root: Path, sections: dict) -> Path:
     data = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
     data["paths"] = {name: str(root / value) for name, value in Paths().model_dump().items()}
     for section, values in sections.items():
-        data[section] = merged(data.get(section) or {}, values)
+        data[section] = deep_merge(data.get(section) or {}, values)
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return params_file
-
-
-def merged(base: dict, override: dict) -> dict:
-    """`base` with `override` applied, nested sections merged key by key."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -97,7 +89,7 @@ def measure(
         sections["train"]["network"] = network
     if epochs:
         sections["train"]["epochs"] = epochs
-    params_file = write_params(root, merged(sections, overrides or {}))
+    params_file = write_params(root, deep_merge(sections, overrides or {}))
     paths = Paths(**yaml.safe_load(params_file.read_text(encoding="utf-8"))["paths"])
     # a reused --workdir must not resume an earlier (killed) training: the budget is per measurement
     shutil.rmtree(paths.train_dir, ignore_errors=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bench import fashion
-from bench.accuracy import merged, parse_overrides
+from bench.accuracy import parse_overrides
 from bench.common import machine, write_array_store, write_result
 from tasks import evaluate, train
-from tasks.common.params import Paths
+from tasks.common.params import Paths, deep_merge
 
 TRANSFORMS = [
     {"name": "HorizontalFlip", "p": 0.5},
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_store(args.root)
     store_seconds = time.perf_counter() - started
     overrides = parse_overrides(args.set).get("train", {})
-    train_params = train.Params(**merged({"max_time_minutes": args.budget_seconds / 60}, overrides))
+    train_params = train.Params(**deep_merge({"max_time_minutes": args.budget_seconds / 60}, overrides))
     trained = train.run(train_params, paths)
     eval_params = evaluate.Params(baseline={"enabled": False})
     metrics = evaluate.run(eval_params, paths)
