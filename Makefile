@@ -28,7 +28,7 @@ format: setup
 
 # The default suite (what CI runs): lint, then the tests; `make test-all` adds the slow tests.
 test: setup lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow and not gpu" -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-all: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not gpu" -q
