@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--configs", default="baseline,workers1,workers2")
     parser.add_argument("--baseline-commit", default="ae41310")
+    parser.add_argument(
+        "--plus-new", default=None, help="configuration given the +1 %% (default: the last; none: skip)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", default="bench/results/data_half.json")
     args = parser.parse_args(argv)
@@ -180,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         params = write_params(code, project, source, engine)
         result["runs"][name] = {"engine": engine, "cold": run_half(code, params, name)}
         result["runs"][name]["flags"] = flags(project)
-    last = configs[-1]
+    last = args.plus_new or configs[-1]
+    if last == "none":
+        print(markdown(result))
+        write_result(result, args.out)
+        return 0
     project = work / f"project_{last}"
     add_inbox(extra, project)
     code = work / "baseline_code" if last == "baseline" else ROOT
@@ -201,7 +208,9 @@ def summarise(result: dict, last: str) -> None:
     result["plus_new_over_cold_wall"] = ratio(new["total_wall_s"], cold["total_wall_s"])
     if "workers1" in runs and "workers2" in runs:
         result["speedup_2_vs_1_workers"] = {
-            stage: ratio(runs["workers1"]["cold"]["stages"][stage]["own_s"], runs["workers2"]["cold"]["stages"][stage]["own_s"])
+            stage: ratio(
+                runs["workers1"]["cold"]["stages"][stage]["own_s"], runs["workers2"]["cold"]["stages"][stage]["own_s"]
+            )
             for stage in STAGES
         }
     if "baseline" in runs and last != "baseline":

@@ -13,6 +13,7 @@
     imgcls export --format onnx [--model URI] [--out FILE]   ONNX file, parity-checked on the test split
     imgcls drift [--window N --threshold T]    served inputs vs the training set (exit 3: retrain recommended)
     imgcls review [list | decide SHA ... | apply-csv F | export | import]   human label decisions (docs/review.md)
+    imgcls review group [--folder D] [--next N] [--model URI] | accept-group G [--label X]   unlabelled images
 
 A ParamsError or UserError prints one line `error: ...` and exits 2."""
 
@@ -248,11 +249,15 @@ def cmd_review(args) -> int:
         )
         print(f"{n} Label Studio task(s) -> {args.out}; labeling interface -> {config}")
         return 0
+    if action == "group":
+        return _review_group(review, ctx, args)
     if action == "decide":
         decision = "keep" if args.keep else "exclude" if args.exclude else "relabel"
         done = [review.decide(ctx, args.sha256, decision, args.relabel or "", args.note, args.user)]
     elif action == "apply-csv":
         done = review.apply_csv(ctx, args.file, args.user)
+    elif action == "accept-group":
+        done = review.accept_group(ctx, args.group, args.label, args.note, args.user)
     else:  # import
         done, unannotated = review.import_label_studio(ctx, args.file, args.user)
         if unannotated:
@@ -260,6 +265,23 @@ def cmd_review(args) -> int:
     for d in done[:20]:
         print(f"{d.sha256[:12]}: {describe(d)}")
     print(f"{len(done)} decision(s) recorded in {ctx.paths.label_decisions}; the next ingest applies them")
+    return 0
+
+
+def _review_group(review, ctx, args) -> int:
+    result = review.group_unlabelled(ctx, args.folder, args.next, args.model, args.seed)
+    groups = result.groups
+    bad = int((groups["error"] != "").sum())
+    chose = f"k={result.k} by silhouette" if result.silhouettes else f"{result.k} group(s)"
+    print(
+        f"{len(groups) - bad} unlabelled image(s) in {chose} ({result.embedder} embedding, proposals: "
+        f"{result.proposer}); {len(result.next_to_label)} picked to label next; {bad} not read"
+    )
+    for g, members in groups[groups["error"] == ""].groupby("group"):
+        first = members.iloc[0]
+        proposal = f"{first['proposed_label']} ({first['confidence']:.2f})" if first["proposed_label"] else "-"
+        print(f"  group {int(g)}: {len(members)} image(s), proposed {proposal}")
+    print(f"-> {ctx.unlabelled_dir()}/groups.csv, groups.html, next_to_label.csv; queue: {ctx.queue_dir()}/queue.csv")
     return 0
 
 
@@ -433,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--note", default="", help="why, recorded with the decision")
     a = action("apply-csv", "record the decisions of a CSV with sha256, decision, label columns (e.g. queue.csv)")
     a.add_argument("file", metavar="FILE")
+    a.add_argument("--user", default=None, help=user_help)
+    a = action("group", "group the unlabelled images, propose a label per group, pick the next N to label")
+    a.add_argument("--folder", default=None, help="the unlabelled images (default: ingest.unlabelled)")
+    a.add_argument("--next", type=int, default=20, help="how many images to pick for labelling (default 20)")
+    a.add_argument("--model", default=None, help="embed with this model (models:/NAME@champion, a folder, ...)")
+    a.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    a = action("accept-group", "relabel every member of a group to its proposed label (or --label)")
+    a.add_argument("group", type=int, metavar="G")
+    a.add_argument("--label", default=None, help="the label instead of the proposed one")
+    a.add_argument("--note", default="", help="why, recorded with the decisions")
     a.add_argument("--user", default=None, help=user_help)
     a = action("import", "record the annotations of a Label Studio JSON export")
     a.add_argument("--format", choices=["label-studio"], default="label-studio")

@@ -6,6 +6,9 @@ decisions on its next run (docs/review.md)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from tasks.common import review_queue as rq
 from tasks.common.atomic import write_csv, write_text
 from tasks.common.errors import UserError
 from tasks.common.params import DEFAULT_PARAMS, Paths, parse_section, read_yaml
+from tasks.labelling.reports import GROUP_COLUMNS, GROUPS_CSV, GROUPS_HTML, NEXT_CSV, UNLABELLED_DIR
 
 LABEL_STUDIO_PREFIX = "/data/local-files/?d="  # Label Studio's local file serving (docs/review.md)
 
@@ -24,17 +28,36 @@ LABEL_STUDIO_PREFIX = "/data/local-files/?d="  # Label Studio's local file servi
 class Context:
     paths: Paths
     classes: list[str] | None  # validate.classes, when listed
+    unlabelled: str | None = None  # ingest.unlabelled: the folder `review group` reads
+    max_pixels: int = 40_000_000  # clean.max_pixels: no larger image is decoded
 
     @classmethod
     def load(cls, params_path: str | Path = DEFAULT_PARAMS) -> Context:
+        from tasks.clean import Params as CleanParams
+        from tasks.ingest import Params as IngestParams
         from tasks.validate import Params as ValidateParams
 
         data = read_yaml(params_path)
         paths = parse_section(data, "paths", Paths, params_path)
-        return cls(paths, parse_section(data, "validate", ValidateParams, params_path).classes)
+        return cls(
+            paths,
+            parse_section(data, "validate", ValidateParams, params_path).classes,
+            parse_section(data, "ingest", IngestParams, params_path).unlabelled,
+            parse_section(data, "clean", CleanParams, params_path).max_pixels,
+        )
 
     def queue_dir(self) -> Path:
         return self.paths.report_dir("review")
+
+    def unlabelled_dir(self) -> Path:
+        return self.queue_dir() / UNLABELLED_DIR
+
+    def unlabelled_groups(self) -> pd.DataFrame:
+        """The last `review group`'s groups.csv (the files it found), empty when it has not run."""
+        path = self.unlabelled_dir() / GROUPS_CSV
+        if not path.is_file():
+            return pd.DataFrame(columns=GROUP_COLUMNS)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
 
     def _manifest(self, columns: list[str]) -> pd.DataFrame | None:
         path = Path(self.paths.ingested)
@@ -61,6 +84,7 @@ class Context:
         for report in (
             self.paths.report_dir("ingest") / "feedback_review.csv",
             self.queue_dir() / "queue.csv",
+            self.unlabelled_dir() / GROUPS_CSV,
         ):
             if report.is_file():
                 table = pd.read_csv(report, dtype=str, keep_default_na=False)
@@ -77,13 +101,126 @@ def build(ctx: Context, feedback_min_confidence: float = 0.5, html_limit: int = 
 
 
 def _record(ctx: Context, items: list[tuple[str, str, str, str]], via: str, user: str | None) -> list[ld.Decision]:
-    """Check every (sha, decision, label, note) first (known image, known class), then append them all."""
+    """Check every (sha, decision, label, note) first (known image, known class), then append them all.
+    A relabelled unlabelled image (from `review group`) is first copied into paths.inbox/<label>/, so the
+    next ingest takes it in as a labelled image."""
     known = ctx.known_images()
     decisions = [ld.make_decision(ld.resolve(sha, known), d, label, note, user, via) for sha, d, label, note in items]
     if any(d.decision == "relabel" for d in decisions):
         ld.check_labels(decisions, ctx.known_classes())
+    unlabelled = _unlabelled_files(ctx)
+    for d in decisions:
+        if d.sha256 in unlabelled and d.decision == "keep":
+            raise UserError(f"{d.sha256[:12]}: an unlabelled image has no label to keep: --relabel LABEL or --exclude")
+    for d in decisions:
+        if d.sha256 in unlabelled and d.decision == "relabel":
+            _copy_to_inbox(unlabelled[d.sha256], d.sha256, d.label, Path(ctx.paths.inbox))
     ld.append(ctx.paths.label_decisions, decisions, ctx.paths.cache)
     return decisions
+
+
+def _unlabelled_files(ctx: Context) -> dict[str, Path]:
+    """sha256 -> file of the unlabelled images `review group` found (not already labelled data)."""
+    groups = ctx.unlabelled_groups()
+    return {r.sha256: Path(r.path) for r in groups.itertuples(index=False) if r.sha256 and not r.error}
+
+
+def _copy_to_inbox(file: Path, sha: str, label: str, inbox: Path) -> Path:
+    """inbox/<label>/<sha prefix>-<name>, written atomically; the label is a known class, but it names a
+    folder here, so a path separator or a dot name is refused."""
+    if not label or label in (".", "..") or "/" in label or os.sep in label or "\0" in label:
+        raise UserError(f"label {label!r} cannot name an inbox folder")
+    target = inbox / label / f"{sha[:16]}-{file.name}"
+    if target.is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(file, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"{file}: cannot copy into {target.parent} ({type(exc).__name__}: {exc})") from None
+    return target
+
+
+def accept_group(
+    ctx: Context, group: int, label: str | None = None, note: str = "", user: str | None = None
+) -> list[ld.Decision]:
+    """Relabel every undecided member of a `review group` group to its proposed label (or `label`)."""
+    groups = ctx.unlabelled_groups()
+    if groups.empty:
+        raise UserError(f"no groups yet: run `imgcls review group` first ({ctx.unlabelled_dir() / GROUPS_CSV})")
+    members = groups[(groups["group"] == str(group)) & (groups["error"] == "")]
+    if members.empty:
+        known = sorted({int(g) for g in groups["group"] if g != ""})
+        raise UserError(f"no group {group} in {ctx.unlabelled_dir() / GROUPS_CSV} (groups: {known})")
+    label = label or members["proposed_label"].iloc[0]
+    if not label:
+        raise UserError(f"group {group} has no proposed label: give one with --label")
+    decided = ld.load_latest(ctx.paths.label_decisions)
+    todo = [sha for sha in dict.fromkeys(members["sha256"]) if sha not in decided]
+    note = note or f"accepted group {group}"
+    return _record(ctx, [(sha, "relabel", label, note) for sha in todo], "accept-group", user)
+
+
+def group_unlabelled(
+    ctx: Context, folder: str | None = None, n_next: int = 20, model_uri: str | None = None, seed: int = 0
+):
+    """`imgcls review group`: embed, group and rank the unlabelled folder; write groups.csv, groups.html
+    and next_to_label.csv under reports/review/unlabelled/, then rebuild the queue with them. Images
+    with a decision (accepted, relabelled, excluded) or already in the labelled data are left out."""
+    from tasks.labelling import pipeline
+
+    folder = folder or ctx.unlabelled
+    if not folder:
+        raise UserError("no unlabelled folder: set ingest.unlabelled in params.yaml or give --folder")
+    if n_next < 0:
+        raise UserError(f"--next must be >= 0, got {n_next}")
+    found = pipeline.scan_folder(folder)
+    manifest = ctx._manifest(["image_id", "label"])
+    skip = set(ld.load_latest(ctx.paths.label_decisions))
+    if manifest is not None:
+        skip |= set(manifest["image_id"])
+    if not found:
+        raise UserError(f"{folder}: no files found")
+    found = [f for f in found if f.sha256 not in skip]
+    labelled = _labelled_sample(ctx, manifest, seed) if model_uri is None else []
+    with tempfile.TemporaryDirectory(prefix="imgcls-group-") as tmp:
+        predictor = _load_model(model_uri, tmp) if model_uri else None
+        result = pipeline.analyse(found, labelled, predictor, n_next, ctx.max_pixels, seed)
+    out = ctx.unlabelled_dir()
+    write_csv(result.groups, out / GROUPS_CSV)
+    write_csv(result.next_to_label, out / NEXT_CSV)
+    write_text(pipeline.groups_html(result.groups), out / GROUPS_HTML)
+    if (result.groups["error"] == "").any() or (ctx.queue_dir() / "queue.csv").is_file():
+        build(ctx)  # (nothing readable and no queue yet: nothing to put in one)
+    return result
+
+
+def _labelled_sample(ctx: Context, manifest: pd.DataFrame | None, seed: int) -> list[tuple[str, str, object]]:
+    """(sha256, label, source) of the labelled reference images (a fixed sample when there are many)."""
+    from tasks.common.store import ImageStore
+    from tasks.labelling.pipeline import sample_labelled
+
+    if manifest is None or manifest.empty:
+        return []
+    manifest = manifest.drop_duplicates("image_id").sort_values("image_id")
+    picked = manifest.iloc[sample_labelled(list(manifest["image_id"]), list(manifest["label"]), seed=seed)]
+    label_of = dict(zip(picked["image_id"], picked["label"].astype(str), strict=True))
+    sources = ImageStore(ctx.paths.store).sources(list(picked["image_id"]))
+    return [(sha, label_of[sha], src) for sha, src in sources if src is not None]
+
+
+def _load_model(model_uri: str, into: str):
+    """A Predictor from a folder, a .ckpt, runs:/ or models:/ (flows.export resolves and downloads it)."""
+    from flows.export import local_model, registry_version
+    from models.predictor import load_predictor
+
+    return load_predictor(local_model(model_uri, registry_version(model_uri), into))
 
 
 def decide(

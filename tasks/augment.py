@@ -22,9 +22,10 @@ from tasks.common import prepared as prepared_store
 from tasks.common.atomic import atomic_dir, atomic_path, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
-from tasks.common.images import DecodeError, decode, to_array
-from tasks.common.manifest import SPLITS, read_manifest, store_path
+from tasks.common.images import DecodeError, ImageBytes, decode, to_array
+from tasks.common.manifest import SPLITS, read_manifest
 from tasks.common.params import Paths, Strict
+from tasks.common.store import ImageStore, open_locations, scheme
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,13 @@ def build_index(kept: pd.DataFrame, classes: list[str], balance: Balance) -> pd.
 # ---- decoding ---------------------------------------------------------------------------------
 
 
-def _load_one(job: tuple[str, int, int]) -> tuple[np.ndarray | None, bool, str]:
-    """(array, is_gray, error) for one stored image; runs in a worker process."""
-    path, size, channels = job
+def _load_one(src: Path | ImageBytes | OSError, size: int, channels: int) -> tuple[np.ndarray | None, bool, str]:
+    """(array, is_gray, error) for one stored image (as tasks.common.store.open_locations gives it);
+    runs in a worker process."""
     try:
-        img = decode(path)
+        if isinstance(src, OSError):  # a remote image that could not be fetched
+            raise src
+        img = decode(src)
     except (DecodeError, OSError) as exc:
         return None, False, str(exc)
     arr = to_array(img, size, channels)
@@ -131,8 +134,8 @@ def _load_partition(paths: list[str], size: int, channels: int) -> tuple[np.ndar
     out = np.zeros((len(paths), size, size, channels), np.uint8)
     gray = np.ones(len(paths), bool)
     errors = []
-    for i, path in enumerate(paths):
-        arr, gray[i], error = _load_one((path, size, channels))
+    for i, src in enumerate(open_locations(paths)):  # a remote store's images fetched a batch at a time
+        arr, gray[i], error = _load_one(src, size, channels)
         if arr is None:
             errors.append((i, error))
         else:
@@ -145,7 +148,7 @@ def decode_all(paths: list[Path], size: int, channels: int, out: np.ndarray, wor
     (tasks.common.engine: in this process for small data, else Dask workers, which get absolute
     paths); True when every image is grayscale. `workers` is no longer used: engine.workers is."""
     cwd = Path.cwd()
-    jobs = [str(p if Path(p).is_absolute() else cwd / p) for p in paths]
+    jobs = [str(p if scheme(p) or Path(p).is_absolute() else cwd / p) for p in paths]  # URLs as they are
     all_gray = True
     start = 0
     with (
@@ -307,7 +310,8 @@ def run(params: Params, paths: Paths) -> dict:
         raise UserError(f"{paths.split} has no images to prepare")
     classes = sorted(kept["label"].unique())
     index = build_index(kept, classes, params.balance)
-    files = [store_path(paths.store, i) for i in kept["image_id"]]
+    store = ImageStore(paths.store)
+    files = [store.location_of(i) for i in kept["image_id"]]  # local paths, or URLs (s3://...)
     prepared = Path(paths.prepared)
     with atomic_dir(prepared) as tmp:
         channels = write_images(tmp, files, params)

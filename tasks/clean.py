@@ -11,27 +11,35 @@ deleted from the store or the user's source."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from tasks.checks import inspection_cache
 from tasks.checks.phash import as_int64
 from tasks.checks.quality import FEATURE_SIDE, Inspection, inspect_partition
-from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, near_duplicate_pairs
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, pairs_with_new
 from tasks.common import engine
-from tasks.common.atomic import write_parquet
+from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.images import ALPHA_MODES, alpha_background
-from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest, store_path
+from tasks.common.manifest import CLEAN_COLUMNS, INGESTED_COLUMNS, read_manifest
 from tasks.common.params import Paths, Strict
-from tasks.common.reports import flagged_frame, write_stage_reports
+from tasks.common.reports import (
+    class_distribution_chart,
+    contact_sheet,
+    flagged_frame,
+    summary_markdown,
+    write_flagged,
+)
+from tasks.common.store import ImageStore
 
 # row position in the sorted manifest -> (reason, detail, kept_image_id)
 Flags = dict[int, tuple[str, str, str]]
@@ -48,7 +56,15 @@ class Params(Strict):
     near_duplicate_min_similarity: float = Field(DEFAULT_MIN_SIMILARITY, ge=-1, le=1)
     outlier_zscore: float = Field(5.0, gt=0)
     outlier_min_class_size: int = Field(10, ge=3)
-    workers: int = Field(2, ge=1)  # no longer used: engine.workers sizes the embedded cluster (docs/scaling.md)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_old_workers(cls, data):
+        """Old params files' clean.workers is accepted but no longer used: engine.workers sizes the
+        pool (docs/scaling.md)."""
+        if isinstance(data, dict) and "workers" in data:
+            data = {key: value for key, value in data.items() if key != "workers"}
+        return data
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -57,15 +73,18 @@ def run(params: Params, paths: Paths) -> dict:
     rows = read_manifest(paths.ingested, "ingest").sort_values("source_path", kind="stable").reset_index(drop=True)
     if rows.empty:
         raise UserError(f"{paths.ingested} has no images: nothing to clean")
-    cache_file = Path(paths.cache) / "clean_inspections.parquet"
+    cache_file = Path(paths.cache) / inspection_cache.INSPECTIONS_FILE
     cached = inspection_cache.load(cache_file, params.max_pixels)
     inspections = inspect_all(sorted(set(rows["image_id"])), paths.store, params, cached)
     inspection_cache.save(cache_file, inspections, params.max_pixels)
 
     flags: Flags = {}
     flag_unusable(rows, inspections, params, flags)
+    near = near_pairs_by_id(
+        sorted(set(rows["image_id"].to_numpy()[_alive(rows, flags)])), inspections, params, Path(paths.cache)
+    )
     flag_duplicates(rows, inspections, flags)
-    flag_near_duplicates(rows, inspections, params, flags)
+    flag_near_duplicates(rows, inspections, near, flags)
     outlier_classes = flag_outliers(rows, inspections, params, flags)
 
     kept = rows.drop(index=list(flags)).reset_index(drop=True)
@@ -93,13 +112,12 @@ def run(params: Params, paths: Paths) -> dict:
         f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
         f"structure, fine detail), in {outlier_classes} class(es) with >= {params.outlier_min_class_size} images",
     ]
-    write_stage_reports(
-        "clean",
+    write_reports(
         paths.report_dir("clean"),
         flagged,
         kept,
         len(rows),
-        lambda image_id: store_path(paths.store, image_id),
+        ImageStore(paths.store).source,  # a Path, or the bytes of a remote (s3://) store's image
         notes,
     )
     # the manifest goes last: downstream stages only ever see it next to matching reports
@@ -111,6 +129,33 @@ def run(params: Params, paths: Paths) -> dict:
         "flagged": {reason: int(n) for reason, n in flagged["reason"].value_counts().sort_index().items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def write_reports(
+    out_dir: Path, flagged: pd.DataFrame, kept: pd.DataFrame, total: int, image_source, notes: list[str]
+) -> None:
+    """flagged.csv and summary.md every run; the two pictures only when what they show changed (the
+    flagged rows, the kept images per class), as told by a key kept next to them: redrawing a
+    contact sheet costs seconds that a re-run with nothing new flagged should not pay."""
+    write_flagged(flagged, out_dir)
+    write_text(summary_markdown("clean", flagged, kept, total, notes), out_dir / "summary.md")
+    pictures = (out_dir / "flagged.png", out_dir / "class_distribution.png")
+    key_file = out_dir / "pictures.key"
+    key = pictures_key(flagged, kept)
+    if all(p.is_file() for p in pictures) and key_file.is_file() and key_file.read_text(encoding="utf-8") == key:
+        return
+    key_file.unlink(missing_ok=True)  # a crash while drawing leaves no key that vouches for old pictures
+    contact_sheet(flagged, image_source, pictures[0])
+    class_distribution_chart(kept["label"], pictures[1], "clean: images kept per class")
+    write_text(key, key_file)
+
+
+def pictures_key(flagged: pd.DataFrame, kept: pd.DataFrame) -> str:
+    """Digest of everything the pictures are drawn from: the flagged rows (with the image ids, so a
+    changed file is a change) and the kept images' label counts."""
+    digest = hashlib.sha256(flagged.to_csv(index=False).encode())
+    digest.update(kept["label"].astype(str).value_counts().sort_index().to_csv().encode())
+    return digest.hexdigest()
 
 
 def inspect_all(
@@ -126,14 +171,14 @@ def inspect_all(
         engine.session(len(todo), what="clean") as eng,
         tqdm(total=len(todo), desc="clean", unit="img", disable=None) as bar,
     ):
-        for done in eng.map_partitions(inspect_partition, todo, engine.absolute(store), params.max_pixels):
+        for done in eng.map_partitions(inspect_partition, todo, ImageStore(store).for_workers(), params.max_pixels):
             for image_id, insp in done:
                 if insp is None:
                     missing.append(image_id)
                 else:
                     results[image_id] = insp
             bar.update(len(done))
-    missing += [image_id for image_id in image_ids if image_id in cached and not store_path(store, image_id).is_file()]
+    missing += ImageStore(store).missing([image_id for image_id in image_ids if image_id in cached])
     if missing:
         absent = set(missing)
         missing = [image_id for image_id in image_ids if image_id in absent]
@@ -148,8 +193,9 @@ def alpha_backgrounds(rows: pd.DataFrame, store: str, max_pixels: int) -> list[s
     """Per row, the background its transparency is composited onto ('' for none): only files whose
     header mode can carry transparency are opened again (they all decoded already)."""
     modes = rows["mode"].astype(str) if "mode" in rows.columns else pd.Series("", rows.index)
+    images = ImageStore(store)
     return [
-        alpha_background(store_path(store, image_id), max_pixels) if mode in ALPHA_MODES else ""
+        alpha_background(images.source(image_id), max_pixels) if mode in ALPHA_MODES else ""
         for image_id, mode in zip(rows["image_id"], modes)
     ]
 
@@ -184,8 +230,9 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
     feedback contradicting the data is set aside alone (one POST must not remove a training image)."""
     feedback = _from_feedback(rows)
     groups: dict[str, list[int]] = defaultdict(list)
+    image_ids = rows["image_id"].to_numpy()
     for pos in _alive(rows, flags):
-        groups[inspections[rows.at[pos, "image_id"]].pixel_hash].append(pos)
+        groups[inspections[image_ids[pos]].pixel_hash].append(pos)
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -218,30 +265,70 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
             flags[pos] = ("duplicate", detail, rows.at[keep, "image_id"])
 
 
-def near_pairs(hashes: np.ndarray, copies: np.ndarray, radius: int, min_similarity: float) -> np.ndarray:
-    """Pairs whose aligned hashes are within `radius` bits AND whose aligned copies are at least
-    `min_similarity` alike (tasks.checks.similarity: the same rule split groups by). The hash finds
-    candidates fast, but on small, similar pictures (digits, sneakers) distinct images often land
-    within a few bits; the shift-tolerant similarity tells a resized, shifted or re-encoded copy
-    from a look-alike."""
-    return near_duplicate_pairs(hashes, copies, radius, min_similarity)
+def near_pairs_by_id(
+    image_ids: list[str], inspections: dict[str, Inspection], params: Params, cache_dir: Path
+) -> pd.DataFrame:
+    """Every near pair (columns a < b, image ids) among `image_ids` (the images that passed the
+    per-image checks), by tasks.checks.similarity's rule: aligned hashes within
+    near_duplicate_distance bits AND shift-tolerant similarity >= near_duplicate_min_similarity. The
+    hash finds candidates fast, but on small, similar pictures (digits, sneakers) distinct images
+    often land within a few bits; the similarity tells a resized, shifted or re-encoded copy from a
+    look-alike.
+
+    Whether two images are a pair depends on those two alone, so the pairs among images a previous
+    run searched (the persisted index, tasks.checks.inspection_cache) are reused and only images new
+    to it are looked up: the same pairs a search over everything finds, at the cost of what is new."""
+    index_file = cache_dir / inspection_cache.NEAR_INDEX_FILE
+    key = inspection_cache.near_index_key(params.near_duplicate_distance, params.near_duplicate_min_similarity)
+    members, known_pairs = inspection_cache.load_near_index(index_file, key)
+    members = set(members)
+    new = np.array([image_id not in members for image_id in image_ids], dtype=bool)
+    # known pairs whose two images are both still searched (an image may have left the data);
+    # plain dicts and sets: pandas' isin on Arrow strings costs seconds at this size
+    position = {image_id: k for k, image_id in enumerate(image_ids)}
+    known_at = np.array(
+        [
+            (position[a], position[b])
+            for a, b in zip(known_pairs["a"].tolist(), known_pairs["b"].tolist())
+            if a in position and b in position
+        ],
+        dtype=np.int64,
+    )
+    found = [inspections[image_id] for image_id in image_ids]
+    added = pairs_with_new(
+        np.array([insp.phash for insp in found], dtype=np.uint64),
+        [insp.thumbnail for insp in found],
+        new,
+        params.near_duplicate_distance,
+        params.near_duplicate_min_similarity,
+    )
+    at = np.concatenate([known_at.reshape(-1, 2), added]).astype(np.int64)
+    ids = np.asarray(image_ids, dtype=object)
+    pairs = pd.DataFrame({"a": ids[at[:, 0]], "b": ids[at[:, 1]]}).sort_values(["a", "b"], ignore_index=True)
+    inspection_cache.save_near_index(index_file, key, image_ids, pairs)
+    return pairs
 
 
-def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
-    """Near pairs (see near_pairs) with different labels are a label_conflict for both, unless one is
-    feedback and the other is not: then only the feedback copy (the data stays); otherwise, in
-    source_path order, an image not yet set aside is kept and its same-label neighbours are
-    flagged naming it (so every flagged one is a near pair of its kept one)."""
+def flag_near_duplicates(
+    rows: pd.DataFrame, inspections: dict[str, Inspection], near: pd.DataFrame, flags: Flags
+) -> None:
+    """Near pairs (`near`, from near_pairs_by_id) with different labels are a label_conflict for both,
+    unless one is feedback and the other is not: then only the feedback copy (the data stays);
+    otherwise, in source_path order, an image not yet set aside is kept and its same-label neighbours
+    are flagged naming it (so every flagged one is a near pair of its kept one)."""
     alive = _alive(rows, flags)
     feedback = _from_feedback(rows)[alive]
-    found = [inspections[rows.at[pos, "image_id"]] for pos in alive]
-    hashes = np.array([insp.phash for insp in found], dtype=np.uint64)
-    thumbs = np.stack([insp.thumbnail for insp in found]) if found else np.zeros((0, 1))
+    alive_ids = rows["image_id"].to_numpy()[alive]
+    source_paths = rows["source_path"].to_numpy()
+    hashes = np.array([inspections[image_id].phash for image_id in alive_ids], dtype=np.uint64)
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
+    # an image is alive at most once (copies of one file are duplicates), so ids name alive positions
+    position = {image_id: k for k, image_id in enumerate(alive_ids)}
     neighbours: dict[int, list[int]] = defaultdict(list)
-    for a, b in near_pairs(hashes, thumbs, params.near_duplicate_distance, params.near_duplicate_min_similarity):
-        neighbours[a].append(b)
-        neighbours[b].append(a)
+    for a, b in zip(near["a"].tolist(), near["b"].tolist()):
+        if a in position and b in position:
+            neighbours[position[a]].append(position[b])
+            neighbours[position[b]].append(position[a])
 
     def bits(a: int, b: int) -> int:
         return int(hashes[a] ^ hashes[b]).bit_count()
@@ -250,12 +337,12 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
         """b's label casts doubt on a's: different, and not feedback against the data."""
         return labels[b] != labels[a] and not (feedback[b] and not feedback[a])
 
-    conflicted = {a for a, near in neighbours.items() if any(contradicts(b, a) for b in near)}
+    conflicted = {a for a, others in neighbours.items() if any(contradicts(b, a) for b in others)}
     for a in sorted(conflicted):
         b = min(n for n in neighbours[a] if contradicts(n, a))
         flags[alive[a]] = (
             "label_conflict",
-            f"{bits(a, b)} bits from {rows.at[alive[b], 'source_path']} labelled {labels[b]}",
+            f"{bits(a, b)} bits from {source_paths[alive[b]]} labelled {labels[b]}",
             "",
         )
     set_aside: set[int] = set(conflicted)
@@ -267,8 +354,8 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection],
                 set_aside.add(b)
                 flags[alive[b]] = (
                     "near_duplicate",
-                    f"{bits(a, b)} bits from {rows.at[alive[a], 'source_path']}",
-                    rows.at[alive[a], "image_id"],
+                    f"{bits(a, b)} bits from {source_paths[alive[a]]}",
+                    alive_ids[a],
                 )
 
 
@@ -351,7 +438,7 @@ def flag_outliers(rows: pd.DataFrame, inspections: dict[str, Inspection], params
     if not alive:
         return 0
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
-    feats = np.stack([inspections[rows.at[pos, "image_id"]].features for pos in alive])
+    feats = np.stack([inspections[image_id].features for image_id in rows["image_id"].to_numpy()[alive]])
     scores, reasons = outlier_scores(feats, labels, params.outlier_min_class_size)
     for a in np.flatnonzero(scores > params.outlier_zscore):
         flags[alive[a]] = ("outlier", f"robust z {scores[a]:.1f}: {reasons[a]}, in class {labels[a]} and overall", "")

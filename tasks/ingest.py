@@ -30,6 +30,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,9 +48,10 @@ from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.feedback_inbox import FeedbackError, Submission, list_sidecars, read_submission
 from tasks.common.images import DecodeError, is_image_name, probe
-from tasks.common.manifest import INGESTED_COLUMNS, store_path
+from tasks.common.manifest import INGESTED_COLUMNS
 from tasks.common.params import Paths, Strict
 from tasks.common.sample import SAMPLE_PREFIX, materialize_sample
+from tasks.common.store import ImageStore
 
 log = logging.getLogger(__name__)
 SKIPPED_COLUMNS = ["source_path", "reason", "detail"]
@@ -83,6 +85,8 @@ class Params(Strict):
     allow_outside_paths: bool = False
     sample_upscale: int = 4
     feedback: FeedbackPolicy = FeedbackPolicy()
+    # a folder of unlabelled images for `imgcls review group` (tasks/labelling); ingest never reads it
+    unlabelled: str | None = None
 
 
 @dataclass
@@ -117,8 +121,9 @@ def run(params: Params, paths: Paths) -> dict:
     previous = _previous_manifest(Path(paths.ingested))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     rows, copied = [], 0
+    store = _StoreWriter(paths.store)
     for cand in tqdm(candidates, desc="ingest", unit="img", disable=None):
-        row, n = _ingest_one(cand, cache, paths, previous, now, skipped)
+        row, n = _ingest_one(cand, cache, store, previous, now, skipped)
         if row is not None:
             rows.append(row)
             copied += n
@@ -136,7 +141,7 @@ def run(params: Params, paths: Paths) -> dict:
     pending = 0
     if params.feedback.admit:
         feedback_rows, n = _admit_feedback(
-            params.feedback, paths, rows, previous, cache, now, skipped, review, decided or {}
+            params.feedback, paths, store, rows, previous, cache, now, skipped, review, decided or {}
         )
         feedback_rows, _ = label_decisions.apply_decisions(feedback_rows, decided)  # marks them; none excluded here
         rows += feedback_rows
@@ -149,7 +154,7 @@ def run(params: Params, paths: Paths) -> dict:
     manifest = pd.DataFrame(rows, columns=INGESTED_COLUMNS + review_columns).sort_values("source_path", kind="stable")
     manifest = manifest.reset_index(drop=True)
     cache.save()
-    pruned = _prune_store(Path(paths.store), set(manifest["image_id"]))
+    pruned = store.prune(set(manifest["image_id"]))
     write_parquet(manifest, paths.ingested)
     _write_reports(paths.report_dir("ingest"), manifest, skipped, review)
     return {
@@ -170,7 +175,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def _ingest_one(
-    cand: Candidate, cache: _HashCache, paths: Paths, previous: dict, now: str, skipped: list[dict]
+    cand: Candidate, cache: _HashCache, store: _StoreWriter, previous: dict, now: str, skipped: list[dict]
 ) -> tuple[dict | None, int]:
     """Hash (or take from the cache) and copy one file; an unusable one is reported, not raised."""
     try:
@@ -178,7 +183,7 @@ def _ingest_one(
         if entry is None:
             entry, key = _describe_file(cand.file)
             cache.store(key, entry)
-        copied = _copy_into_store(cand.file, store_path(paths.store, entry["image_id"]), entry)
+        copied = store.copy_in(cand.file, entry)
     except _Unusable as exc:
         skipped.append({"source_path": cand.source_path, "reason": exc.reason, "detail": exc.detail})
         return None, 0
@@ -422,6 +427,7 @@ def _manifest_candidates(path: Path, params: Params, skipped: list[dict]):
 def _admit_feedback(
     policy: FeedbackPolicy,
     paths: Paths,
+    store: _StoreWriter,
     rows: list[dict],
     previous: dict,
     cache: _HashCache,
@@ -545,7 +551,7 @@ def _admit_feedback(
                 )
             else:
                 try:
-                    copied += _copy_into_store(sub.image, store_path(paths.store, image_id), entry)
+                    copied += store.copy_in(sub.image, entry)
                 except (_Unusable, OSError) as exc:
                     reason, detail = (
                         (exc.reason, exc.detail) if isinstance(exc, _Unusable) else ("unreadable", _os_error(exc))
@@ -647,30 +653,60 @@ class _HashCache:
         write_parquet(pd.DataFrame(records), self.path)
 
 
-def _copy_into_store(file: Path, target: Path, entry: dict) -> int:
-    """Copy unless the store has it; the copy is hashed as it is written and must be the image_id."""
-    if target.is_file() and target.stat().st_size == entry["bytes"]:
-        return 0
-    with _open_regular(file) as (fh, _), atomic_path(target, suffix=".part") as tmp:
+class _StoreWriter:
+    """ingest's side of the image store (tasks.common.store): copy a source file in unless the store
+    holds it, and prune what the manifest no longer names. A local store is checked with a stat per
+    file and written by temp + rename beside the target, as always; a remote one (s3://...) is listed
+    once per run instead of asked once per image, and written by one upload of a verified local copy."""
+
+    def __init__(self, location: str):
+        self.store = ImageStore(location)
+        self.remote_sizes = self.store.sizes() if self.store.remote else None
+
+    def holds(self, image_id: str, size: int) -> bool:
+        if self.remote_sizes is not None:
+            return self.remote_sizes.get(image_id) == size
+        target = self.store.path(image_id)
+        return target.is_file() and target.stat().st_size == size
+
+    def copy_in(self, file: Path, entry: dict) -> int:
+        """Copy unless the store has it; the copy is hashed as it is written and must be the image_id."""
+        image_id = entry["image_id"]
+        if self.holds(image_id, entry["bytes"]):
+            return 0
+        if self.remote_sizes is None:
+            with atomic_path(self.store.path(image_id), suffix=".part") as tmp:
+                _copy_verified(file, tmp, image_id)
+            return 1
+        with tempfile.TemporaryDirectory(prefix="imgcls-ingest-") as folder:
+            tmp = Path(folder) / image_id
+            _copy_verified(file, tmp, image_id)
+            self.store.write(image_id, tmp)  # one PUT: the object appears whole or not at all
+        self.remote_sizes[image_id] = entry["bytes"]
+        return 1
+
+    def prune(self, keep: set[str]) -> int:
+        """The store mirrors the manifest (so its DVC hash is the dataset's); the user's source is untouched."""
+        if self.remote_sizes is not None:
+            return self.store.delete(sorted(set(self.remote_sizes) - keep))
+        removed, root = 0, Path(self.store.root)
+        if root.is_dir():
+            for obj in root.glob("*/*"):  # leftovers of an interrupted copy go too
+                if obj.is_file() and obj.name not in keep:
+                    obj.unlink()
+                    removed += 1
+        return removed
+
+
+def _copy_verified(file: Path, tmp: Path, image_id: str) -> None:
+    with _open_regular(file) as (fh, _):
         digest = hashlib.sha256()
         with open(tmp, "wb") as out:
             while block := fh.read(1 << 20):
                 digest.update(block)
                 out.write(block)
-        if digest.hexdigest() != entry["image_id"]:
-            raise _Unusable("unreadable", "file changed while it was read (run ingest again)")
-    return 1
-
-
-def _prune_store(store: Path, keep: set[str]) -> int:
-    """The store mirrors the manifest (so its DVC hash is the dataset's); the user's source is untouched."""
-    removed = 0
-    if store.is_dir():
-        for obj in store.glob("*/*"):
-            if obj.is_file() and obj.name not in keep:
-                obj.unlink()
-                removed += 1
-    return removed
+    if digest.hexdigest() != image_id:
+        raise _Unusable("unreadable", "file changed while it was read (run ingest again)")
 
 
 def _previous_manifest(path: Path) -> dict:

@@ -22,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.checks.phash import near_duplicate_groups
+from tasks.checks import inspection_cache
+from tasks.checks.phash import groups_of_pairs, near_duplicate_groups
 from tasks.checks.quality import COPY_SIZE, thumbnail_partition
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, verified
 from tasks.common import engine
@@ -38,6 +40,7 @@ from tasks.common.errors import UserError
 from tasks.common.manifest import SPLITS, read_manifest
 from tasks.common.params import Paths, Strict
 from tasks.common.reports import markdown_table
+from tasks.common.store import ImageStore
 
 log = logging.getLogger(__name__)
 # how sources commonly spell the three splits
@@ -100,52 +103,92 @@ def _given_splits(frame: pd.DataFrame) -> pd.Series:
     return given.fillna("")
 
 
-def thumbnail_check(frame: pd.DataFrame, store: str, min_similarity: float):
+def thumbnail_check(frame: pd.DataFrame, store: str, min_similarity: float, cache_file: Path | None = None):
     """verify() for near_duplicate_groups: the candidate pairs (positions in `frame`) that clean's rule
-    (tasks.checks.similarity.verified) calls near-duplicates. Only images in a candidate pair are
-    decoded. Without it, hash neighbours chain look-alikes (sneakers, digits) into huge groups."""
+    (tasks.checks.similarity.verified) calls near-duplicates. The aligned copies of images in a
+    candidate pair come from clean's inspection cache (`cache_file`, tasks.checks.inspection_cache:
+    the same copies, computed by the same code); only those it lacks are decoded, counted in
+    verify.decoded. Without the check, hash neighbours chain look-alikes (sneakers, digits) into huge
+    groups."""
 
     def verify(pairs: np.ndarray) -> np.ndarray:
         involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
         ids = frame["image_id"].to_numpy()[involved].tolist()
+        cached = inspection_cache.load_copies(cache_file, ids) if cache_file is not None else {}
         thumbs = np.zeros((len(involved), COPY_SIZE), dtype=np.float32)
+        todo = [k for k, image_id in enumerate(ids) if image_id not in cached]
+        for k, image_id in enumerate(ids):
+            if image_id in cached:
+                thumbs[k] = cached[image_id]
+        verify.decoded = len(todo)
+        log.info("split: %d aligned copies from clean's cache, %d decoded", len(ids) - len(todo), len(todo))
         start = 0
         with (
-            engine.session(len(ids), what="split: near-duplicate check") as eng,
-            tqdm(total=len(ids), desc="split: near-duplicate check", unit="img", disable=None) as bar,
+            engine.session(len(todo), what="split: near-duplicate check") as eng,
+            tqdm(total=len(todo), desc="split: near-duplicate check", unit="img", disable=None) as bar,
         ):
             # clean already refused oversized images
-            for block in eng.map_partitions(thumbnail_partition, ids, engine.absolute(store), 2**31):
-                thumbs[start : start + len(block)] = block
+            todo_ids = [ids[k] for k in todo]
+            for block in eng.map_partitions(thumbnail_partition, todo_ids, ImageStore(store).for_workers(), 2**31):
+                thumbs[todo[start : start + len(block)]] = block
                 start += len(block)
                 bar.update(len(block))
         local = verified(thumbs, np.searchsorted(involved, pairs), min_similarity)
         return involved[local]
 
+    verify.decoded = 0
     return verify
 
 
-def assign_splits(frame: pd.DataFrame, params: Params, verify=None) -> tuple[pd.Series, dict]:
-    """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split; `verify`
-    confirms hash-near pairs (see thumbnail_check), else every pair within group_radius counts."""
+def indexed_pairs(frame: pd.DataFrame, params: Params, cache_dir: Path) -> np.ndarray | None:
+    """The near pairs (positions in `frame`) from clean's persisted near-duplicate index
+    (tasks.checks.inspection_cache), when that index was built by this same rule (group_radius and
+    group_min_similarity equal to clean's settings, the same code) over every image of `frame`: it
+    holds every verified pair among its images, so nothing is searched, decoded or compared again.
+    None when it cannot stand in (other settings, an image it never saw): split searches itself."""
+    key = inspection_cache.near_index_key(params.group_radius, params.group_min_similarity)
+    members, pairs = inspection_cache.load_near_index(cache_dir / inspection_cache.NEAR_INDEX_FILE, key)
+    ids = frame["image_id"].astype(str).tolist()
+    position = {image_id: k for k, image_id in enumerate(ids)}
+    if not members or len(position) < len(ids) or not position.keys() <= set(members):
+        return None
+    return np.array(
+        [
+            (position[a], position[b])
+            for a, b in zip(pairs["a"].tolist(), pairs["b"].tolist())
+            if a in position and b in position
+        ],
+        dtype=np.int64,
+    ).reshape(-1, 2)
+
+
+def assign_splits(
+    frame: pd.DataFrame, params: Params, verify=None, pairs: np.ndarray | None = None
+) -> tuple[pd.Series, dict]:
+    """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split; the
+    near-duplicate `pairs` (positions) when known (indexed_pairs), else hash-near pairs confirmed by
+    `verify` (see thumbnail_check), else every pair within group_radius counts."""
     if frame["phash"].isna().any():
         raise UserError("some images have no phash: rerun the clean stage")
-    hashes = frame["phash"].astype("int64").tolist()
-    groups = pd.Series(near_duplicate_groups(hashes, params.group_radius, verify), frame.index)
+    if pairs is not None:
+        groups = pd.Series(groups_of_pairs(len(frame), pairs), frame.index)
+    else:
+        hashes = frame["phash"].astype("int64").tolist()
+        groups = pd.Series(near_duplicate_groups(hashes, params.group_radius, verify), frame.index)
     given = _given_splits(frame)
-    split = pd.Series("", index=frame.index, dtype=object)
-    straddling = 0
-    for _, members in frame.groupby(groups, sort=False):
-        idx = members.index
-        named = given[idx][given[idx] != ""]
-        if len(named):
-            straddling += named.nunique() > 1
-            # the source's word is kept for each image it names; the rest follow its smallest image_id
-            leader = members.loc[named.index, "image_id"].idxmin()
-            split[idx] = given[leader]
-            split[named.index] = named
-        else:
-            split[idx] = split_of(unit_hash(members["image_id"].min(), params.seed), params)
+    # a group nobody named follows the u of its smallest image_id (one hash per group, not per row)
+    image_ids = frame["image_id"].astype(str)
+    leaders = image_ids.groupby(groups).transform("min")
+    by_leader = {leader: split_of(unit_hash(leader, params.seed), params) for leader in leaders.unique()}
+    split = leaders.map(by_leader).astype(object)
+    # a group the source named somewhere: the source's word is kept for each image it names; the rest
+    # follow the named image with the smallest image_id (the first such row among equal ids)
+    named = pd.DataFrame({"group": groups, "image_id": image_ids, "given": given})[given != ""]
+    named_leaders = named.sort_values("image_id", kind="stable").drop_duplicates("group").set_index("group")
+    in_named_group = groups.isin(named_leaders.index)
+    split[in_named_group] = groups[in_named_group].map(named_leaders["given"])
+    split[named.index] = named["given"]
+    straddling = int(named.groupby("group")["given"].nunique().gt(1).sum())
     facts = {
         "given": int((given != "").sum()),
         "near_duplicate_groups": int((groups.value_counts() > 1).sum()),
@@ -203,7 +246,9 @@ def run(params: Params, paths: Paths) -> dict:
     if validated.empty:
         raise UserError(f"{paths.validated} has no images: nothing to split")
     frame = validated.reset_index(drop=True)
-    split, facts = assign_splits(frame, params, thumbnail_check(frame, paths.store, params.group_min_similarity))
+    cache = Path(paths.cache)
+    verify = thumbnail_check(frame, paths.store, params.group_min_similarity, cache / inspection_cache.INSPECTIONS_FILE)
+    split, facts = assign_splits(frame, params, verify, indexed_pairs(frame, params, cache))
     result = frame.assign(split=split.to_numpy())
     notes = []
     if facts["given_groups_straddling"]:
@@ -225,6 +270,7 @@ def run(params: Params, paths: Paths) -> dict:
         "images": len(result),
         **{s: int((result["split"] == s).sum()) for s in SPLITS},
         **facts,
+        "decoded": verify.decoded,
         "warnings": [n for n in notes if n.startswith("warning: ")],
     }
 

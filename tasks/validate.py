@@ -7,15 +7,23 @@
                  of a kernel model on HOG + pixels, tasks.checks.confident_learning, and a small CNN,
                  tasks.checks.oof_cnn), kept only when the given label gets less than max_given_probability. They stay in the manifest with
                  suspect_label=True (augment keeps them out of training) unless action is drop.
+                 The fold models of the last fit are kept (tasks.checks.suspect_cache): a run on data
+                 grown by at most refit_growth scores only the new images with them (_reuse_plan says
+                 when everything is fitted again), and the summary says which way ran.
 
 `warn` keeps the rows and reports them; `drop` removes them from the validated manifest and reports
 them; `fail` stops with one line naming the files or classes. Every flag lands in
-reports/validate/flagged.csv, every warning in reports/validate/summary.md.
+reports/validate/flagged.csv, every warning in reports/validate/summary.md; the pictures are drawn
+again only when what they show changed (figures_key.json beside them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -24,16 +32,30 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.checks import suspect_cache
-from tasks.checks.confident_learning import FitPredict, image_features, kernel_model, suspect_labels
+from tasks.checks.confident_learning import (
+    OofMember,
+    find_label_issues,
+    fit_suspect_labels,
+    image_features,
+    kernel_model,
+    score_unseen,
+)
 from tasks.common import engine
-from tasks.common.atomic import write_parquet
+from tasks.common.atomic import write_json, write_parquet, write_text
 from tasks.common.entry import stage_main
 from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
 from tasks.common.label_decisions import human_checked
-from tasks.common.manifest import read_manifest, store_path
+from tasks.common.manifest import read_manifest
 from tasks.common.params import Paths, Strict
-from tasks.common.reports import flagged_frame, write_stage_reports
+from tasks.common.reports import (
+    class_distribution_chart,
+    contact_sheet,
+    flagged_frame,
+    summary_markdown,
+    write_flagged,
+)
+from tasks.common.store import ImageStore
 
 log = logging.getLogger(__name__)
 Policy = Literal["warn", "drop", "fail"]
@@ -57,6 +79,14 @@ class SuspectLabelParams(Strict):
     # fraction, the least self-confident first, and say so in the summary.
     max_fraction: float = Field(0.1, gt=0.0, le=1.0)
     action: Literal["keep", "drop"] = "keep"  # keep: suspect_label=True (augment.exclude_suspects decides)
+    # Images new since the last fit, as a share of the images it was fitted on, up to which the new ones
+    # are scored by its fold models instead of fitting every model again (0: always fit again, unless
+    # nothing changed). A relabelled fitted image, a new class or other settings always fit again.
+    refit_growth: float = Field(0.1, ge=0.0)
+
+
+# settings that act after the out-of-fold models: changing them does not need a new fit
+_AFTER_THE_MODELS = {"enabled", "refit_growth", "max_fraction", "action"}
 
 
 class Params(Strict):
@@ -202,9 +232,12 @@ def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None,
     kernel_size is None) and 32x32 RGB arrays for the CNN (None unless `cnn`); or, for the first image
     that does not decode, (its position, the error) as the third item."""
     gray, pixels, cnn_images = [], [], []
-    for pos, image_id in enumerate(image_ids):
+    images = ImageStore(store)  # an absolute path or a URL (tasks.common.store)
+    for pos, (image_id, src) in enumerate(images.sources(image_ids, check=False)):  # remote: batched fetches
         try:
-            img = decode(store_path(store, image_id))
+            if src is None:
+                raise FileNotFoundError(f"{image_id} is not in the store {store}")
+            img = decode(src)
         except (DecodeError, OSError) as exc:
             return None, None, (pos, str(exc))
         if cnn:
@@ -216,11 +249,16 @@ def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None,
     return features, (np.stack(cnn_images) if cnn and cnn_images else None), None
 
 
-def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> list[FitPredict]:
-    """Decode every scored image once (a partition at a time on the engine, tasks.common.engine) and
-    build the out-of-fold models `cfg.model` asks for. The driver keeps the kernel features and, for
-    the CNN, the 32x32 copies it trains on; never the decoded originals."""
-    use_kernel, use_cnn = cfg.model in ("kernel", "ensemble"), cfg.model in ("cnn", "ensemble")
+def _member_kinds(cfg: SuspectLabelParams) -> list[str]:
+    return {"kernel": ["kernel"], "cnn": ["cnn"], "ensemble": ["kernel", "cnn"]}[cfg.model]
+
+
+def _decode_for_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> dict[str, np.ndarray]:
+    """Decode the images of `frame` once (a partition at a time on the engine, tasks.common.engine) into
+    what each out-of-fold model takes: {"kernel": features, "cnn": 32x32 RGB copies}, as `cfg.model`
+    asks. The driver keeps these; never the decoded originals."""
+    kinds = _member_kinds(cfg)
+    use_kernel, use_cnn = "kernel" in kinds, "cnn" in kinds
     ids = frame["image_id"].tolist()
     chunks, cnn_chunks = [], []
     start = 0
@@ -230,7 +268,7 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
     ):
         parts = engine.partitions(ids, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
         for features, cnn_images, error in eng.imap(
-            _decode_partition, parts, engine.absolute(store), cfg.image_size if use_kernel else None, use_cnn
+            _decode_partition, parts, ImageStore(store).for_workers(), cfg.image_size if use_kernel else None, use_cnn
         ):
             if error is not None:
                 pos, message = error
@@ -243,16 +281,165 @@ def _oof_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> lis
                 cnn_chunks.append(cnn_images)
             start += n
             bar.update(n)
-    models = []
+    data = {}
     if use_kernel:
-        models.append(kernel_model(np.concatenate(chunks), cfg.seed))
+        data["kernel"] = np.concatenate(chunks)
     if use_cnn:
-        from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
+        data["cnn"] = np.concatenate(cnn_chunks)
+    return data
 
-        models.append(
-            cnn_model(np.concatenate(cnn_chunks), epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed)
+
+def _members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMember]:
+    """The out-of-fold models `cfg.model` asks for, over decoded `data` (_decode_for_models)."""
+    members: list[OofMember] = []
+    for kind in _member_kinds(cfg):
+        if kind == "kernel":
+            members.append(kernel_model(data["kernel"], cfg.seed))
+        else:
+            from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
+
+            members.append(cnn_model(data["cnn"], epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
+    return members
+
+
+@dataclass
+class _ReusePlan:
+    """How the last fit serves this run: `refit` says why it cannot (None: it can). `rows[i]` is the
+    last fit's row of scored image i, -1 for an image it never scored."""
+
+    refit: str | None
+    rows: np.ndarray | None = None
+
+
+def _reuse_plan(
+    last: suspect_cache.LastFit | None,
+    other_fit_exists: bool,
+    ids: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    cfg: SuspectLabelParams,
+) -> _ReusePlan:
+    """Reuse the last fit only if its settings, code and libraries are these (the cache key), it knew
+    the same classes, no image it was fitted on has another label now, and the images new since it
+    are at most refit_growth x the images it was fitted on. Removed images simply drop out."""
+    if last is None:
+        why = "settings, code or libraries changed since the last fit" if other_fit_exists else "no usable earlier fit"
+        return _ReusePlan(why)
+    if last.classes != classes:
+        added = sorted(set(classes) - set(last.classes))
+        gone = sorted(set(last.classes) - set(classes))
+        parts = ([f"new {', '.join(map(repr, added))}"] if added else []) + (
+            [f"no longer scored {', '.join(map(repr, gone))}"] if gone else []
         )
-    return models
+        return _ReusePlan(f"the classes differ from the last fit's ({'; '.join(parts)})")
+    if pd.Index(ids).has_duplicates or pd.Index(last.image_ids).has_duplicates:  # clean keeps one of each
+        return _ReusePlan("an image id appears twice")
+    rows = pd.Index(last.image_ids).get_indexer(ids)
+    if cfg.refit_growth == 0:
+        # today's rule: only the very images and labels of the last fit, in the same order
+        same = last.fitted.all() and np.array_equal(last.image_ids, ids) and np.array_equal(last.labels, y)
+        return _ReusePlan(None, rows) if same else _ReusePlan("the images changed and refit_growth is 0")
+    known = rows >= 0
+    relabelled = int((last.fitted[rows[known]] & (last.labels[rows[known]] != y[known])).sum())
+    if relabelled:
+        return _ReusePlan(f"{relabelled} image(s) the last fit learned from have another label now")
+    n_fitted = int(last.fitted.sum())
+    since = int((~known).sum() + (~last.fitted[rows[known]]).sum())  # new now, or scored by an earlier run
+    if since > cfg.refit_growth * n_fitted:
+        return _ReusePlan(
+            f"{since} images new since the last fit ({n_fitted} images) is more than "
+            f"refit_growth {cfg.refit_growth:.0%}"
+        )
+    return _ReusePlan(None, rows)
+
+
+def _fit_and_keep(
+    frame: pd.DataFrame, y: np.ndarray, classes: list[str], store: str, cache_dir: str, key: str, cfg
+) -> np.ndarray:
+    """Fit the out-of-fold models on every scored image (today's full run), keep the fit; its
+    probabilities [N, K]."""
+    members = _members(_decode_for_models(frame, store, cfg), cfg)
+    found = fit_suspect_labels(
+        members,
+        y,
+        folds=cfg.folds,
+        seed=cfg.seed,
+        method=cfg.method,
+        max_given_probability=cfg.max_given_probability,
+        retrain=cfg.retrain,
+    )
+    suspect_cache.save_fit(
+        cache_dir,
+        key,
+        image_ids=frame["image_id"].astype(str),
+        labels=y,
+        probs=found.probs,
+        classes=classes,
+        kinds=_member_kinds(cfg),
+        fold_models=found.fold_models,
+    )
+    return found.probs
+
+
+def _score_with_last_fit(
+    last: suspect_cache.LastFit, rows: np.ndarray, frame: pd.DataFrame, y: np.ndarray, store: str, cache_dir: str, cfg
+) -> np.ndarray | None:
+    """Probabilities [N, K]: the kept ones for images the last fit scored, the mean of its fold
+    models for the new ones (decoded here, and only they). The new scores are kept with the fit, so
+    the next run decodes only what is new to it. None when its fold models cannot be read."""
+    new = rows < 0
+    probs = np.empty((len(rows), len(last.classes)))
+    probs[~new] = last.probs[rows[~new]]
+    if new.any():
+        fold_models = suspect_cache.load_fold_models(last, _member_kinds(cfg))
+        if fold_models is None:
+            return None
+        data = _decode_for_models(frame[new], store, cfg)
+        members = _members(data, cfg)
+        probs[new] = score_unseen(members, fold_models, [data[m.kind] for m in members], len(last.classes))
+    # keep what the fit learned from (a relabel must be seen next time) and everything scored now
+    present = np.zeros(len(last.image_ids), dtype=bool)
+    present[rows[~new]] = True
+    old = last.fitted | present
+    if new.any() or not old.all():
+        last.image_ids = np.concatenate([last.image_ids[old], frame["image_id"].to_numpy(dtype=str)[new]])
+        last.labels = np.concatenate([last.labels[old], y[new]])
+        last.fitted = np.concatenate([last.fitted[old], np.zeros(int(new.sum()), dtype=bool)])
+        last.probs = np.concatenate([last.probs[old], probs[new]])
+        suspect_cache.save_scores(cache_dir, last)
+    return probs
+
+
+def _suspect_probabilities(
+    frame: pd.DataFrame, y: np.ndarray, classes: list[str], store: str, cache_dir: str, cfg: SuspectLabelParams
+) -> tuple[np.ndarray, str]:
+    """Out-of-fold (or, for images new since the last fit, out-of-sample) probabilities [N, K] of the
+    scored images in `frame`, and one line saying how they were obtained."""
+    settings = cfg.model_dump_json(exclude=_AFTER_THE_MODELS)
+    key = suspect_cache.settings_key(settings)
+    last = suspect_cache.load(cache_dir, key)
+    folder = Path(cache_dir) / suspect_cache.FOLDER
+    other = last is None and any(entry.stem != key for entry in folder.glob("*.npz"))
+    ids = frame["image_id"].to_numpy(dtype=str)
+    plan = _reuse_plan(last, other, ids, y, classes, cfg)
+    if plan.refit is None:
+        n_fitted = int(last.fitted.sum())
+        n_new = int((plan.rows < 0).sum())
+        growth = f"refit above {cfg.refit_growth:.0%} new"
+        probs = _score_with_last_fit(last, plan.rows, frame, y, store, cache_dir, cfg)
+        if probs is not None and n_new == 0:
+            return probs, (
+                f"suspect-label scores reused: no new images since the last run; the last fit ({n_fitted} images, "
+                f"{last.folds} folds) is kept under paths.cache ({suspect_cache.FOLDER}); {growth}"
+            )
+        if probs is not None:
+            return probs, (
+                f"suspect labels: scored {n_new} new images with the {last.folds} fold models of the last fit "
+                f"({n_fitted} images); {growth}"
+            )
+        plan = _ReusePlan("the last fit's models are missing or unreadable")
+    probs = _fit_and_keep(frame, y, classes, store, cache_dir, key, cfg)
+    return probs, f"suspect labels: fitted the {cfg.folds} fold models on {len(y)} images ({plan.refit})"
 
 
 def _check_suspect_labels(
@@ -276,25 +463,11 @@ def _check_suspect_labels(
         found.notes.append(f"classes with fewer than {cfg.folds} images were not checked for suspect labels")
     labels = frame["label"].to_numpy()[scored]
     y = np.searchsorted(scorable, labels)
-    key = suspect_cache.cache_key(frame["image_id"].iloc[scored], y, cfg.model_dump_json())
-    cached = suspect_cache.load(cache_dir, key)
-    if cached is None:
-        probs, issues = suspect_labels(
-            _oof_models(frame.iloc[scored], store, cfg),
-            y,
-            folds=cfg.folds,
-            seed=cfg.seed,
-            method=cfg.method,
-            max_given_probability=cfg.max_given_probability,
-            retrain=cfg.retrain,
-        )
-        suspect_cache.save(cache_dir, key, probs, issues)
-    else:
-        probs, issues = cached
-        found.notes.append(
-            "suspect-label scores reused: same images, labels, settings and code as an earlier run "
-            f"({suspect_cache.FOLDER} under paths.cache)"
-        )
+    probs, how = _suspect_probabilities(frame.iloc[scored], y, list(scorable), store, cache_dir, cfg)
+    log.info(how)
+    found.notes.append(how)
+    # confident learning on every scored image, fitted or new: the same rule as a full run's last round
+    issues = find_label_issues(probs, y, cfg.method, cfg.max_given_probability)
     given_p[scored] = probs[np.arange(len(y)), y]
     accuracy = float((probs.argmax(axis=1) == y).mean())
     found.notes.append(
@@ -336,6 +509,40 @@ def _check_suspect_labels(
     return suspect, given_p
 
 
+FIGURES_KEY = "figures_key.json"
+
+
+def _figure_keys(flagged: pd.DataFrame, kept: pd.DataFrame) -> dict[str, str]:
+    """A key per picture over what it shows: the contact sheet the flagged images with their reason
+    and label, the chart the kept images per class."""
+
+    def digest(frame: pd.DataFrame) -> str:
+        return hashlib.sha256(frame.to_csv(index=False).encode("utf-8")).hexdigest()
+
+    shown = flagged[["image_id", "reason", "label"]].astype(str).sort_values(["reason", "image_id"], kind="stable")
+    counts = kept["label"].astype(str).value_counts().sort_index().rename_axis("label").reset_index()
+    return {"flagged.png": digest(shown), "class_distribution.png": digest(counts)}
+
+
+def _write_reports(out_dir: Path, flagged: pd.DataFrame, kept: pd.DataFrame, total: int, image_source, notes) -> None:
+    """tasks.common.reports' stage reports; the CSV and summary every run, a picture only when what it
+    shows changed (a scheduled run that flags the same images does not decode and draw them again)."""
+    write_flagged(flagged, out_dir)
+    write_text(summary_markdown("validate", flagged, kept, total, list(notes)), out_dir / "summary.md")
+    keys = _figure_keys(flagged, kept)
+    try:
+        drawn = json.loads((out_dir / FIGURES_KEY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        drawn = {}
+    stale = {name for name, key in keys.items() if drawn.get(name) != key or not (out_dir / name).exists()}
+    if "flagged.png" in stale:
+        contact_sheet(flagged, image_source, out_dir / "flagged.png")
+    if "class_distribution.png" in stale:
+        class_distribution_chart(kept["label"], out_dir / "class_distribution.png", "validate: images kept per class")
+    if stale:
+        write_json(keys, out_dir / FIGURES_KEY)
+
+
 def run(params: Params, paths: Paths) -> dict:
     cleaned = read_manifest(paths.cleaned, "clean")
     frame = cleaned.reset_index(drop=True).assign(label=lambda d: d["label"].astype(str))
@@ -351,13 +558,12 @@ def run(params: Params, paths: Paths) -> dict:
     validated = frame.assign(suspect_label=suspect, given_probability=given_p)[found.keep].reset_index(drop=True)
     flagged = flagged_frame(found.flagged)
     write_parquet(validated, paths.validated)
-    write_stage_reports(
-        "validate",
+    _write_reports(
         paths.report_dir("validate"),
         flagged,
         validated,
         len(frame),
-        lambda image_id: store_path(paths.store, image_id),
+        ImageStore(paths.store).source,  # a Path, or the bytes of a remote (s3://) store's image
         found.notes,
     )
     return {

@@ -26,6 +26,9 @@ that example) and the given labels `labels` [N] in 0..K-1.
 The out-of-fold probabilities are the mean of one or more models: `kernel_model` on HOG features
 (tasks.checks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
 (tasks.checks.oof_cnn); tasks.validate picks them (suspect_label.model).
+
+The fold models of the last round are kept (`fit_suspect_labels`): an image none of them saw is scored
+out of sample by their mean (`score_unseen`), so a run on slightly grown data need not fit them again.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +50,40 @@ Method = Literal["prune_by_noise_rate", "confident_joint", "both"]
 # (labels [N], train_idx, test_idx, num_classes) -> probabilities [len(test_idx), num_classes], 0 for a
 # class the training rows never show: one out-of-fold model (kernel_model here, tasks.checks.oof_cnn.cnn_model)
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+class OofMember:
+    """One kind of out-of-fold model over its own data (`data`: one row per example, features or
+    images). Split into fit and predict so the fitted fold models can be kept and applied to images
+    that arrive later; calling it is the FitPredict of one fold."""
+
+    kind = "member"
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def fit(self, labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> Any:
+        """A fold model trained on the rows `train_idx`."""
+        raise NotImplementedError
+
+    def predict(self, fitted: Any, data: np.ndarray, num_classes: int) -> np.ndarray:
+        """Probabilities [len(data), num_classes] of `fitted` on `data` (rows like self.data)."""
+        raise NotImplementedError
+
+    def __call__(self, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
+        return self.predict(self.fit(labels, train_idx, num_classes), self.data[test_idx], num_classes)
+
+
+@dataclass
+class OofFit:
+    """What `fit_suspect_labels` found: out-of-fold probabilities [N, K], the label-issue mask [N], and
+    the fold models of the round that gave the probabilities (fold_models[fold][member], in the order
+    of the members passed in)."""
+
+    probs: np.ndarray
+    issues: np.ndarray
+    fold_models: list[list[Any]]
+
 
 # The out-of-fold model's size. Measured on Fashion-MNIST (bench/data_quality.py): more components
 # gain nothing, fewer cost accuracy; a moderate C keeps the probabilities of ambiguous images away from
@@ -137,12 +175,51 @@ def suspect_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(out-of-fold probabilities [N, K] averaged over `models`, label-issue mask [N]); with `retrain`
     the probabilities come from models fitted without the first round's issues (module docstring, step 5)."""
-    probs = out_of_fold_probabilities(models, labels, folds, seed)
+    found = fit_suspect_labels(
+        models,
+        labels,
+        folds=folds,
+        seed=seed,
+        method=method,
+        max_given_probability=max_given_probability,
+        retrain=retrain,
+    )
+    return found.probs, found.issues
+
+
+def fit_suspect_labels(
+    models: Sequence[OofMember],
+    labels: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    method: Method,
+    max_given_probability: float,
+    retrain: bool,
+) -> OofFit:
+    """suspect_labels, keeping the fold models of the round whose probabilities it returns (the second
+    round's with `retrain`), so images added later can be scored by them (score_unseen)."""
+    fold_models: list[list[Any]] = []
+    probs = out_of_fold_probabilities(models, labels, folds, seed, fold_models=fold_models)
     issues = find_label_issues(probs, labels, method, max_given_probability)
     if retrain and issues.any():
-        probs = out_of_fold_probabilities(models, labels, folds, seed, exclude=issues)
+        fold_models = []
+        probs = out_of_fold_probabilities(models, labels, folds, seed, exclude=issues, fold_models=fold_models)
         issues = find_label_issues(probs, labels, method, max_given_probability)
-    return probs, issues
+    return OofFit(probs, issues, fold_models)
+
+
+def score_unseen(
+    members: Sequence[OofMember], fold_models: list[list[Any]], data: Sequence[np.ndarray], num_classes: int
+) -> np.ndarray:
+    """Probabilities [M, K] of M images that no fold model saw: the mean over folds and members
+    (data[m] holds the images as member m takes them). Out of sample for every fold, so these rank
+    with the out-of-fold probabilities of the fitted images."""
+    per_fold = [
+        np.mean([m.predict(fitted, d, num_classes) for m, fitted, d in zip(members, fold, data)], axis=0)
+        for fold in fold_models
+    ]
+    return np.mean(per_fold, axis=0)
 
 
 def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
@@ -158,11 +235,17 @@ def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold_probabilities(
-    models: Sequence[FitPredict], labels: np.ndarray, folds: int, seed: int, exclude: np.ndarray | None = None
+    models: Sequence[FitPredict],
+    labels: np.ndarray,
+    folds: int,
+    seed: int,
+    exclude: np.ndarray | None = None,
+    fold_models: list[list[Any]] | None = None,
 ) -> np.ndarray:
     """Predicted probabilities [N, K] for every example, the mean over `models` (fit-predict functions,
     see FitPredict) each trained on the other folds (stratified K-fold), leaving the examples in
-    `exclude` (bool [N]) out of every training set. Every class needs at least `folds` examples."""
+    `exclude` (bool [N]) out of every training set. Every class needs at least `folds` examples.
+    With a `fold_models` list (models must then be OofMembers) each fold's fitted models are appended."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -175,7 +258,14 @@ def out_of_fold_probabilities(
             kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
             if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
                 train_idx = kept
-            probs[test_idx] = np.mean([fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0)
+            if fold_models is None:
+                probs[test_idx] = np.mean(
+                    [fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0
+                )
+            else:
+                fitted = [member.fit(labels, train_idx, k) for member in models]
+                fold_models.append(fitted)
+                probs[test_idx] = np.mean([m.predict(f, m.data[test_idx], k) for m, f in zip(models, fitted)], axis=0)
             progress.update()
     return probs
 
@@ -221,31 +311,49 @@ class Progress:
         )
 
 
-def kernel_model(features: np.ndarray, seed: int) -> FitPredict:
+def kernel_model(features: np.ndarray, seed: int) -> KernelMember:
     """The fast member: standardize -> whitened PCA -> RBF kernel approximation (Nystroem) -> logistic
     regression on `features` (image_features); about as accurate as an RBF SVM at a fraction of the
     cost (Fashion-MNIST, 2,400 training images: 0.86)."""
+    return KernelMember(features, seed)
 
-    def fit_predict(labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
+
+class KernelMember(OofMember):
+    """kernel_model's member; a fold model is a fitted scikit-learn pipeline."""
+
+    kind = "kernel"
+
+    def __init__(self, features: np.ndarray, seed: int) -> None:
+        super().__init__(features)
+        self.seed = seed
+
+    def fit(self, labels: np.ndarray, train_idx: np.ndarray, num_classes: int):
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
         # The matrices are small: multi-threaded BLAS only adds overhead, and on a busy machine it made
         # a 2 s run take 30 s (threads fighting for cores).
         with threadpool_limits(limits=1):
-            return _fit_predict_kernel(features, labels, train_idx, test_idx, num_classes, seed)
+            return _fit_kernel(self.data[train_idx], np.asarray(labels)[train_idx], self.seed)
 
-    return fit_predict
+    def predict(self, fitted, data: np.ndarray, num_classes: int) -> np.ndarray:
+        """Probabilities [len(data), num_classes] (0 for a class the fold never saw)."""
+        from threadpoolctl import threadpool_limits
+
+        probs = np.zeros((len(data), num_classes))
+        if len(data):
+            with threadpool_limits(limits=1):
+                probs[:, fitted.classes_] = fitted.predict_proba(data)
+        return probs
 
 
-def _fit_predict_kernel(features, labels, train_idx, test_idx, k, seed) -> np.ndarray:
-    """Fit on train_idx, return probabilities [len(test_idx), k] (0 for a class the fold never saw)."""
+def _fit_kernel(features: np.ndarray, labels: np.ndarray, seed: int):
     from sklearn.decomposition import PCA
     from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    n_train = len(train_idx)
+    n_train = len(features)
     components = max(1, min(PCA_COMPONENTS, features.shape[1], n_train - 1))
     model = make_pipeline(
         StandardScaler(),
@@ -255,7 +363,4 @@ def _fit_predict_kernel(features, labels, train_idx, test_idx, k, seed) -> np.nd
         Nystroem(gamma=0.5 / components, n_components=min(KERNEL_COMPONENTS, n_train), random_state=seed),
         LogisticRegression(C=INVERSE_REGULARIZATION, max_iter=1000),
     )
-    model.fit(features[train_idx], labels[train_idx])
-    probs = np.zeros((len(test_idx), k))
-    probs[:, model.classes_] = model.predict_proba(features[test_idx])
-    return probs
+    return model.fit(features, labels)

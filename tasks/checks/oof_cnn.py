@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.checks.confident_learning import FitPredict, Progress
+from tasks.checks.confident_learning import OofMember, Progress
 
 WIDTH = 16  # channels of the first stage (then 2x, 4x)
 BATCH_SIZE = 64
@@ -63,25 +63,36 @@ def epochs_for(n_train: int, epochs: int, budget: int) -> int:
     return max(1, min(epochs, budget // max(1, n_train)), -(-MIN_STEPS // steps_per_epoch(n_train)))
 
 
-def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> FitPredict:
-    """The out-of-fold loop's fit-predict function (tasks.checks.confident_learning.FitPredict) over `images`
+def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> CnnMember:
+    """The out-of-fold loop's member (tasks.checks.confident_learning.OofMember) over `images`
     (uint8 [N, H, W, C]). Inputs are standardized with the mean/std of all images (no labels involved)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8, converted per batch
-    sample = pixels[:: max(1, len(pixels) // 4096)].float()
-    mean = sample.mean(dim=(0, 2, 3), keepdim=True).to(device)
-    std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1.0).to(device)
+    return CnnMember(images, epochs=epochs, budget=budget, seed=seed)
 
-    def batch(index: torch.Tensor) -> torch.Tensor:
-        return (pixels[index].to(device).float() - mean) / std
 
-    def fit_predict(labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
-        torch.manual_seed(seed)  # same initial weights in every fold and round
-        order = torch.Generator().manual_seed(seed)
-        model = network(pixels.shape[1], num_classes).to(device)
+class CnnMember(OofMember):
+    """A fold model is the network's state_dict (CPU tensors) plus the input mean/std it was trained
+    with ("input_mean", "input_std"): a flat dict of tensors, saved as safetensors by the cache
+    (tasks.checks.suspect_cache), so images that arrive later are standardized as the training ones were."""
+
+    kind = "cnn"
+
+    def __init__(self, images: np.ndarray, *, epochs: int, budget: int, seed: int) -> None:
+        super().__init__(images)
+        self.epochs, self.budget, self.seed = epochs, budget, seed
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8, per batch
+        sample = self.pixels[:: max(1, len(self.pixels) // 4096)].float()
+        self.mean = sample.mean(dim=(0, 2, 3), keepdim=True)
+        self.std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1.0)
+
+    def fit(self, labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> dict[str, torch.Tensor]:
+        device, mean, std = self.device, self.mean.to(self.device), self.std.to(self.device)
+        torch.manual_seed(self.seed)  # same initial weights in every fold and round
+        order = torch.Generator().manual_seed(self.seed)
+        model = network(self.pixels.shape[1], num_classes).to(device)
         train = torch.from_numpy(np.asarray(train_idx))
         targets = torch.from_numpy(np.asarray(labels, dtype=np.int64)[train_idx]).to(device)
-        n_epochs = epochs_for(len(train), epochs, budget)
+        n_epochs = epochs_for(len(train), self.epochs, self.budget)
         steps = n_epochs * steps_per_epoch(len(train))
         optimizer = torch.optim.AdamW(model.parameters(), LEARNING_RATE, weight_decay=5e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
@@ -94,19 +105,27 @@ def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> Fit
                     chosen = perm[start : start + BATCH_SIZE]
                     if len(chosen) < 2:  # BatchNorm needs two images
                         continue
-                    loss = F.cross_entropy(model(batch(train[chosen])), targets[chosen])
+                    batch = (self.pixels[train[chosen]].to(device).float() - mean) / std
+                    loss = F.cross_entropy(model(batch), targets[chosen])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     schedule.step()
                 progress.update()
-        model.eval()
-        test = torch.from_numpy(np.asarray(test_idx))
+        state = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
+        return {**state, "input_mean": self.mean.clone(), "input_std": self.std.clone()}
+
+    def predict(self, fitted: dict[str, torch.Tensor], data: np.ndarray, num_classes: int) -> np.ndarray:
+        """Probabilities [len(data), num_classes] of the fold model `fitted` on uint8 images [M, H, W, C]."""
+        state = {name: t for name, t in fitted.items() if not name.startswith("input_")}
+        model = network(int(data.shape[-1]), num_classes)
+        model.load_state_dict(state)
+        model.to(self.device).eval()
+        mean, std = fitted["input_mean"].to(self.device), fitted["input_std"].to(self.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
         with torch.no_grad():
             probs = [
-                F.softmax(model(batch(test[s : s + PREDICT_BATCH])), dim=1).cpu()
-                for s in range(0, len(test), PREDICT_BATCH)
+                F.softmax(model((pixels[s : s + PREDICT_BATCH].to(self.device).float() - mean) / std), dim=1).cpu()
+                for s in range(0, len(pixels), PREDICT_BATCH)
             ]
-        return torch.cat(probs).numpy().astype(np.float64)
-
-    return fit_predict
+        return torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, num_classes))

@@ -120,26 +120,27 @@ def inspect_chunk(items: list[tuple[str, str]], max_pixels: int) -> list[tuple[s
 
 
 def inspect_partition(image_ids: list[str], store: str, max_pixels: int) -> list[tuple[str, Inspection | None]]:
-    """Engine task (tasks.common.engine): inspect stored images named by id under the absolute `store`
-    path it is given; None for an id whose file is not in the store. Decoder messages name a file by
-    its base name (tasks.common.images), so reports and the cache read the same wherever it ran."""
-    from tasks.common.manifest import store_path
+    """Engine task (tasks.common.engine): inspect stored images named by id in the `store` it is given
+    (absolute path or URL: tasks.common.store); None for an id not in the store. Decoder messages name
+    a file by its base name (tasks.common.images), so reports and the cache read the same wherever it ran."""
+    from tasks.common.store import ImageStore
 
+    images = ImageStore(store)
     out: list[tuple[str, Inspection | None]] = []
-    for image_id in image_ids:
-        path = store_path(store, image_id)
-        if not path.is_file():
+    for image_id, src in images.sources(image_ids):  # a remote store's are fetched a batch at a time
+        if src is None:
             out.append((image_id, None))
             continue
-        out.append((image_id, inspect(path, max_pixels)))
+        out.append((image_id, inspect(src, max_pixels)))
     return out
 
 
 def thumbnail_partition(image_ids: list[str], store: str, max_pixels: int) -> np.ndarray:
     """Engine task: near_duplicate_copy of stored images named by id, float32 [k, COPY_SIZE]."""
-    from tasks.common.manifest import store_path
+    from tasks.common.store import ImageStore
 
+    images = ImageStore(store)
     out = np.zeros((len(image_ids), COPY_SIZE), dtype=np.float32)
     for i, image_id in enumerate(image_ids):
-        out[i] = near_duplicate_copy(store_path(store, image_id), max_pixels=max_pixels)
+        out[i] = near_duplicate_copy(images.source(image_id), max_pixels=max_pixels)
     return out

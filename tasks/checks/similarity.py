@@ -13,10 +13,12 @@ train part only, reported on its test part and on digits (bench/near_duplicates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
-from tasks.checks.phash import radius_pairs
+from tasks.checks.phash import radius_pairs, radius_pairs_between
 
 # defaults of clean.near_duplicate_* and split.group_*, tuned on Fashion-MNIST's train part only
 DEFAULT_RADIUS = 6
@@ -73,3 +75,32 @@ def near_duplicate_pairs(
 ) -> np.ndarray:
     """Candidate pairs from the aligned hashes (within `radius` bits), verified on the aligned copies."""
     return verified(copies, radius_pairs(hashes, radius), min_similarity, max_shift)
+
+
+def pairs_with_new(
+    hashes: np.ndarray,
+    copies: Sequence[np.ndarray],
+    new: np.ndarray,
+    radius: int,
+    min_similarity: float,
+    max_shift: int = MAX_SHIFT,
+) -> np.ndarray:
+    """The near_duplicate_pairs (i < j, sorted) that have at least one `new` member (bool per image):
+    new hashes are looked up among the known ones and among each other, and only the copies of
+    candidate images are stacked. With every image new it is near_duplicate_pairs itself; known-known
+    pairs are what a persisted index (tasks.checks.inspection_cache) already holds."""
+    hashes = np.asarray(hashes).astype(np.uint64)
+    new_at, known_at = np.flatnonzero(new), np.flatnonzero(~np.asarray(new, dtype=bool))
+    across = radius_pairs_between(hashes[new_at], hashes[known_at], radius)
+    among = radius_pairs(hashes[new_at], radius)
+    candidates = np.concatenate(
+        [np.stack([new_at[across[:, 0]], known_at[across[:, 1]]], axis=1), new_at[among].reshape(-1, 2)]
+    )
+    if not len(candidates):
+        return np.empty((0, 2), dtype=np.int64)
+    candidates = np.sort(candidates, axis=1)
+    candidates = candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
+    involved = np.unique(candidates)  # sorted: positions map to rows of `stacked` by searchsorted
+    stacked = np.stack([np.asarray(copies[i], dtype=np.float32).reshape(-1) for i in involved])
+    local = verified(stacked, np.searchsorted(involved, candidates), min_similarity, max_shift)
+    return involved[local]

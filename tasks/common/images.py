@@ -8,6 +8,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -48,11 +49,39 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _open(src: str | Path | bytes) -> Image.Image:
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image's bytes with the name a file of them would have (a store's image id): what a remote
+    store (tasks.common.store) hands the decoders, so their messages read as for a file on disk."""
+
+    name: str
+    data: bytes
+
+
+# what every decoder below accepts (see _open)
+Source = str | Path | bytes | ImageBytes | BinaryIO
+
+
+class _NamedBuffer(io.BytesIO):
+    """PIL writes a file object into some messages with %r: the name then stands where a file's
+    (base) name would, not a memory address that differs on every run."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self._shown = name
+
+    def __repr__(self) -> str:
+        return repr(self._shown)
+
+
+def _open(src: Source) -> Image.Image:
+    """Paths, bytes, ImageBytes and open binary file objects all decode the same way."""
+    if isinstance(src, ImageBytes):
+        return Image.open(_NamedBuffer(src.data, src.name))
     return Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
 
 
-def probe(src: str | Path | bytes) -> Header:
+def probe(src: Source) -> Header:
     """Read only the header: format, size and mode. Never allocates the pixel buffer."""
     try:
         with warnings.catch_warnings():
@@ -63,7 +92,7 @@ def probe(src: str | Path | bytes) -> Header:
         raise DecodeError(_describe(exc, src)) from None
 
 
-def _describe(exc: Exception, src: str | Path | bytes) -> str:
+def _describe(exc: Exception, src: Source) -> str:
     """One line for a report. A file is named by its base name only, so the message is the same
     whichever folder (or Dask worker's mount) it was read from, and the 200-character cut never
     falls inside a long directory."""
@@ -114,7 +143,7 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def alpha_background(src: str | Path | bytes, max_pixels: int | None = None) -> str:
+def alpha_background(src: Source, max_pixels: int | None = None) -> str:
     """Which background decode() composites this image's transparency onto: '' when it has no
     transparency (or every pixel is opaque), else '#rrggbb'. Raises DecodeError like decode()."""
     header = probe(src)
@@ -156,7 +185,7 @@ def normalize_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(src: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+def decode(src: Source, max_pixels: int | None = None) -> Image.Image:
     """Fully decode, apply EXIF orientation and normalize the mode to L or RGB.
 
     Raises DecodeError for anything that is not a complete image, and for images over `max_pixels`

@@ -34,7 +34,12 @@ SPLITS = ("train", "val", "test")
 
 
 def store_path(store: str | Path, image_id: str) -> Path:
-    """Store layout: <store>/<first two hex chars>/<sha256>; the format is read from the bytes."""
+    """Store layout: <store>/<first two hex chars>/<sha256>; the format is read from the bytes.
+    A local store only: a store that may be a URL (s3://...) is read through tasks.common.store."""
+    from tasks.common.store import scheme
+
+    if scheme(store) is not None:
+        raise UserError(f"{store}: a URL store has no local path (read it through tasks.common.store.ImageStore)")
     return Path(store) / image_id[:2] / image_id
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 TUNE_SECTION = "tune"  # `imgcls tune`'s settings: known here, checked by tasks.tuning.space.check_section
@@ -39,6 +39,14 @@ class Paths(Strict):
     reports: str = "reports"
     cache: str = ".imgcls/cache"
     label_decisions: str = "data/label_decisions.csv"  # `imgcls review` decisions, applied by ingest
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        """A local folder or a URL with a scheme fsspec knows (s3://bucket/prefix): docs/scaling.md."""
+        from tasks.common.store import check_location  # the image stack only when params are checked
+
+        return check_location(value)
 
     def report_dir(self, stage: str) -> Path:
         return Path(self.reports) / stage

@@ -10,7 +10,9 @@ Queue reasons (one row per image, the first that applies in this order):
 - suspect_label:            validate's confident learning (reports/validate/flagged.csv): the out-of-fold
                             models' label and its probability are the suggestion
 - feedback_low_confidence:  admitted feedback whose label the out-of-fold models give less than a threshold
-                            (data/manifests/validated.parquet, given_probability)"""
+                            (data/manifests/validated.parquet, given_probability)
+- uncertain_unlabelled:     `imgcls review group`'s picks (reports/review/unlabelled/next_to_label.csv)
+- unlabelled_group:         every other image it grouped, its group's proposal suggested (groups.csv)"""
 
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ import pandas as pd
 
 from tasks.common.errors import UserError
 from tasks.common.label_decisions import DECISIONS
-from tasks.common.manifest import store_path
 from tasks.common.params import Paths
+from tasks.common.store import ImageStore, open_location
 
 REASONS = (
     "label_conflict",
@@ -37,6 +39,8 @@ REASONS = (
     "feedback_conflict",
     "suspect_label",
     "feedback_low_confidence",
+    "uncertain_unlabelled",  # `imgcls review group`: the next images worth labelling (smallest margin)
+    "unlabelled_group",  # `imgcls review group`: an unlabelled image, its group's proposed label suggested
 )
 QUEUE_COLUMNS = [
     "sha256",
@@ -193,13 +197,38 @@ def _low_confidence_feedback(validated: Path, threshold: float) -> list[dict]:
     ]
 
 
+def _unlabelled_rows(paths: Paths) -> list[dict]:
+    """The unlabelled images `imgcls review group` wrote (tasks/labelling): the picked ones first, then
+    every grouped one with its group's proposal. They are not in the store: store_path is the file."""
+    from tasks.labelling.reports import GROUPS_CSV, NEXT_CSV, UNLABELLED_DIR
+
+    folder = paths.report_dir("review") / UNLABELLED_DIR
+    groups, picked = _read_csv(folder / GROUPS_CSV), _read_csv(folder / NEXT_CSV)
+    rows = []
+    for r in (picked if picked is not None else pd.DataFrame()).itertuples(index=False):
+        detail = f"margin {float(r.margin):.3f} between {r.predicted} and {r.runner_up} (rank {r.rank})"
+        rows.append(_row(r.sha256, r.path, "", "uncertain_unlabelled", detail, suggested_label=r.predicted))
+        rows[-1]["store_path"] = r.path
+    for r in (groups if groups is not None else pd.DataFrame()).itertuples(index=False):
+        if r.error or not r.sha256:
+            continue
+        conf = float(r.confidence) if r.confidence else math.nan
+        detail = f"group {r.group}" + (f": proposed {r.proposed_label} ({conf:.2f} agree)" if r.proposed_label else "")
+        rows.append(
+            _row(r.sha256, r.path, "", "unlabelled_group", detail, suggested_label=r.proposed_label, confidence=conf)
+        )
+        rows[-1]["store_path"] = r.path
+    return rows
+
+
 def build_queue(paths: Paths, decided: Iterable[str], feedback_min_confidence: float = 0.5) -> pd.DataFrame:
     """One row per image awaiting a person (QUEUE_COLUMNS), from the latest reports; images with a
     decision (`decided`: sha256s) are left out. Raises UserError when no stage has reported yet."""
     clean = _read_csv(paths.report_dir("clean") / "flagged.csv")
     validate = _read_csv(paths.report_dir("validate") / "flagged.csv")
     review = _read_csv(paths.report_dir("ingest") / "feedback_review.csv")
-    if clean is None and validate is None and review is None:
+    unlabelled = _unlabelled_rows(paths)
+    if clean is None and validate is None and review is None and not unlabelled:
         raise UserError(
             f"nothing to review yet: no reports under {paths.reports}/ (run the pipeline: imgcls run or dvc repro)"
         )
@@ -211,6 +240,7 @@ def build_queue(paths: Paths, decided: Iterable[str], feedback_min_confidence: f
     if validate is not None:
         rows += _validate_rows(validate)
     rows += _low_confidence_feedback(Path(paths.validated), feedback_min_confidence)
+    rows += unlabelled
     decided = set(decided)
     rows = [r for r in rows if r["sha256"] not in decided]
     if not rows:
@@ -219,6 +249,7 @@ def build_queue(paths: Paths, decided: Iterable[str], feedback_min_confidence: f
     frame["_rank"] = frame["reason"].map(REASONS.index)
     frame = frame.sort_values(["_rank", "source_path"], kind="stable")
     out = []
+    images = ImageStore(paths.store)
     for sha, group in frame.groupby("sha256", sort=False):  # one row per image, its first reason
         first = group.iloc[0]
         given = sorted(set(group["given_label"].astype(str)))
@@ -228,7 +259,8 @@ def build_queue(paths: Paths, decided: Iterable[str], feedback_min_confidence: f
         out.append(
             {
                 "sha256": sha,
-                "store_path": store_path(paths.store, sha).as_posix(),
+                # a local path, or a URL (s3://...); an unlabelled image's own file
+                "store_path": own if isinstance(own := first.get("store_path"), str) else images.location_of(sha),
                 "source_path": first["source_path"],
                 "given_label": ";".join(given),
                 "given_probability": group["given_probability"].dropna().min()
@@ -277,12 +309,12 @@ def decisions_from_table(table: pd.DataFrame, where: str) -> list[tuple[str, str
 # --- contact sheet ----------------------------------------------------------------------------------
 
 
-def _thumbnail(path: Path, size: int) -> str | None:
+def _thumbnail(location: str, size: int) -> str | None:
     """A base64 PNG of the stored image, at most size x size; None when it does not decode."""
     from tasks.common.images import DecodeError, decode
 
     try:
-        img = decode(path, max_pixels=4096 * 4096).convert("RGB")
+        img = decode(open_location(location), max_pixels=4096 * 4096).convert("RGB")
     except (DecodeError, OSError, ValueError):
         return None
     img.thumbnail((size, size))
@@ -315,7 +347,7 @@ def contact_sheet_html(queue: pd.DataFrame, limit: int = 600, thumb: int = 96) -
             if shown >= limit:
                 break
             shown += 1
-            data = _thumbnail(Path(row.store_path), thumb)
+            data = _thumbnail(row.store_path, thumb)
             img = (
                 f"<img alt='' src='data:image/png;base64,{data}'>"
                 if data

@@ -3,6 +3,7 @@ code path for the candidate and for the champion, so neither is judged by number
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import time
@@ -14,7 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from tasks.common.errors import UserError
-from tasks.common.manifest import read_manifest, store_path
+from tasks.common.manifest import read_manifest
+from tasks.common.store import ImageStore, open_location, scheme
 from tasks.judging.gates import Scores, score_predictions
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,13 @@ def load_test_set(split_manifest: str | Path, store: str | Path) -> HeldOut:
     test = df[df["split"] == "test"].sort_values("image_id", kind="stable")
     if test.empty:
         raise UserError(f"{split_manifest} has no test rows: promotion needs a test split to score models on")
-    paths = [str(store_path(store, i)) for i in test["image_id"]]
-    missing = [p for p in paths if not Path(p).is_file()]
+    images = ImageStore(store)
+    paths = [images.location_of(i) for i in test["image_id"]]  # local paths, or URLs of a remote store
+    missing = (
+        [images.location_of(i) for i in images.missing(test["image_id"])]
+        if images.remote
+        else [p for p in paths if not Path(p).is_file()]
+    )
     if missing:
         raise UserError(f"{len(missing)} test images missing from the store, e.g. {missing[0]}: run `ingest` again")
     log.info("scoring on %d test images from %s", len(paths), split_manifest)
@@ -50,7 +57,7 @@ def score_model(model_uri: str, test: HeldOut, batch_size: int, measure_latency:
     predicted, confidence = [], []
     starts = range(0, len(test.image_paths), batch_size)
     for start in tqdm(starts, desc=f"scoring {model_uri}", unit="batch", disable=None):
-        out = model.predict(pd.DataFrame({"image": test.image_paths[start : start + batch_size]}))
+        out = model.predict(pd.DataFrame({"image": model_inputs(test.image_paths[start : start + batch_size])}))
         predicted += out["label"].astype(str).tolist()
         confidence += out["score"].astype(float).tolist()
     latency = single_image_p50_ms(model, test.image_paths) if measure_latency else None
@@ -68,9 +75,21 @@ def class_names(model) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names)
 
 
+def model_inputs(locations: list[str]) -> list[str]:
+    """The pyfunc's `image` column: a local file's path as it is; an image of a remote store (a URL)
+    as base64 of its bytes, which the pyfunc takes as well (models/pyfunc.py)."""
+    out = []
+    for location in locations:
+        if scheme(location) is None:
+            out.append(location)
+        else:
+            out.append(base64.b64encode(open_location(location).data).decode("ascii"))
+    return out
+
+
 def single_image_p50_ms(model, image_paths: list[str]) -> float:
     """Median wall time of one-image predict calls, after a warm-up (first calls pay lazy init)."""
-    sample = image_paths[:LATENCY_SAMPLES]
+    sample = model_inputs(image_paths[:LATENCY_SAMPLES])  # fetched first: the model's time, not the store's
     for path in sample[:LATENCY_WARMUP]:
         model.predict(pd.DataFrame({"image": [path]}))
     times = []
