@@ -5,6 +5,8 @@ tasks.checks.similarity."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
@@ -73,77 +75,119 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(a.astype(np.uint64), b.astype(np.uint64))).astype(np.int64)
 
 
+# candidate pairs Hamming-checked at once: memory stays bounded (~100 MB) however many images share a
+# chunk value (70k Fashion-MNIST images give tens of millions of candidates, almost all rejected)
+_BLOCK_PAIRS = 1 << 21
+
+
+def _chunk_keys(hashes: np.ndarray, radius: int) -> Iterator[np.ndarray]:
+    """Per multi-index chunk: each hash's value on that chunk of bits (radius + 1 disjoint chunks)."""
+    chunks = min(radius + 1, HASH_BITS)
+    bounds = np.linspace(0, HASH_BITS, chunks + 1).astype(np.uint64)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        yield (hashes >> lo) & np.uint64((1 << int(hi - lo)) - 1)
+
+
+def _bucket_blocks(members: np.ndarray) -> Iterator[np.ndarray]:
+    """Every pair (members[a], members[b]), a < b, of one bucket, in blocks of about _BLOCK_PAIRS."""
+    size = len(members)
+    first = 0
+    while first < size - 1:
+        per_row = size - 1 - np.arange(first, size - 1)  # row a pairs with every b > a
+        rows_in_block = max(1, int(np.searchsorted(np.cumsum(per_row), _BLOCK_PAIRS, side="right")))
+        rows = np.arange(first, first + rows_in_block)
+        counts = per_row[:rows_in_block]
+        a = np.repeat(rows, counts)
+        b = a + 1 + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield np.stack([members[a], members[b]], axis=1)
+        first += rows_in_block
+
+
+class _CloseCollector:
+    """Collects candidate blocks and keeps, block by block, only the pairs within `radius` bits."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, radius: int) -> None:
+        self.left, self.right, self.radius = left, right, radius
+        self.pending: list[np.ndarray] = []
+        self.pending_pairs = 0
+        self.close: list[np.ndarray] = []
+
+    def add(self, block: np.ndarray) -> None:
+        self.pending.append(block)
+        self.pending_pairs += len(block)
+        if self.pending_pairs >= _BLOCK_PAIRS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            pairs = np.concatenate(self.pending)
+            self.close.append(pairs[hamming(self.left[pairs[:, 0]], self.right[pairs[:, 1]]) <= self.radius])
+        self.pending, self.pending_pairs = [], 0
+
+    def result(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate(self.close) if self.close else np.empty((0, 2), dtype=np.int64)
+
+
 def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     """All index pairs (i < j) whose hashes differ in at most `radius` bits, as an int64 array [k, 2].
 
     Multi-index hashing: split the 64 bits into radius+1 disjoint chunks. Two hashes within `radius`
     bits must agree exactly on at least one chunk (pigeonhole), so only hashes sharing a chunk value
-    are compared; the candidates are then checked with the full Hamming distance."""
+    are compared; the candidates are checked with the full Hamming distance a block at a time."""
     hashes = np.asarray(hashes).astype(np.uint64)
     n = len(hashes)
     if n < 2 or radius < 0:
         return np.empty((0, 2), dtype=np.int64)
-    chunks = min(radius + 1, HASH_BITS)
-    bounds = np.linspace(0, HASH_BITS, chunks + 1).astype(np.uint64)
-    candidates = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        mask = np.uint64((1 << int(hi - lo)) - 1)
-        keys = (hashes >> lo) & mask
+    found = _CloseCollector(hashes, hashes, radius)
+    for keys in _chunk_keys(hashes, radius):
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = order[start : start + size]
-            i, j = np.triu_indices(size, k=1)
-            candidates.append(np.stack([members[i], members[j]], axis=1))
-    if not candidates:
-        return np.empty((0, 2), dtype=np.int64)
-    return _close_pairs(hashes, hashes, np.concatenate(candidates), radius, ordered=True)
+            for block in _bucket_blocks(order[start : start + size]):
+                found.add(block)
+    return _distinct_pairs(found.result(), width=n, ordered=True)
 
 
-def _close_pairs(left: np.ndarray, right: np.ndarray, candidates: np.ndarray, radius: int, ordered: bool) -> np.ndarray:
-    """The distinct candidate pairs (left index, right index) within `radius` bits, sorted. `ordered`:
-    both sides index one array and a pair is (smaller, larger). Distinct via one int64 key per pair:
-    a 1-D unique is many times faster than np.unique(axis=0) on millions of candidates."""
-    pairs = candidates.astype(np.int64)
+def _distinct_pairs(pairs: np.ndarray, width: int, ordered: bool) -> np.ndarray:
+    """The distinct pairs, sorted (`ordered`: (smaller, larger) first). Distinct via one int64 key per
+    pair: a 1-D sort is many times faster than np.unique(axis=0) on millions of pairs."""
+    pairs = pairs.astype(np.int64).reshape(-1, 2)
     if ordered:
         pairs = np.sort(pairs, axis=1)
-    width = np.int64(max(len(right), 1))
+    width = np.int64(max(width, 1))
     keys = np.sort(pairs[:, 0] * width + pairs[:, 1])
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys  # (np.unique hashes: slower here)
-    pairs = np.stack([keys // width, keys % width], axis=1)
-    close = hamming(left[pairs[:, 0]], right[pairs[:, 1]]) <= radius
-    return pairs[close]
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+    return np.stack([keys // width, keys % width], axis=1)
 
 
 def radius_pairs_between(new: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray:
     """All pairs (i into `new`, j into `known`) whose hashes differ in at most `radius` bits, sorted,
     int64 [k, 2]: the same multi-index search as radius_pairs, but only new hashes are looked up in
-    the known ones, so the cost follows what is new (tasks.checks.near_index)."""
+    the known ones, so the cost follows what is new (clean's near-duplicate index)."""
     new = np.asarray(new).astype(np.uint64)
     known = np.asarray(known).astype(np.uint64)
     if not len(new) or not len(known) or radius < 0:
         return np.empty((0, 2), dtype=np.int64)
-    chunks = min(radius + 1, HASH_BITS)
-    bounds = np.linspace(0, HASH_BITS, chunks + 1).astype(np.uint64)
-    candidates = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        mask = np.uint64((1 << int(hi - lo)) - 1)
-        known_keys = (known >> lo) & mask
+    found = _CloseCollector(new, known, radius)
+    for known_keys, new_keys in zip(_chunk_keys(known, radius), _chunk_keys(new, radius)):
         order = np.argsort(known_keys, kind="stable")
         sorted_keys = known_keys[order]
-        new_keys = (new >> lo) & mask
         first = np.searchsorted(sorted_keys, new_keys, side="left")
         count = np.searchsorted(sorted_keys, new_keys, side="right") - first
-        if not count.sum():
-            continue
-        rows = np.repeat(np.arange(len(new)), count)
-        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        candidates.append(np.stack([rows, order[np.repeat(first, count) + within]], axis=1))
-    if not candidates:
-        return np.empty((0, 2), dtype=np.int64)
-    return _close_pairs(new, known, np.concatenate(candidates), radius, ordered=False)
+        # new hashes a block at a time, so the candidates of one block stay about _BLOCK_PAIRS
+        edges = np.searchsorted(np.cumsum(count), np.arange(_BLOCK_PAIRS, count.sum() + _BLOCK_PAIRS, _BLOCK_PAIRS))
+        lo = 0
+        for hi in np.unique(np.r_[np.minimum(edges + 1, len(new)), len(new)]):
+            c, f = count[lo:hi], first[lo:hi]
+            if c.sum():
+                rows = np.repeat(np.arange(lo, hi), c)
+                within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+                found.add(np.stack([rows, order[np.repeat(f, c) + within]], axis=1))
+            lo = hi
+    return _distinct_pairs(found.result(), width=len(known), ordered=False)
 
 
 def near_duplicate_groups(hashes, radius: int, verify=None) -> np.ndarray:

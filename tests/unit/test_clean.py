@@ -9,7 +9,7 @@ import pytest
 
 from bench.planted import VALID_AWKWARD, giant_png, plant, score
 from tasks import clean, ingest
-from tasks.checks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs
+from tasks.checks.phash import as_int64, dct32, hamming, phash_from_dct, radius_pairs, radius_pairs_between
 from tasks.checks.quality import inspect
 from tasks.common.errors import UserError
 from tasks.common.manifest import INGESTED_COLUMNS, store_path
@@ -130,7 +130,12 @@ def test_giant_header_is_flagged_without_allocating(project):
     assert peak < 5_000_000
 
 
-def test_radius_search_equals_brute_force():
+@pytest.mark.parametrize("block_pairs", [5, 1 << 21])
+def test_radius_search_equals_brute_force(block_pairs, monkeypatch):
+    # 5: candidates are Hamming-checked a few at a time (the memory bound on large data) -- same pairs
+    from tasks.checks import phash
+
+    monkeypatch.setattr(phash, "_BLOCK_PAIRS", block_pairs)
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, size=400, dtype=np.int64).astype(np.uint64)
     # plant close neighbours so that there is something to find at every radius
@@ -145,6 +150,9 @@ def test_radius_search_equals_brute_force():
         brute = {(a, b) for a, b, d in zip(i, j, distance) if d <= radius}
         found = {tuple(p) for p in radius_pairs(hashes, radius).tolist()}
         assert found == brute and brute, radius
+        new, known = hashes[:50], hashes[50:]  # the incremental lookup: new hashes against known ones
+        across = {(a, b + 50) for a, b in radius_pairs_between(new, known, radius).tolist()}
+        assert across == {(a, b) for a, b in brute if a < 50 <= b}, radius
 
 
 def test_phash_ignores_brightness_and_keeps_64_bits():
