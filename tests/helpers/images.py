@@ -44,3 +44,21 @@ def store_image(store: str | Path, pixels: np.ndarray, fmt: str = "PNG") -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return image_id
+
+
+def digit_pictures(per_class: int, classes: tuple[int, ...]) -> list[tuple[np.ndarray, str]]:
+    """Real pictures of consistent classes: scikit-learn's bundled digits (offline), upscaled to 32x32,
+    labelled digit_<d>; the base images bench.planted.plant plants its faults among."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return [
+        (
+            np.asarray(
+                Image.fromarray(np.round(image * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
+            ),
+            f"digit_{digit}",
+        )
+        for digit in classes
+        for image in digits.images[digits.target == digit][:per_class]
+    ]

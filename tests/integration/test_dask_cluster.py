@@ -16,6 +16,7 @@ from bench.planted import plant
 from tasks import augment, clean, ingest, split, validate
 from tasks.common import engine
 from tasks.common.params import Paths
+from tests.helpers.images import digit_pictures
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,20 +34,7 @@ OUTPUTS = (
 
 
 def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, str]]:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return [
-        (
-            np.asarray(
-                Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
-            ),
-            f"digit_{d}",
-        )
-        for d in classes
-        for img in digits.images[digits.target == d][:per_class]
-    ]
+    return digit_pictures(per_class, classes)
 
 
 @pytest.fixture(scope="module")

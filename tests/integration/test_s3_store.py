@@ -29,7 +29,7 @@ from tasks.common.params import Paths
 from tasks.common.review_queue import _thumbnail
 from tasks.common.store import ImageStore
 from tasks.judging.scoring import model_inputs
-from tests.helpers.images import png_bytes
+from tests.helpers.images import digit_pictures, png_bytes
 from tests.integration import prod_servers as ps
 
 pytestmark = pytest.mark.timeout(240)
@@ -116,20 +116,7 @@ def test_local_store_keeps_its_layout_and_a_bad_scheme_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------- pipeline
 def _digits(per_class: int = 16, classes=(0, 1, 7)) -> list[tuple[np.ndarray, str]]:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return [
-        (
-            np.asarray(
-                Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
-            ),
-            f"digit_{d}",
-        )
-        for d in classes
-        for img in digits.images[digits.target == d][:per_class]
-    ]
+    return digit_pictures(per_class, classes)
 
 
 @pytest.fixture(scope="module")

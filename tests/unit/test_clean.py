@@ -14,6 +14,7 @@ from tasks.checks.quality import inspect
 from tasks.common.errors import UserError
 from tasks.common.manifest import INGESTED_COLUMNS, store_path
 from tasks.common.params import Paths
+from tests.helpers.images import digit_pictures
 
 CLEAN_REASONS = [
     "corrupt",
@@ -40,17 +41,7 @@ SURE_KINDS = (
 
 
 def _digits(per_class: int = 80, classes: tuple[int, ...] = (0, 1)) -> list[tuple[np.ndarray, str]]:
-    """Real pictures of consistent classes: scikit-learn's bundled digits (offline), 32x32."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    base = []
-    for digit in classes:
-        for image in digits.images[digits.target == digit][:per_class]:
-            small = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
-            base.append((np.asarray(small.resize((32, 32), Image.Resampling.BICUBIC)), f"digit_{digit}"))
-    return base
+    return digit_pictures(per_class, classes)
 
 
 def _ingest(source) -> None:

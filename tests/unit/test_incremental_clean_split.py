@@ -16,22 +16,13 @@ from tasks.checks import inspection_cache
 from tasks.checks.phash import radius_pairs
 from tasks.common.manifest import VALIDATE_COLUMNS
 from tasks.common.params import Paths
+from tests.helpers.images import digit_pictures
 
 NEAR_KINDS = ("resize_up", "shift_1px", "brightness", "jpeg_q90")  # near-duplicates clean always finds
 
 
 def _digits(per_class: int = 40) -> list[tuple[np.ndarray, str]]:
-    """Real pictures (scikit-learn's bundled digits, offline), 32x32, two classes."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    base = []
-    for digit in (0, 1):
-        for image in digits.images[digits.target == digit][:per_class]:
-            small = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
-            base.append((np.asarray(small.resize((32, 32), Image.Resampling.BICUBIC)), f"digit_{digit}"))
-    return base
+    return digit_pictures(per_class, (0, 1))
 
 
 def _arriving_later(truth: pd.DataFrame) -> list[str]:
