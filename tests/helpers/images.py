@@ -62,3 +62,23 @@ def digit_pictures(per_class: int, classes: tuple[int, ...]) -> list[tuple[np.nd
         for digit in classes
         for image in digits.images[digits.target == digit][:per_class]
     ]
+
+
+def cleaned_row(image_id: str, position: int, label, side: int, nbytes: int) -> dict:
+    """One row of a cleaned manifest for a stored grayscale PNG (what validate reads): picture number
+    `position` of class `label`, its phash the position (distinct, so no near-duplicate groups)."""
+    return {
+        "image_id": image_id,
+        "source_path": f"{label}/{position}.png",
+        "label": str(label),
+        "bytes": nbytes,
+        "format": "PNG",
+        "width": side,
+        "height": side,
+        "mode": "L",
+        "ingested_at": "2025-01-01T00:00:00",
+        "origin": "source",
+        "given_split": "",
+        "pixel_hash": image_id,
+        "phash": position,
+    }

@@ -10,6 +10,7 @@ from tasks import validate
 from tasks.common.errors import UserError
 from tasks.common.manifest import store_path
 from tasks.common.params import Paths
+from tests.helpers.images import cleaned_row
 
 SIZE = 16
 
@@ -48,23 +49,7 @@ def build(tmp_path, labels, classes_of=None, seed=0) -> Paths:
         image_id = hashlib.sha256(data).hexdigest()
         store_path(paths.store, image_id).parent.mkdir(parents=True, exist_ok=True)
         store_path(paths.store, image_id).write_bytes(data)
-        rows.append(
-            {
-                "image_id": image_id,
-                "source_path": f"{label}/{i}.png",
-                "label": str(label),
-                "bytes": len(data),
-                "format": "PNG",
-                "width": SIZE,
-                "height": SIZE,
-                "mode": "L",
-                "ingested_at": "2025-01-01T00:00:00",
-                "origin": "source",
-                "given_split": "",
-                "pixel_hash": image_id,
-                "phash": i,
-            }
-        )
+        rows.append(cleaned_row(image_id, i, label, SIZE, len(data)))
     pd.DataFrame(rows).to_parquet(paths.cleaned, index=False)
     return paths
 

@@ -11,7 +11,7 @@ import pytest
 from tasks import validate
 from tasks.checks import suspect_cache
 from tasks.common.params import Paths
-from tests.helpers.images import store_image
+from tests.helpers.images import cleaned_row, store_image
 
 FOLDS = 5
 
@@ -65,23 +65,7 @@ def write_cleaned(paths: Paths, generated, labels: dict[int, int]) -> list[str]:
     rows = []
     for i, label in labels.items():
         image_id = store_image(paths.store, pictures[i])
-        rows.append(
-            {
-                "image_id": image_id,
-                "source_path": f"{label}/{i}.png",
-                "label": str(label),
-                "bytes": 100,
-                "format": "PNG",
-                "width": 16,
-                "height": 16,
-                "mode": "L",
-                "ingested_at": "2025-01-01T00:00:00",
-                "origin": "source",
-                "given_split": "",
-                "pixel_hash": image_id,
-                "phash": i,
-            }
-        )
+        rows.append(cleaned_row(image_id, i, label, 16, 100))
     pd.DataFrame(rows).to_parquet(paths.cleaned, index=False)
     return [r["image_id"] for r in rows]
 
