@@ -163,30 +163,6 @@ def find_label_issues(
     return issues & (probs[np.arange(len(labels)), labels] < max_given_probability)
 
 
-def suspect_labels(
-    models: Sequence[FitPredict],
-    labels: np.ndarray,
-    *,
-    folds: int,
-    seed: int,
-    method: Method,
-    max_given_probability: float,
-    retrain: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(out-of-fold probabilities [N, K] averaged over `models`, label-issue mask [N]); with `retrain`
-    the probabilities come from models fitted without the first round's issues (module docstring, step 5)."""
-    found = fit_suspect_labels(
-        models,
-        labels,
-        folds=folds,
-        seed=seed,
-        method=method,
-        max_given_probability=max_given_probability,
-        retrain=retrain,
-    )
-    return found.probs, found.issues
-
-
 def fit_suspect_labels(
     models: Sequence[OofMember],
     labels: np.ndarray,
@@ -197,8 +173,9 @@ def fit_suspect_labels(
     max_given_probability: float,
     retrain: bool,
 ) -> OofFit:
-    """suspect_labels, keeping the fold models of the round whose probabilities it returns (the second
-    round's with `retrain`), so images added later can be scored by them (score_unseen)."""
+    """Out-of-fold probabilities [N, K] averaged over `models`, the label-issue mask [N] and the fold
+    models of the round that gave them: with `retrain` the second round's, fitted without the first
+    round's issues (module docstring, step 5), so images added later can be scored by them (score_unseen)."""
     fold_models: list[list[Any]] = []
     probs = out_of_fold_probabilities(models, labels, folds, seed, fold_models=fold_models)
     issues = find_label_issues(probs, labels, method, max_given_probability)

@@ -6,11 +6,11 @@ from tasks.checks.confident_learning import (
     confident_classes,
     confident_joint,
     find_label_issues,
+    fit_suspect_labels,
     image_features,
     kernel_model,
     out_of_fold_probabilities,
     per_class_thresholds,
-    suspect_labels,
 )
 
 
@@ -140,7 +140,7 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
     features, labels, flipped = blobs_with_flips()
     found = {}
     for retrain in (False, True):
-        probs, issues = suspect_labels(
+        found_now = fit_suspect_labels(
             [kernel_model(features, 0)],
             labels,
             folds=4,
@@ -149,13 +149,14 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
             max_given_probability=0.3,
             retrain=retrain,
         )
+        probs, issues = found_now.probs, found_now.issues
         assert probs.shape == (180, 3) and not issues[~flipped].any()
         found[retrain] = issues[flipped].sum()
     # the 6 flips taught the first-round models that some class-0 pictures are 1; the second round
     # never sees them, so it is surer they are mislabelled
     assert found[False] >= 4 and found[True] > found[False]
     clean = np.repeat(np.arange(3), 60)
-    _, issues = suspect_labels(
+    issues = fit_suspect_labels(
         [kernel_model(features, 0)],
         clean,
         folds=4,
@@ -163,7 +164,7 @@ def test_suspect_labels_find_planted_flips_and_nothing_on_clean_labels():
         method="prune_by_noise_rate",
         max_given_probability=0.3,
         retrain=True,
-    )
+    ).issues
     assert not issues.any()
 
 
