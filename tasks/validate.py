@@ -40,6 +40,7 @@ from tasks.checks.confident_learning import (
     kernel_model,
     score_unseen,
 )
+from tasks.checks.oof_folds import ClusterFolds, fit_here
 from tasks.common import engine
 from tasks.common.atomic import write_json, write_parquet, write_text
 from tasks.common.entry import stage_main
@@ -253,19 +254,18 @@ def _member_kinds(cfg: SuspectLabelParams) -> list[str]:
     return {"kernel": ["kernel"], "cnn": ["cnn"], "ensemble": ["kernel", "cnn"]}[cfg.model]
 
 
-def _decode_for_models(frame: pd.DataFrame, store: str, cfg: SuspectLabelParams) -> dict[str, np.ndarray]:
-    """Decode the images of `frame` once (a partition at a time on the engine, tasks.common.engine) into
-    what each out-of-fold model takes: {"kernel": features, "cnn": 32x32 RGB copies}, as `cfg.model`
-    asks. The driver keeps these; never the decoded originals."""
+def _decode_for_models(
+    frame: pd.DataFrame, store: str, cfg: SuspectLabelParams, eng: engine.Engine
+) -> dict[str, np.ndarray]:
+    """Decode the images of `frame` once (a partition at a time on the engine `eng`, tasks.common.engine)
+    into what each out-of-fold model takes: {"kernel": features, "cnn": 32x32 RGB copies}, as
+    `cfg.model` asks. The driver keeps these; never the decoded originals."""
     kinds = _member_kinds(cfg)
     use_kernel, use_cnn = "kernel" in kinds, "cnn" in kinds
     ids = frame["image_id"].tolist()
     chunks, cnn_chunks = [], []
     start = 0
-    with (
-        engine.session(len(ids), what="validate") as eng,
-        tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar,
-    ):
+    with tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar:
         parts = engine.partitions(ids, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
         for features, cnn_images, error in eng.imap(
             _decode_partition, parts, ImageStore(store).for_workers(), cfg.image_size if use_kernel else None, use_cnn
@@ -357,17 +357,19 @@ def _fit_and_keep(
     frame: pd.DataFrame, y: np.ndarray, classes: list[str], store: str, cache_dir: str, key: str, cfg
 ) -> np.ndarray:
     """Fit the out-of-fold models on every scored image (today's full run), keep the fit; its
-    probabilities [N, K]."""
-    members = _members(_decode_for_models(frame, store, cfg), cfg)
-    found = fit_suspect_labels(
-        members,
-        y,
-        folds=cfg.folds,
-        seed=cfg.seed,
-        method=cfg.method,
-        max_given_probability=cfg.max_given_probability,
-        retrain=cfg.retrain,
-    )
+    probabilities [N, K]. On a cluster every (fold, model) is a task (tasks.checks.oof_folds)."""
+    with engine.session(len(frame), what="validate") as eng:
+        members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
+        found = fit_suspect_labels(
+            members,
+            y,
+            folds=cfg.folds,
+            seed=cfg.seed,
+            method=cfg.method,
+            max_given_probability=cfg.max_given_probability,
+            retrain=cfg.retrain,
+            fit_folds=fit_here if eng.client is None else ClusterFolds(eng.client),
+        )
     suspect_cache.save_fit(
         cache_dir,
         key,
@@ -394,7 +396,8 @@ def _score_with_last_fit(
         fold_models = suspect_cache.load_fold_models(last, _member_kinds(cfg))
         if fold_models is None:
             return None
-        data = _decode_for_models(frame[new], store, cfg)
+        with engine.session(int(new.sum()), what="validate") as eng:
+            data = _decode_for_models(frame[new], store, cfg, eng)
         members = _members(data, cfg)
         probs[new] = score_unseen(members, fold_models, [data[m.kind] for m in members], len(last.classes))
     # keep what the fit learned from (a relabel must be seen next time) and everything scored now

@@ -33,10 +33,11 @@ out of sample by their mean (`score_unseen`), so a run on slightly grown data ne
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,23 +45,22 @@ import numpy as np
 from tqdm import tqdm
 
 from tasks.checks.hog import hog_features
+from tasks.checks.oof_folds import FoldFitter, fit_here
 
 log = logging.getLogger(__name__)
 Method = Literal["prune_by_noise_rate", "confident_joint", "both"]
-# (labels [N], train_idx, test_idx, num_classes) -> probabilities [len(test_idx), num_classes], 0 for a
-# class the training rows never show: one out-of-fold model (kernel_model here, tasks.checks.oof_cnn.cnn_model)
-FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
 
 class OofMember:
     """One kind of out-of-fold model over its own data (`data`: one row per example, features or
     images). Split into fit and predict so the fitted fold models can be kept and applied to images
-    that arrive later; calling it is the FitPredict of one fold."""
+    that arrive later; calling it with (labels, train rows, test rows, number of classes) fits
+    one fold and returns the test rows' probabilities."""
 
     kind = "member"
 
     def __init__(self, data: np.ndarray) -> None:
-        self.data = data
+        self._set_data(data)
 
     def fit(self, labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> Any:
         """A fold model trained on the rows `train_idx`."""
@@ -72,6 +72,22 @@ class OofMember:
 
     def __call__(self, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, num_classes: int) -> np.ndarray:
         return self.predict(self.fit(labels, train_idx, num_classes), self.data[test_idx], num_classes)
+
+    def without_data(self) -> OofMember:
+        """A copy with every setting but no data, to send to a worker (tasks.checks.oof_folds), where
+        with_data gives the data back. Settings derived from the whole data (the CNN's input mean and
+        std) stay, so a worker's fold model is the one this process would fit."""
+        shell = copy.copy(self)
+        shell._set_data(None)
+        return shell
+
+    def with_data(self, data: np.ndarray) -> OofMember:
+        member = copy.copy(self)
+        member._set_data(data)
+        return member
+
+    def _set_data(self, data: np.ndarray | None) -> None:
+        self.data = data
 
 
 @dataclass
@@ -172,16 +188,20 @@ def fit_suspect_labels(
     method: Method,
     max_given_probability: float,
     retrain: bool,
+    fit_folds: FoldFitter = fit_here,
 ) -> OofFit:
     """Out-of-fold probabilities [N, K] averaged over `models`, the label-issue mask [N] and the fold
     models of the round that gave them: with `retrain` the second round's, fitted without the first
-    round's issues (module docstring, step 5), so images added later can be scored by them (score_unseen)."""
+    round's issues (module docstring, step 5), so images added later can be scored by them (score_unseen).
+    `fit_folds` fits the folds (tasks.checks.oof_folds: here, or on a Dask cluster)."""
     fold_models: list[list[Any]] = []
-    probs = out_of_fold_probabilities(models, labels, folds, seed, fold_models=fold_models)
+    probs = out_of_fold_probabilities(models, labels, folds, seed, fold_models=fold_models, fit_folds=fit_folds)
     issues = find_label_issues(probs, labels, method, max_given_probability)
     if retrain and issues.any():
         fold_models = []
-        probs = out_of_fold_probabilities(models, labels, folds, seed, exclude=issues, fold_models=fold_models)
+        probs = out_of_fold_probabilities(
+            models, labels, folds, seed, exclude=issues, fold_models=fold_models, fit_folds=fit_folds
+        )
         issues = find_label_issues(probs, labels, method, max_given_probability)
     return OofFit(probs, issues, fold_models)
 
@@ -212,37 +232,36 @@ def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
 
 
 def out_of_fold_probabilities(
-    models: Sequence[FitPredict],
+    models: Sequence[OofMember],
     labels: np.ndarray,
     folds: int,
     seed: int,
     exclude: np.ndarray | None = None,
     fold_models: list[list[Any]] | None = None,
+    fit_folds: FoldFitter = fit_here,
 ) -> np.ndarray:
-    """Predicted probabilities [N, K] for every example, the mean over `models` (fit-predict functions,
-    see FitPredict) each trained on the other folds (stratified K-fold), leaving the examples in
-    `exclude` (bool [N]) out of every training set. Every class needs at least `folds` examples.
-    With a `fold_models` list (models must then be OofMembers) each fold's fitted models are appended."""
+    """Predicted probabilities [N, K] for every example, the mean over `models` each trained on the
+    other folds (stratified K-fold), leaving the examples in `exclude` (bool [N]) out of every training
+    set. Every class needs at least `folds` examples. With a `fold_models` list each fold's fitted
+    models are appended. `fit_folds` says where the folds are fitted (tasks.checks.oof_folds)."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splits = []
+    for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+        kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
+        if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
+            train_idx = kept
+        splits.append((train_idx, test_idx))
     round_ = "without the first round's suspects" if exclude is not None else "first round"
     with Progress(folds, f"validate: out-of-fold models ({round_})", "fold", every=0.0) as progress:
-        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
-            kept = train_idx if exclude is None else train_idx[~exclude[train_idx]]
-            if np.unique(labels[kept]).size >= 2:  # a fold needs two classes to fit anything
-                train_idx = kept
-            if fold_models is None:
-                probs[test_idx] = np.mean(
-                    [fit_predict(labels, train_idx, test_idx, k) for fit_predict in models], axis=0
-                )
-            else:
-                fitted = [member.fit(labels, train_idx, k) for member in models]
+        for (_, test_idx), (fitted, fold_probs) in zip(splits, fit_folds(models, labels, splits, k)):
+            if fold_models is not None:
                 fold_models.append(fitted)
-                probs[test_idx] = np.mean([m.predict(f, m.data[test_idx], k) for m, f in zip(models, fitted)], axis=0)
+            probs[test_idx] = fold_probs
             progress.update()
     return probs
 

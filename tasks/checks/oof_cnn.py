@@ -79,11 +79,14 @@ class CnnMember(OofMember):
     def __init__(self, images: np.ndarray, *, epochs: int, budget: int, seed: int) -> None:
         super().__init__(images)
         self.epochs, self.budget, self.seed = epochs, budget, seed
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8, per batch
         sample = self.pixels[:: max(1, len(self.pixels) // 4096)].float()
         self.mean = sample.mean(dim=(0, 2, 3), keepdim=True)
         self.std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1.0)
+
+    def _set_data(self, images: np.ndarray | None) -> None:
+        self.data = images
+        self.pixels = None if images is None else torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where it is fitted
 
     def fit(self, labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> dict[str, torch.Tensor]:
         device, mean, std = self.device, self.mean.to(self.device), self.std.to(self.device)

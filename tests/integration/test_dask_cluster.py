@@ -41,7 +41,7 @@ def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, st
 def cluster():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="768MiB", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1536MiB", dashboard_address=None
     ) as local:
         yield local
 
@@ -102,12 +102,57 @@ def test_stages_on_a_local_cluster_match_in_process(ingested, cluster, tmp_path,
     ran = {task["key"][0] if isinstance(task["key"], tuple) else task["key"] for task in stream.data}
     # every stage's per-image work ran on the cluster's workers (split decodes nothing here: its
     # near-duplicate copies come from clean's cache, tests/unit/test_incremental_clean_split.py)
-    for name in ("inspect_partition", "_decode_partition", "_load_partition"):
+    # ...and validate's out-of-fold models were fitted there, a (fold, model) per task
+    for name in ("inspect_partition", "_decode_partition", "_fit_member_task", "_load_partition"):
         assert any(name in key for key in map(str, ran)), (name, ran)
     _assert_same_outputs(here, there)
     flagged = pd.read_csv(there / "reports/clean/flagged.csv", keep_default_na=False)
     assert {"corrupt", "duplicate", "near_duplicate"} <= set(flagged["reason"])
     assert len(pd.read_parquet(there / "data/manifests/cleaned.parquet")) > 100
+
+
+def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
+    """Every (fold, member) of confident learning as a task on the workers: the same probabilities
+    and the same fold models as fitting them here, for the kernel model and the CNN, in both rounds
+    (the second reuses the data scattered for the first)."""
+    import distributed
+    import torch
+    from PIL import Image
+
+    from tasks.checks.confident_learning import fit_suspect_labels, image_features, kernel_model
+    from tasks.checks.oof_cnn import cnn_model
+    from tasks.checks.oof_folds import ClusterFolds, fit_here
+    from tasks.common.images import to_array
+
+    pictures = _digits(per_class=30)
+    labels = np.unique([label for _, label in pictures], return_inverse=True)[1]
+    labels[:3] = labels[[40, 70, 40]]  # three planted flips, so the second round has something to leave out
+
+    images = [Image.fromarray(p) for p, _ in pictures]
+    gray = np.stack([to_array(i, 32, 1)[:, :, 0] for i in images])
+    members = [
+        kernel_model(image_features(gray, np.stack([to_array(i, 8, 3) for i in images])), seed=0),
+        cnn_model(np.stack([to_array(i, 8, 1) for i in images]), epochs=2, budget=10_000, seed=0),  # tiny: fast
+    ]
+    settings = dict(folds=3, seed=0, method="prune_by_noise_rate", max_given_probability=0.5, retrain=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a single-threaded worker: same float order, so the CNN is bit-equal
+    try:
+        here = fit_suspect_labels(members, labels, **settings, fit_folds=fit_here)
+    finally:
+        torch.set_num_threads(threads)
+    with distributed.Client(cluster, set_as_default=False) as client:
+        fitter = ClusterFolds(client)
+        there = fit_suspect_labels(members, labels, **settings, fit_folds=fitter)
+        assert len(fitter._scattered) == 2  # each member's data went out once for both rounds
+    assert here.issues.any()
+    np.testing.assert_array_equal(here.issues, there.issues)
+    np.testing.assert_allclose(here.probs, there.probs, rtol=0, atol=1e-6)
+    for fold_here, fold_there in zip(here.fold_models, there.fold_models, strict=True):
+        data = members[1].data[:20]
+        np.testing.assert_allclose(
+            members[1].predict(fold_here[1], data, 3), members[1].predict(fold_there[1], data, 3), atol=1e-6
+        )
 
 
 def test_engine_spreads_partitions_over_workers_in_order(cluster):
