@@ -108,10 +108,22 @@ def test_prediction_latency_and_throughput_through_the_pyfunc(prepared, tmp_path
 
 def test_accuracy_runs_the_whole_pipeline_and_keeps_the_official_test_split(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = run(accuracy, tmp_path, "--workdir", str(tmp_path / "w"), "--set", "train.batch_size=32")
+    # the kernel suspect-label model: this test is about the pipeline and the split, not validate's CNN
+    # (test_validate's planted-flips test runs the default ensemble)
+    result = run(
+        accuracy,
+        tmp_path,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "validate.suspect_label={model: kernel}",
+    )
     assert result["train"]["batch_size"] == 32 and result["epochs_run"] == 1
     assert 0.0 < result["test_acc"] <= 1.0 and 0.0 < result["baseline_test_acc"] <= 1.0
     assert set(result["seconds"]) == {"ingest", "clean", "validate", "split", "augment", "train", "evaluate"}
+    assert "suspect-label model (kernel)" in (tmp_path / "w" / "reports" / "validate" / "summary.md").read_text()
     split = pd.read_parquet(tmp_path / "w" / "data" / "manifests" / "split.parquet")
     official_test = split["source_path"].str.contains("images/test/")
     # --quick keeps 20 official test images per class; clean may set aside exact copies only
