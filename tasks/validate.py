@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from tasks.checks import suspect_cache
 from tasks.checks.confident_learning import (
+    OofFit,
     OofMember,
     find_label_issues,
     fit_suspect_labels,
@@ -357,10 +358,13 @@ def _fit_and_keep(
     frame: pd.DataFrame, y: np.ndarray, classes: list[str], store: str, cache_dir: str, key: str, cfg
 ) -> np.ndarray:
     """Fit the out-of-fold models on every scored image (today's full run), keep the fit; its
-    probabilities [N, K]. On a cluster every (fold, model) is a task (tasks.checks.oof_folds)."""
-    with engine.session(len(frame), what="validate") as eng:
-        members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
-        found = fit_suspect_labels(
+    probabilities [N, K]. On a running cluster (engine.address) every (fold, model) is a task
+    (tasks.checks.oof_folds); on the embedded LocalCluster the folds are fitted here, one after another:
+    its workers share this machine's cores, and on 2 cores two single-threaded workers fitted the CNN's
+    folds at 0.52x the speed of this process (10,000 Fashion-MNIST images, 5 folds)."""
+
+    def fit(fit_folds) -> OofFit:
+        return fit_suspect_labels(
             members,
             y,
             folds=cfg.folds,
@@ -368,8 +372,15 @@ def _fit_and_keep(
             method=cfg.method,
             max_given_probability=cfg.max_given_probability,
             retrain=cfg.retrain,
-            fit_folds=fit_here if eng.client is None else ClusterFolds(eng.client),
+            fit_folds=fit_folds,
         )
+
+    with engine.session(len(frame), what="validate") as eng:
+        members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
+        on_cluster = eng.kind == "cluster"
+        found = fit(ClusterFolds(eng.client)) if on_cluster else None
+    if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
+        found = fit(fit_here)
     suspect_cache.save_fit(
         cache_dir,
         key,
