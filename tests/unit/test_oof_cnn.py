@@ -19,22 +19,23 @@ def striped_images(per_class=40, seed=0):
     return images, labels
 
 
+# two folds throughout: every fold trains at least MIN_STEPS steps, so each fold costs the same here
 def test_cnn_learns_out_of_fold_and_repeats_itself():
     images, labels = striped_images()
     model = cnn_model(images, epochs=8, budget=100_000, seed=0)
-    probs = out_of_fold_probabilities([model], labels, folds=4, seed=0)
+    probs = out_of_fold_probabilities([model], labels, folds=2, seed=0)
     assert probs.shape == (120, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs.argmax(axis=1) == labels).mean() > 0.95
-    np.testing.assert_allclose(probs, out_of_fold_probabilities([model], labels, folds=4, seed=0), atol=1e-5)
+    np.testing.assert_allclose(probs, out_of_fold_probabilities([model], labels, folds=2, seed=0), atol=1e-5)
 
 
 def test_ensemble_is_the_mean_of_its_members():
     images, labels = striped_images(per_class=20)
     features = images.reshape(len(images), -1).astype(np.float64)
     kernel, cnn = kernel_model(features, 0), cnn_model(images, epochs=3, budget=100_000, seed=0)
-    alone = [out_of_fold_probabilities([m], labels, folds=4, seed=0) for m in (kernel, cnn)]
-    together = out_of_fold_probabilities([kernel, cnn], labels, folds=4, seed=0)
+    alone = [out_of_fold_probabilities([m], labels, folds=2, seed=0) for m in (kernel, cnn)]
+    together = out_of_fold_probabilities([kernel, cnn], labels, folds=2, seed=0)
     np.testing.assert_allclose(together, (alone[0] + alone[1]) / 2, atol=1e-5)
 
 
@@ -45,8 +46,8 @@ def test_cnn_never_learns_from_excluded_images():
     flipped[:8] = True  # 8 class-0 pictures labelled 1
     given[flipped] = 1
     model = cnn_model(images, epochs=8, budget=100_000, seed=0)
-    taught = out_of_fold_probabilities([model], given, folds=4, seed=0)
-    untaught = out_of_fold_probabilities([model], given, folds=4, seed=0, exclude=flipped)
+    taught = out_of_fold_probabilities([model], given, folds=2, seed=0)
+    untaught = out_of_fold_probabilities([model], given, folds=2, seed=0, exclude=flipped)
     assert untaught[flipped, 1].mean() < taught[flipped, 1].mean()
     assert (untaught[flipped].argmax(axis=1) == 0).all()
 
