@@ -2,6 +2,7 @@
 +1 % new images, and the same data on an older commit (issue 15's "at most half of the commit before").
 
     python -m bench.data_half [--images 70000] [--configs baseline,workers1,workers2]
+                              [--stages ingest,clean] (a prefix of the four: the per-image stages alone)
                               [--baseline-commit ae41310] [--out bench/results/data_half.json]
 
 Every stage runs as `python -m tasks.<stage> --params FILE` in its own process (as DVC runs it), so a
@@ -112,9 +113,9 @@ def run_stage(code: Path, stage: str, params: Path) -> dict:
     }
 
 
-def run_half(code: Path, params: Path, label: str) -> dict:
+def run_half(code: Path, params: Path, label: str, names: tuple[str, ...] = STAGES) -> dict:
     stages = {}
-    for stage in STAGES:
+    for stage in names:
         stages[stage] = run_stage(code, stage, params)
         print(label, stage, stages[stage], flush=True)
     return {
@@ -142,7 +143,10 @@ def flags(project: Path) -> dict:
 
     out = {}
     for name in ("cleaned", "validated", "split"):
-        frame = pd.read_parquet(project / "data" / "manifests" / f"{name}.parquet")
+        manifest = project / "data" / "manifests" / f"{name}.parquet"
+        if not manifest.is_file():  # --stages stopped before it
+            continue
+        frame = pd.read_parquet(manifest)
         out[name] = len(frame)
         for column in ("suspect_label", "near_duplicate_of"):
             if column in frame:
@@ -159,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plus-new", default=None, help="configuration given the +1 %% (default: the last; none: skip)"
     )
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="a prefix of the data half, e.g. ingest,clean (1 vs 2 workers)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", default="bench/results/data_half.json")
     args = parser.parse_args(argv)
@@ -174,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    names = tuple(n.strip() for n in args.stages.split(",") if n.strip())
+    if names != STAGES[: len(names)]:
+        raise SystemExit(f"--stages must be a prefix of {','.join(STAGES)}")
+    result["stages"] = list(names)
     for name in configs:
         if name == "baseline":
             code, engine = extract_commit(args.baseline_commit, work / "baseline_code"), None
@@ -181,17 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             code, engine = ROOT, {"in_process_below": 0, "workers": int(name.removeprefix("workers"))}
         project = work / f"project_{name}"
         params = write_params(code, project, source, engine)
-        result["runs"][name] = {"engine": engine, "cold": run_half(code, params, name)}
+        result["runs"][name] = {"engine": engine, "cold": run_half(code, params, name, names)}
         result["runs"][name]["flags"] = flags(project)
     last = args.plus_new or configs[-1]
     if last == "none":
+        summarise(result, None)
         print(markdown(result))
         write_result(result, args.out)
         return 0
     project = work / f"project_{last}"
     add_inbox(extra, project)
     code = work / "baseline_code" if last == "baseline" else ROOT
-    result["runs"][last]["plus_new"] = run_half(code, project / "params.yaml", f"{last}+new")
+    result["runs"][last]["plus_new"] = run_half(code, project / "params.yaml", f"{last}+new", names)
     result["runs"][last]["flags_plus_new"] = flags(project)
     summarise(result, last)
     print(markdown(result))
@@ -200,35 +212,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(result: dict, last: str) -> None:
-    runs = result["runs"]
-    cold = runs[last]["cold"]
-    new = runs[last]["plus_new"]
-    result["plus_new_over_cold_own"] = ratio(new["total_own_s"], cold["total_own_s"])
-    result["plus_new_over_cold_wall"] = ratio(new["total_wall_s"], cold["total_wall_s"])
+def summarise(result: dict, last: str | None) -> None:
+    """Ratios: +1 % over cold for the configuration `last` (None: no +1 % run), 2 vs 1 workers per
+    stage, cold over the baseline."""
+    runs, names = result["runs"], result["stages"]
+    if last is not None:
+        cold, new = runs[last]["cold"], runs[last]["plus_new"]
+        result["plus_new_over_cold_own"] = ratio(new["total_own_s"], cold["total_own_s"])
+        result["plus_new_over_cold_wall"] = ratio(new["total_wall_s"], cold["total_wall_s"])
     if "workers1" in runs and "workers2" in runs:
         result["speedup_2_vs_1_workers"] = {
             stage: ratio(
                 runs["workers1"]["cold"]["stages"][stage]["own_s"], runs["workers2"]["cold"]["stages"][stage]["own_s"]
             )
-            for stage in STAGES
+            for stage in names
         }
-    if "baseline" in runs and last != "baseline":
+    if "baseline" in runs and last not in (None, "baseline"):
         result["cold_over_baseline_wall"] = ratio(cold["total_wall_s"], runs["baseline"]["cold"]["total_wall_s"])
 
 
 def markdown(result: dict) -> str:
-    rows = []
+    rows, names = [], result["stages"]
     for name, run in result["runs"].items():
         for phase in ("cold", "plus_new"):
             if phase in run:
                 s = run[phase]["stages"]
                 rows.append(
                     [f"{name} {phase}"]
-                    + [f"{s[stage]['own_s']} ({s[stage]['wall_s']})" for stage in STAGES]
+                    + [f"{s[stage]['own_s']} ({s[stage]['wall_s']})" for stage in names]
                     + [run[phase]["total_wall_s"], run[phase]["driver_peak_rss_mib"]]
                 )
-    return table(["run", *[f"{s} own (wall) s" for s in STAGES], "wall total s", "driver peak MiB"], rows)
+    return table(["run", *[f"{s} own (wall) s" for s in names], "wall total s", "driver peak MiB"], rows)
 
 
 if __name__ == "__main__":

@@ -377,7 +377,7 @@ def _fit_and_keep(
 
     with engine.session(len(frame), what="validate") as eng:
         members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
-        on_cluster = eng.kind == "cluster"
+        on_cluster = eng.running_cluster
         found = fit(ClusterFolds(eng.client)) if on_cluster else None
     if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
         found = fit(fit_here)

@@ -157,6 +157,9 @@ class Engine:
         self.executor = executor  # InProcess or a distributed.Client
         self.kind = kind  # "in-process" | "local-cluster" | "flow-cluster" | "cluster"
         self.threads = threads  # worker threads behind the executor (1 in-process)
+        # a running cluster named by engine.address / IMGCLS_DASK_ADDRESS (directly or through the flow's
+        # runner): its workers may be other machines; an embedded LocalCluster shares this one's cores
+        self.running_cluster = not isinstance(executor, InProcess) and cfg.address is not None
         self.partition_size = cfg.partition_size
         self.window = max(2, 2 * threads) if cfg.window == "auto" else cfg.window
 

@@ -158,10 +158,19 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
 def test_engine_spreads_partitions_over_workers_in_order(cluster):
     cfg = engine.EngineParams(address=cluster.scheduler_address, in_process_below=0, partition_size=3, window=3)
     with engine.session(20, cfg) as eng:
-        assert eng.kind == "cluster" and eng.threads == 2
+        assert eng.kind == "cluster" and eng.threads == 2 and eng.running_cluster  # validate's folds go there
         out = list(eng.map_partitions(_worker_and_items, list(range(20))))
     assert [x for _, items in out for x in items] == list(range(20))
     assert len({worker for worker, _ in out}) == 2  # both worker processes took partitions
+
+
+def test_embedded_local_cluster_is_not_a_running_cluster(monkeypatch):
+    """An embedded LocalCluster shares this machine's cores: validate keeps its folds in the stage's
+    process there (docs/scaling.md, "Measured")."""
+    monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
+    cfg = engine.EngineParams(in_process_below=0, workers=1, memory_limit="1GiB")
+    with engine.session(10, cfg) as eng:
+        assert eng.kind == "local-cluster" and eng.client is not None and not eng.running_cluster
 
 
 def _worker_and_items(items):

@@ -49,9 +49,9 @@ def test_environment_overrides_the_address(monkeypatch):
 
 
 def test_small_data_runs_in_process_in_order():
-    cfg = engine.EngineParams(partition_size=3, in_process_below=100)
-    with engine.session(10, cfg) as eng:
-        assert eng.kind == "in-process" and eng.client is None
+    cfg = engine.EngineParams(partition_size=3, in_process_below=100, address="tcp://nowhere:1")
+    with engine.session(10, cfg) as eng:  # small data: the address is never contacted
+        assert eng.kind == "in-process" and eng.client is None and not eng.running_cluster
         parts = list(eng.map_partitions(_tag, list(range(10)), "x"))
     assert parts == [["x0", "x1", "x2"], ["x3", "x4", "x5"], ["x6", "x7", "x8"], ["x9"]]
 
