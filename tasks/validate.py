@@ -361,7 +361,7 @@ def _fit_and_keep(
     probabilities [N, K]. On a running cluster (engine.address) every (fold, model) is a task
     (tasks.checks.oof_folds); on the embedded LocalCluster the folds are fitted here, one after another:
     its workers share this machine's cores, and on 2 cores two single-threaded workers fitted the CNN's
-    folds at 0.52x the speed of this process (10,000 Fashion-MNIST images, 5 folds)."""
+    folds at 0.45x the speed of this process (bench/fold_tasks.py: 10,000 Fashion-MNIST images, 5 folds)."""
 
     def fit(fit_folds) -> OofFit:
         return fit_suspect_labels(
