@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench import fashion
 from bench.common import table, write_result
-from tasks.checks.confident_learning import find_label_issues, image_features, kernel_model, out_of_fold_probabilities
+from tasks.checks.confident_learning import find_label_issues, kernel_features, kernel_model, out_of_fold_probabilities
 from tasks.common.images import to_array
 
 CONFUSABLE = {0: 6, 6: 0, 2: 4, 4: 2, 7: 9, 9: 7, 3: 4, 5: 7, 8: 0, 1: 3}
@@ -47,9 +47,7 @@ def probabilities(images: np.ndarray, noisy: np.ndarray, model: str, seed: int) 
     pil = [Image.fromarray(img, mode="L") for img in images]
     members = []
     if model in ("kernel", "ensemble"):
-        gray = np.stack([to_array(p, 32, 1)[:, :, 0] for p in pil])
-        pixels = np.stack([to_array(p, 16, 3) for p in pil])
-        members.append(kernel_model(image_features(gray, pixels), seed))
+        members.append(kernel_model(kernel_features(pil, 16), seed))
     if model in ("cnn", "ensemble"):
         from tasks.checks.oof_cnn import cnn_model
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from bench import fashion
 from bench.common import ratio, table, write_result
-from tasks.checks.confident_learning import image_features, kernel_model, out_of_fold_probabilities
+from tasks.checks.confident_learning import kernel_features, kernel_model, out_of_fold_probabilities
 from tasks.checks.oof_folds import ClusterFolds, fit_member
 from tasks.common.images import to_array
 
@@ -30,10 +30,9 @@ def members(images: np.ndarray) -> dict:
     from tasks.checks.oof_cnn import cnn_model
 
     pictures = [Image.fromarray(a) for a in images]
-    gray = np.stack([to_array(p, 32, 1)[:, :, 0] for p in pictures])
     return {
         "cnn": cnn_model(np.stack([to_array(p, 32, 3) for p in pictures]), epochs=1, budget=1, seed=0),
-        "kernel": kernel_model(image_features(gray, np.stack([to_array(p, 16, 3) for p in pictures])), 0),
+        "kernel": kernel_model(kernel_features(pictures, 16), 0),
     }
 
 

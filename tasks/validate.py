@@ -38,6 +38,7 @@ from tasks.checks.confident_learning import (
     find_label_issues,
     fit_suspect_labels,
     image_features,
+    kernel_inputs,
     kernel_model,
     score_unseen,
 )
@@ -223,7 +224,6 @@ def _check_balance(params: Params, found: _Findings) -> None:
     found.warn(text + "; consider augment.balance")
 
 
-_HOG_SIZE = 32
 _CNN_SIZE = 32
 _CHUNK = 512  # images turned into kernel features at a time: memory stays flat on large datasets
 
@@ -242,11 +242,13 @@ def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None,
             img = decode(src)
         except (DecodeError, OSError) as exc:
             return None, None, (pos, str(exc))
+        # only the small copies are kept: a partition of large photos never sits in memory decoded
         if cnn:
             cnn_images.append(to_array(img, _CNN_SIZE, 3))
         if kernel_size is not None:
-            gray.append(to_array(img, _HOG_SIZE, 1)[:, :, 0])
-            pixels.append(to_array(img, kernel_size, 3))
+            small_gray, small_rgb = kernel_inputs(img, kernel_size)
+            gray.append(small_gray)
+            pixels.append(small_rgb)
     features = image_features(np.stack(gray), np.stack(pixels)) if kernel_size is not None and gray else None
     return features, (np.stack(cnn_images) if cnn and cnn_images else None), None
 

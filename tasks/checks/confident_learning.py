@@ -105,6 +105,7 @@ class OofFit:
 # gain nothing, fewer cost accuracy; a moderate C keeps the probabilities of ambiguous images away from
 # 0 (a sharper model pushes correct but unusual images down among the real mislabels).
 PCA_COMPONENTS = 60
+HOG_SIZE = 32  # the gray copy image_features takes HOG of
 KERNEL_COMPONENTS = 800
 INVERSE_REGULARIZATION = 3.0
 
@@ -229,6 +230,19 @@ def image_features(gray: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luminance = 0.299 * r + 0.587 * g + 0.114 * b
     return np.hstack([hog_features(gray, 4, 9), hog_features(gray, 8, 9), luminance, r - g, b - (r + g) / 2])
+
+
+def kernel_inputs(image, pixel_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """What image_features takes of one decoded PIL image: a 32x32 gray copy and `pixel_size`^2 RGB pixels."""
+    from tasks.common.images import to_array
+
+    return to_array(image, HOG_SIZE, 1)[:, :, 0], to_array(image, pixel_size, 3)
+
+
+def kernel_features(images: Sequence, pixel_size: int) -> np.ndarray:
+    """kernel_model's features [N, D] of decoded PIL images (kernel_inputs, then image_features)."""
+    gray, rgb = zip(*(kernel_inputs(image, pixel_size) for image in images))
+    return image_features(np.stack(gray), np.stack(rgb))
 
 
 def out_of_fold_probabilities(

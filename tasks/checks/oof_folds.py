@@ -32,11 +32,15 @@ def fit_member(member: OofMember, labels: np.ndarray, train_idx: np.ndarray, tes
     return fitted, member.predict(fitted, member.data[test_idx], k)
 
 
+def _fold_result(results: list[tuple[Any, np.ndarray]]) -> FoldResult:
+    """The members' (fitted, probabilities) of one fold -> (fitted models, their mean probabilities)."""
+    return [fitted for fitted, _ in results], np.mean([probs for _, probs in results], axis=0)
+
+
 def fit_here(members: Sequence[OofMember], labels: np.ndarray, folds: Sequence[Fold], k: int) -> Iterator[FoldResult]:
     """The in-process fitter: fold after fold, member after member."""
     for train_idx, test_idx in folds:
-        results = [fit_member(m, labels, train_idx, test_idx, k) for m in members]
-        yield [fitted for fitted, _ in results], np.mean([probs for _, probs in results], axis=0)
+        yield _fold_result([fit_member(m, labels, train_idx, test_idx, k) for m in members])
 
 
 def _fit_member_task(shell: OofMember, data: np.ndarray, labels, train_idx, test_idx, k: int):
@@ -51,14 +55,13 @@ class ClusterFolds:
 
     def __init__(self, client) -> None:
         self.client = client
-        self._scattered: dict[int, tuple[np.ndarray, Any]] = {}  # id(data) -> (data, its future)
+        # id(data) -> (data, its future); holding the data keeps its id from being reused
+        self._scattered: dict[int, tuple[np.ndarray, Any]] = {}
 
     def _data_future(self, data: np.ndarray):
-        held = self._scattered.get(id(data))
-        if held is None or held[0] is not data:
-            held = (data, self.client.scatter(data, broadcast=True, hash=False))
-            self._scattered[id(data)] = held
-        return held[1]
+        if id(data) not in self._scattered:
+            self._scattered[id(data)] = (data, self.client.scatter(data, broadcast=True, hash=False))
+        return self._scattered[id(data)][1]
 
     def __call__(
         self, members: Sequence[OofMember], labels: np.ndarray, folds: Sequence[Fold], k: int
@@ -75,8 +78,7 @@ class ClusterFolds:
         ]
         try:
             for fold in futures:
-                results = [future.result() for future in fold]
-                yield [fitted for fitted, _ in results], np.mean([probs for _, probs in results], axis=0)
+                yield _fold_result([future.result() for future in fold])
         finally:  # an error or an abandoned generator: stop what is still running
             for fold in futures:
                 for future in fold:

@@ -119,7 +119,7 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
     import torch
     from PIL import Image
 
-    from tasks.checks.confident_learning import fit_suspect_labels, image_features, kernel_model
+    from tasks.checks.confident_learning import fit_suspect_labels, kernel_features, kernel_model
     from tasks.checks.oof_cnn import cnn_model
     from tasks.checks.oof_folds import ClusterFolds, fit_here
     from tasks.common.images import to_array
@@ -129,9 +129,8 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
     labels[:3] = labels[[40, 70, 40]]  # three planted flips, so the second round has something to leave out
 
     images = [Image.fromarray(p) for p, _ in pictures]
-    gray = np.stack([to_array(i, 32, 1)[:, :, 0] for i in images])
     members = [
-        kernel_model(image_features(gray, np.stack([to_array(i, 8, 3) for i in images])), seed=0),
+        kernel_model(kernel_features(images, 8), seed=0),
         cnn_model(np.stack([to_array(i, 8, 1) for i in images]), epochs=2, budget=10_000, seed=0),  # tiny: fast
     ]
     settings = dict(folds=3, seed=0, method="prune_by_noise_rate", max_given_probability=0.5, retrain=True)
