@@ -153,6 +153,10 @@ class InProcess:
 
 
 class Engine:
+    # seconds without a partition result before the driver says what the workers are doing: a
+    # cluster whose workers died or paused (memory) would otherwise leave a stage waiting in silence
+    stall_warning_s: float = 300.0
+
     def __init__(self, executor: Any, kind: str, threads: int, cfg: EngineParams) -> None:
         self.executor = executor  # InProcess or a distributed.Client
         self.kind = kind  # "in-process" | "local-cluster" | "flow-cluster" | "cluster"
@@ -181,12 +185,31 @@ class Engine:
             for part in parts:
                 pending.append(self.executor.submit(fn, part, *args, pure=False, **kwargs))
                 if len(pending) >= self.window:
-                    yield pending.popleft().result()
+                    yield self._result(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield self._result(pending.popleft())
         finally:
             for future in pending:  # an error or an abandoned generator: stop the rest
                 future.cancel()
+
+    def _result(self, future) -> Any:
+        while True:
+            try:
+                return future.result(timeout=self.stall_warning_s)
+            except TimeoutError:
+                if future.done():  # the task itself raised it
+                    raise
+                log.warning("no result for %.0f s, still waiting; %s", self.stall_warning_s, self.workers_state())
+
+    def workers_state(self) -> str:
+        """The cluster's workers as the scheduler sees them: how many, their status and memory."""
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        states = [
+            f"{w.get('status', '?')} {w.get('metrics', {}).get('memory', 0) / 2**30:.1f}"
+            f"/{(w.get('memory_limit') or 0) / 2**30:.1f} GiB"
+            for w in workers
+        ]
+        return f"{len(states)} workers: " + (", ".join(states) if states else "none (start `dask worker`)")
 
     def map_partitions(self, fn: Callable, items: Sequence, *args, **kwargs) -> Iterator:
         return self.imap(fn, partitions(items, self.partition_size), *args, **kwargs)

@@ -16,6 +16,7 @@ from bench.planted import plant
 from tasks import augment, clean, ingest, split, validate
 from tasks.common import engine
 from tasks.common.params import Paths
+from tests.helpers.cluster_tasks import items_after, worker_and_items
 from tests.helpers.images import digit_pictures
 
 pytestmark = pytest.mark.timeout(240)
@@ -37,12 +38,24 @@ def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, st
     return digit_pictures(per_class, classes)
 
 
+def _local_cluster():
+    distributed = pytest.importorskip("distributed")
+    return distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1536MiB", dashboard_address=None
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1536MiB", dashboard_address=None
-    ) as local:
+    with _local_cluster() as local:
+        yield local
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster for one test: training torch models leaves the workers' processes larger and their
+    thread pools started, which the other tests here should not inherit."""
+    with _local_cluster() as local:
         yield local
 
 
@@ -111,7 +124,7 @@ def test_stages_on_a_local_cluster_match_in_process(ingested, cluster, tmp_path,
     assert len(pd.read_parquet(there / "data/manifests/cleaned.parquet")) > 100
 
 
-def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
+def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(own_cluster):
     """Every (fold, member) of confident learning as a task on the workers: the same probabilities
     and the same fold models as fitting them here, for the kernel model and the CNN, in both rounds
     (the second reuses the data scattered for the first)."""
@@ -140,7 +153,7 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(cluster):
         here = fit_suspect_labels(members, labels, **settings, fit_folds=fit_here)
     finally:
         torch.set_num_threads(threads)
-    with distributed.Client(cluster, set_as_default=False) as client:
+    with distributed.Client(own_cluster, set_as_default=False) as client:
         fitter = ClusterFolds(client)
         there = fit_suspect_labels(members, labels, **settings, fit_folds=fitter)
         assert len(fitter._scattered) == 2  # each member's data went out once for both rounds
@@ -158,7 +171,7 @@ def test_engine_spreads_partitions_over_workers_in_order(cluster):
     cfg = engine.EngineParams(address=cluster.scheduler_address, in_process_below=0, partition_size=3, window=3)
     with engine.session(20, cfg) as eng:
         assert eng.kind == "cluster" and eng.threads == 2 and eng.running_cluster  # validate's folds go there
-        out = list(eng.map_partitions(_worker_and_items, list(range(20))))
+        out = list(eng.map_partitions(worker_and_items, list(range(20))))
     assert [x for _, items in out for x in items] == list(range(20))
     assert len({worker for worker, _ in out}) == 2  # both worker processes took partitions
 
@@ -170,15 +183,6 @@ def test_embedded_local_cluster_is_not_a_running_cluster(monkeypatch):
     cfg = engine.EngineParams(in_process_below=0, workers=1, memory_limit="1GiB")
     with engine.session(10, cfg) as eng:
         assert eng.kind == "local-cluster" and eng.client is not None and not eng.running_cluster
-
-
-def _worker_and_items(items):
-    import time
-
-    from distributed import get_worker
-
-    time.sleep(0.05)
-    return get_worker().address, list(items)
 
 
 @pytest.mark.slow  # Prefect's temporary API server alone took 75 s to start on a loaded 2-core machine
@@ -223,3 +227,12 @@ def test_flow_on_the_dask_task_runner(ingested, tmp_path, monkeypatch):
         data_stages("params.yaml")
     assert kinds == [True] * 4  # the runner's cluster was started by clean and used by the others
     _assert_same_outputs(here, there)
+
+
+def test_a_stage_waiting_on_the_cluster_says_what_the_workers_do(cluster, caplog):
+    cfg = engine.EngineParams(address=cluster.scheduler_address, in_process_below=0, partition_size=1)
+    with engine.session(2, cfg) as eng, caplog.at_level("WARNING", logger=engine.__name__):
+        eng.stall_warning_s = 0.3
+        assert list(eng.map_partitions(items_after, ["a", "b"], 1.5)) == [["a"], ["b"]]
+    waits = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert waits and "2 workers: running" in waits[0], waits
