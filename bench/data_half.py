@@ -127,7 +127,7 @@ def run_half(code: Path, params: Path, label: str, names: tuple[str, ...] = STAG
 
 
 def add_inbox(extra: Path, project: Path) -> int:
-    inbox = Path(yaml.safe_load((project / "params.yaml").read_text())["paths"]["inbox"])
+    inbox = project / yaml.safe_load((project / "params.yaml").read_text())["paths"]["inbox"]  # may be relative
     count = 0
     for image in extra.rglob("*.png"):
         target = inbox / image.parent.name / image.name

@@ -32,8 +32,7 @@ def make_project(work: Path, source: Path) -> Path:
     params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
     params["ingest"]["source"] = str(source)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    for cmd in (["git", "init", "-q"], [str(ROOT / ".venv/bin/dvc"), "init", "-q"]):
-        subprocess.run(cmd, cwd=project, check=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)  # .dvc/ comes with the code
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=project)
     return project
