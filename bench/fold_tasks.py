@@ -5,9 +5,7 @@ per task on a LocalCluster of single-threaded workers on the same machine (tasks
 
 Real Fashion-MNIST (the first --images of the training part), 5 folds, first round, each member
 alone: the CNN (1 epoch per fold, as validate's budget gives at 70k) and the kernel model. Also one
-CNN fold alone with torch on 1 and on 2 threads. The ensemble row: both members one after another in the
-process (the sum of their rows) vs the CNN's folds in the process while the kernel model's run on the
-workers (ClusterFolds(here=...), what validate does on an embedded cluster). The ratio process / cluster above 1 would mean the
+CNN fold alone with torch on 1 and on 2 threads. The ratio process / cluster above 1 would mean the
 fold tasks pay off on this machine; validate sends folds to the engine only on a running cluster
 (engine.address) because on 2 cores it was below 1."""
 
@@ -72,11 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         here[name] = out_of_fold_probabilities([member], labels, FOLDS, 0)
         result["members"][name] = {"process_s": round(time.perf_counter() - t, 1)}
-    # the ensemble as validate fits it on an embedded cluster: the CNN here, the kernel model on the workers
-    result["members"]["ensemble"] = {
-        "process_s": round(result["members"]["cnn"]["process_s"] + result["members"]["kernel"]["process_s"], 1)
-    }
-    here["ensemble"] = (here["cnn"] + here["kernel"]) / 2
     with (
         distributed.LocalCluster(
             n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
@@ -84,17 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         distributed.Client(cluster) as client,
     ):
         client.run(lambda: __import__("torch"))  # imports are not the fits' cost
-        runs = {name: ([member], ClusterFolds(client)) for name, member in built.items()}
-        runs["ensemble"] = ([built["cnn"], built["kernel"]], ClusterFolds(client, here=lambda m: m is built["cnn"]))
-        for name, (fitted, fitter) in runs.items():
+        for name, member in built.items():
             t = time.perf_counter()
-            there = out_of_fold_probabilities(fitted, labels, FOLDS, 0, fit_folds=fitter)
+            there = out_of_fold_probabilities([member], labels, FOLDS, 0, fit_folds=ClusterFolds(client))
             row = result["members"][name]
             row["cluster_s"] = round(time.perf_counter() - t, 1)
             row["process_over_cluster"] = ratio(row["process_s"], row["cluster_s"])
             row["same_argmax"] = float((here[name].argmax(1) == there.argmax(1)).mean())
     rows = [[n, r["process_s"], r["cluster_s"], r["process_over_cluster"]] for n, r in result["members"].items()]
-    print(table(["member", "process s", f"{args.workers} workers s (ensemble: CNN here)", "process / cluster"], rows))
+    print(table(["member", "process s", f"{args.workers} workers s", "process / cluster"], rows))
     print("one CNN fold:", result["cnn_one_fold"])
     write_result(result, args.out)
     return 0

@@ -361,10 +361,9 @@ def _fit_and_keep(
 ) -> np.ndarray:
     """Fit the out-of-fold models on every scored image (today's full run), keep the fit; its
     probabilities [N, K]. On a running cluster (engine.address) every (fold, model) is a task
-    (tasks.checks.oof_folds). On the embedded LocalCluster, whose workers share this machine's cores,
-    the CNN's folds are fitted here (two single-threaded workers fitted them at 0.45x the speed of this
-    process) while the kernel model's run on the workers (1.33x); bench/fold_tasks.py, 10,000
-    Fashion-MNIST images, 5 folds. In-process (small data) everything is fitted here."""
+    (tasks.checks.oof_folds); on the embedded LocalCluster the folds are fitted here, one after another:
+    its workers share this machine's cores, and on 2 cores two single-threaded workers fitted the CNN's
+    folds at 0.45x the speed of this process (bench/fold_tasks.py: 10,000 Fashion-MNIST images, 5 folds)."""
 
     def fit(fit_folds) -> OofFit:
         return fit_suspect_labels(
@@ -378,17 +377,11 @@ def _fit_and_keep(
             fit_folds=fit_folds,
         )
 
-    def cnn_here(member: OofMember) -> bool:
-        return member.kind == "cnn"
-
     with engine.session(len(frame), what="validate") as eng:
         members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
-        found = None
-        if eng.running_cluster:
-            found = fit(ClusterFolds(eng.client))
-        elif eng.client is not None and not all(map(cnn_here, members)):
-            found = fit(ClusterFolds(eng.client, here=cnn_here))
-    if found is None:  # after an embedded cluster is gone: its workers would only hold memory
+        on_cluster = eng.running_cluster
+        found = fit(ClusterFolds(eng.client)) if on_cluster else None
+    if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
         found = fit(fit_here)
     suspect_cache.save_fit(
         cache_dir,

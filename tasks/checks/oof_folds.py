@@ -51,15 +51,10 @@ def _fit_member_task(shell: OofMember, data: np.ndarray, labels, train_idx, test
 class ClusterFolds:
     """The Dask fitter over a distributed.Client: every (fold, member) is a task, submitted together,
     so a cluster with W worker threads fits up to W of them at once. Data is scattered once per
-    member and reused by later rounds (confident learning's second round) of the same fitter.
+    member and reused by later rounds (confident learning's second round) of the same fitter."""
 
-    `here(member)` true: that member's folds are fitted in this process instead, while the cluster
-    fits the others (validate on the embedded LocalCluster: the kernel model's folds on the workers,
-    the CNN's here, where torch's threads run them fastest; bench/fold_tasks.py)."""
-
-    def __init__(self, client, here: Callable[[OofMember], bool] = lambda member: False) -> None:
+    def __init__(self, client) -> None:
         self.client = client
-        self.here = here
         # id(data) -> (data, its future); holding the data keeps its id from being reused
         self._scattered: dict[int, tuple[np.ndarray, Any]] = {}
 
@@ -71,33 +66,20 @@ class ClusterFolds:
     def __call__(
         self, members: Sequence[OofMember], labels: np.ndarray, folds: Sequence[Fold], k: int
     ) -> Iterator[FoldResult]:
-        on_cluster = [not self.here(m) for m in members]
-        labels_future = self.client.scatter(np.asarray(labels), broadcast=True, hash=False) if any(on_cluster) else None
+        datas = [self._data_future(m.data) for m in members]
+        shells = [m.without_data() for m in members]
+        labels_future = self.client.scatter(np.asarray(labels), broadcast=True, hash=False)
         futures = [
-            {
-                j: self.client.submit(
-                    _fit_member_task,
-                    m.without_data(),
-                    self._data_future(m.data),
-                    labels_future,
-                    train_idx,
-                    test_idx,
-                    k,
-                    pure=False,
-                )
-                for j, m in enumerate(members)
-                if on_cluster[j]
-            }
+            [
+                self.client.submit(_fit_member_task, shell, data, labels_future, train_idx, test_idx, k, pure=False)
+                for shell, data in zip(shells, datas)
+            ]
             for train_idx, test_idx in folds
         ]
         try:
-            for (train_idx, test_idx), fold in zip(folds, futures, strict=True):
-                # this process's members first: the cluster's run meanwhile
-                done = {
-                    j: fit_member(m, labels, train_idx, test_idx, k) for j, m in enumerate(members) if j not in fold
-                }
-                yield _fold_result([done[j] if j in done else fold[j].result() for j in range(len(members))])
+            for fold in futures:
+                yield _fold_result([future.result() for future in fold])
         finally:  # an error or an abandoned generator: stop what is still running
             for fold in futures:
-                for future in fold.values():
+                for future in fold:
                     future.cancel()
