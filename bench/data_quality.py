@@ -53,24 +53,36 @@ def fashion_base(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
     return [(images[i], fashion.CLASSES[labels[i]]) for i in picked]
 
 
-def write_project(root: Path, planted: Path, run_stages: list[str], workers: int) -> Path:
+def write_project(
+    root: Path, planted: Path, run_stages: list[str], workers: int, suspect_label: dict | None = None
+) -> Path:
     """params.yaml with absolute paths under root; validate lists the real classes (and the planted
     rare one), so the planted unlisted folder is an unknown_label."""
     paths = {name: str(root / value) for name, value in Paths().model_dump().items()}
     sections = {"paths": paths, "ingest": {"source": str(planted / "images")}, "clean": {"workers": workers}}
     if "validate" in run_stages:
         sections["validate"] = {"classes": json.loads((planted / "classes.json").read_text(encoding="utf-8"))}
+        if suspect_label:
+            sections["validate"]["suspect_label"] = suspect_label
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
     return params_file
 
 
-def measure(n: int, seed: int, per_fault: int, flip_fraction: float, workdir: Path, workers: int) -> dict:
+def measure(
+    n: int,
+    seed: int,
+    per_fault: int,
+    flip_fraction: float,
+    workdir: Path,
+    workers: int,
+    suspect_label: dict | None = None,
+) -> dict:
     names = stages()
     planted_dir, project = workdir / "planted", workdir / "project"
     project.mkdir(parents=True, exist_ok=True)
     truth = plant(fashion_base(n, seed), planted_dir, seed=seed, per_fault=per_fault, flip_fraction=flip_fraction)
-    seconds = run_stages(write_project(project, planted_dir, names, workers), names)
+    seconds = run_stages(write_project(project, planted_dir, names, workers, suspect_label), names)
 
     paths = Paths(**{name: str(project / value) for name, value in Paths().model_dump().items()})
     flagged = pd.concat(
@@ -93,6 +105,7 @@ def measure(n: int, seed: int, per_fault: int, flip_fraction: float, workdir: Pa
         "per_fault": per_fault,
         "flip_fraction": flip_fraction,
         "files": len(truth),
+        "suspect_label": suspect_label or {},
         "stages": names,
         "seconds": seconds,
         "reasons": {
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-fault", type=int, default=10, help="planted images of each fault kind")
     parser.add_argument("--flip-fraction", type=float, default=0.03, help="share of labels flipped (suspect_label)")
     parser.add_argument("--workers", type=int, default=2, help="clean's decoding processes")
+    parser.add_argument(
+        "--suspect-label", type=json.loads, default=None, help='validate.suspect_label overrides, JSON: {"folds": 3}'
+    )
     parser.add_argument("--quick", action="store_true", help="n=300, 2 of each fault: a smoke run for tests")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the planted folder and project here")
     parser.add_argument("--out", type=Path, default=Path("bench/results/data_quality.json"))
@@ -174,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.per_fault = 300, 2
     with tempfile.TemporaryDirectory(prefix="data_quality_") as tmp:
         workdir = args.workdir or Path(tmp)
-        result = measure(args.n, args.seed, args.per_fault, args.flip_fraction, workdir.resolve(), args.workers)
+        result = measure(
+            args.n, args.seed, args.per_fault, args.flip_fraction, workdir.resolve(), args.workers, args.suspect_label
+        )
     from tasks.common.atomic import write_json
 
     write_json(result, args.out)
