@@ -46,9 +46,9 @@ def stages() -> list[str]:
     return ["ingest", "clean", "validate"]
 
 
-def fashion_base(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
-    """n Fashion-MNIST training images drawn at random (classes in their natural, balanced mix)."""
-    images, labels = fashion.load("train")
+def fashion_base(n: int, seed: int, part: str = "train") -> list[tuple[np.ndarray, str]]:
+    """n Fashion-MNIST images of `part` drawn at random (classes in their natural, balanced mix)."""
+    images, labels = fashion.load(part)
     picked = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
     return [(images[i], fashion.CLASSES[labels[i]]) for i in picked]
 
@@ -77,11 +77,12 @@ def measure(
     workdir: Path,
     workers: int,
     suspect_label: dict | None = None,
+    part: str = "train",
 ) -> dict:
     names = stages()
     planted_dir, project = workdir / "planted", workdir / "project"
     project.mkdir(parents=True, exist_ok=True)
-    truth = plant(fashion_base(n, seed), planted_dir, seed=seed, per_fault=per_fault, flip_fraction=flip_fraction)
+    truth = plant(fashion_base(n, seed, part), planted_dir, seed=seed, per_fault=per_fault, flip_fraction=flip_fraction)
     seconds = run_stages(write_project(project, planted_dir, names, workers, suspect_label), names)
 
     paths = Paths(**{name: str(project / value) for name, value in Paths().model_dump().items()})
@@ -105,6 +106,7 @@ def measure(
         "per_fault": per_fault,
         "flip_fraction": flip_fraction,
         "files": len(truth),
+        "part": part,
         "suspect_label": suspect_label or {},
         "stages": names,
         "seconds": seconds,
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suspect-label", type=json.loads, default=None, help='validate.suspect_label overrides, JSON: {"folds": 3}'
     )
+    parser.add_argument("--part", choices=("train", "test"), default="train", help="Fashion-MNIST part to draw from")
     parser.add_argument("--quick", action="store_true", help="n=300, 2 of each fault: a smoke run for tests")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the planted folder and project here")
     parser.add_argument("--out", type=Path, default=Path("bench/results/data_quality.json"))
@@ -191,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="data_quality_") as tmp:
         workdir = args.workdir or Path(tmp)
         result = measure(
-            args.n, args.seed, args.per_fault, args.flip_fraction, workdir.resolve(), args.workers, args.suspect_label
+            args.n,
+            args.seed,
+            args.per_fault,
+            args.flip_fraction,
+            workdir.resolve(),
+            args.workers,
+            args.suspect_label,
+            args.part,
         )
     from tasks.common.atomic import write_json
 
