@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,3 +253,10 @@ def plain_training_steps(
             yield step
             if step == steps:
                 return
+
+
+def stage_seconds(output: str, stage: str) -> float | None:
+    """The stage's own time from its log, as tasks.common.entry writes it (`[stage] finished in 3.51 s`:
+    no interpreter start, no DVC hashing); None when the stage did not run."""
+    found = re.findall(rf"\[{stage}\] finished in ([0-9.]+) s", output)
+    return float(found[-1]) if found else None

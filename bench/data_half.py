@@ -36,7 +36,7 @@ import yaml
 from PIL import Image
 
 from bench import fashion
-from bench.common import ratio, table, write_result
+from bench.common import ratio, stage_seconds, table, write_result
 
 STAGES = ("ingest", "clean", "validate", "split")
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,11 +103,10 @@ def run_stage(code: Path, stage: str, params: Path) -> dict:
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"{stage} failed ({done.returncode}) in {code}:\n{log[-3000:]}")
-    own = re.findall(rf"\[{stage}\] finished in ([0-9.]+) s", log)
     rss = re.findall(r"PEAK_RSS_KIB (\d+)", log)
     return {
         "wall_s": round(wall, 2),
-        "own_s": float(own[-1]) if own else None,
+        "own_s": stage_seconds(log, stage),
         "peak_rss_mib": round(int(rss[-1]) / 1024) if rss else None,
         "load_1m_after": round(os.getloadavg()[0], 2),
     }

@@ -14,7 +14,6 @@ from their `[stage] finished in` lines."""
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import ratio, write_result
+from bench.common import ratio, stage_seconds, write_result
 from bench.data_half import ROOT, STAGES, add_inbox, extract_commit, flags, write_images
 
 
@@ -45,7 +44,7 @@ def repro(project: Path, label: str) -> dict:
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"dvc repro failed ({done.returncode}):\n{log[-3000:]}")
-    own = {s: float(m[-1]) for s in STAGES if (m := re.findall(rf"\[{s}\] finished in ([0-9.]+) s", log))}
+    own = {stage: seconds for stage in STAGES if (seconds := stage_seconds(log, stage)) is not None}
     run = {"wall_s": round(wall, 2), "own_s": own, "total_own_s": round(sum(own.values()), 2)}
     print(label, run, flush=True)
     return run

@@ -14,7 +14,6 @@ Writes bench/results/pipeline_cost.json and prints a Markdown table."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.common import stage_seconds as own_seconds
 from bench.common import write_result
 from tasks.stages import STAGES
 from tests.helpers.dvc_project import make_project, sh
@@ -46,9 +46,9 @@ def timed(args: list[str], root: Path) -> tuple[float, str]:
 
 
 def stage_seconds(output: str, stage: str) -> float:
-    """The stage's own time, as tasks.common.entry logs it (no interpreter start, no DVC hashing)."""
-    found = re.findall(rf"\[{stage}\] finished in ([0-9.]+) s", output)
-    return float(found[-1]) if found else float("nan")
+    """The stage's own time (bench.common.stage_seconds), NaN when it did not run."""
+    seconds = own_seconds(output, stage)
+    return float("nan") if seconds is None else seconds
 
 
 def add_new_images(root: Path, count: int, seed: int = 0) -> None:

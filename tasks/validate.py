@@ -66,7 +66,7 @@ Policy = Literal["warn", "drop", "fail"]
 
 class SuspectLabelParams(Strict):
     enabled: bool = True
-    folds: int = Field(3, ge=2)  # stratified K-fold (3: as good as 5 on the planted bench, half the cost)
+    folds: int = Field(3, ge=2)  # stratified K-fold (3: as good as 5 on the planted bench; BENCHMARKS.md)
     seed: int = 0
     method: Literal["prune_by_noise_rate", "confident_joint", "both"] = "prune_by_noise_rate"
     # flag only images whose given label gets less than this out-of-fold probability (1.0: no floor)
