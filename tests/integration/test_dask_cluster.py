@@ -229,8 +229,9 @@ def test_flow_on_the_dask_task_runner(ingested, tmp_path, monkeypatch):
     _assert_same_outputs(here, there)
 
 
-def test_a_stage_waiting_on_the_cluster_says_what_the_workers_do(cluster, caplog):
-    cfg = engine.EngineParams(address=cluster.scheduler_address, in_process_below=0, partition_size=1)
+def test_a_stage_waiting_on_the_cluster_says_what_the_workers_do(own_cluster, caplog):
+    # fresh workers: on the module's cluster, which the stage tests loaded, this failed once in a fresh clone
+    cfg = engine.EngineParams(address=own_cluster.scheduler_address, in_process_below=0, partition_size=1)
     with engine.session(2, cfg) as eng, caplog.at_level("WARNING", logger=engine.__name__):
         eng.stall_warning_s = 0.3
         assert list(eng.map_partitions(items_after, ["a", "b"], 1.5)) == [["a"], ["b"]]
