@@ -197,8 +197,8 @@ class Engine:
             try:
                 return future.result(timeout=self.stall_warning_s)
             except TimeoutError:
-                if future.done():  # the task itself raised it
-                    raise
+                if future.done():  # finished as the wait ran out, or the task raised it: its own outcome
+                    return future.result()
                 log.warning("no result for %.0f s, still waiting; %s", self.stall_warning_s, self.workers_state())
 
     def workers_state(self) -> str:
