@@ -186,11 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--part", choices=("train", "test"), default="train", help="Fashion-MNIST part to draw from")
     parser.add_argument("--quick", action="store_true", help="n=300, 2 of each fault: a smoke run for tests")
+    parser.add_argument(
+        "--projection-sample",
+        type=int,
+        default=None,
+        help="validate projects the kernel features of sets above this many images (default 10000): "
+        "lower it to measure the projection on a set that fits this benchmark",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the planted folder and project here")
     parser.add_argument("--out", type=Path, default=Path("bench/results/data_quality.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.per_fault = 300, 2
+    if args.projection_sample is not None:
+        import tasks.validate
+
+        tasks.validate.PROJECTION_SAMPLE = args.projection_sample
     with tempfile.TemporaryDirectory(prefix="data_quality_") as tmp:
         workdir = args.workdir or Path(tmp)
         result = measure(

@@ -33,15 +33,19 @@ from tqdm import tqdm
 
 from tasks.checks import suspect_cache
 from tasks.checks.confident_learning import (
+    PROJECTION_SAMPLE,
     OofFit,
     OofMember,
     find_label_issues,
+    fit_projection,
     fit_suspect_labels,
     image_features,
     kernel_inputs,
     kernel_model,
     score_unseen,
+    with_projection,
 )
+from tasks.checks.confident_learning import project as project_features
 from tasks.checks.oof_folds import ClusterFolds, fit_here
 from tasks.common import engine
 from tasks.common.atomic import write_json, write_parquet, write_text
@@ -76,8 +80,12 @@ class SuspectLabelParams(Strict):
     model: Literal["ensemble", "kernel", "cnn"] = "ensemble"
     image_size: int = Field(16, ge=4, le=64)  # kernel model: HOG of a 32x32 gray copy + image_size^2 RGB pixels
     cnn_epochs: int = Field(8, ge=1)
-    # training images the CNN sees per fold at most: a large dataset gets fewer epochs (at least one)
+    # training images the CNN sees per fold at most: a large dataset gets fewer epochs, down to one pass
+    # over a sample of this size (each class in its share)
     cnn_budget: int = Field(100_000, ge=1)
+    # training images the kernel model sees per fold at most (each class in its share, at least 100):
+    # its fit's memory and time stop growing with the data set
+    kernel_budget: int = Field(50_000, ge=100)
     # A weak model (hard data, tiny classes) would call a large share "suspect"; flag at most this
     # fraction, the least self-confident first, and say so in the summary.
     max_fraction: float = Field(0.1, gt=0.0, le=1.0)
@@ -258,38 +266,80 @@ def _member_kinds(cfg: SuspectLabelParams) -> list[str]:
 
 
 def _decode_for_models(
-    frame: pd.DataFrame, store: str, cfg: SuspectLabelParams, eng: engine.Engine
-) -> dict[str, np.ndarray]:
+    frame: pd.DataFrame, store: str, cfg: SuspectLabelParams, eng: engine.Engine, *, project: bool
+) -> dict:
     """Decode the images of `frame` once (a partition at a time on the engine `eng`, tasks.common.engine)
     into what each out-of-fold model takes: {"kernel": features, "cnn": 32x32 RGB copies}, as
-    `cfg.model` asks. The driver keeps these; never the decoded originals."""
+    `cfg.model` asks. The driver keeps these; never the decoded originals. With `project` (a full fit)
+    and more than PROJECTION_SAMPLE images, the kernel features are kept as their label-free projection
+    (fit_projection) fitted on a seeded sample of PROJECTION_SAMPLE images decoded first, so the driver
+    holds every image's 240 bytes, not its 11 KB; the projection is data["projection"]. Otherwise (small
+    data, or scoring a few new images) the full features: on a small set a projection fitted on every
+    fold's images would also shape the axes by the very images being scored."""
+    use_kernel = "kernel" in _member_kinds(cfg)
+    data: dict = {}
+    rows = np.arange(len(frame))
+    first = rows
+    project = project and use_kernel and len(rows) > PROJECTION_SAMPLE
+    if project:
+        first = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), PROJECTION_SAMPLE, replace=False))
+    with tqdm(total=len(rows), desc="validate: decoding", unit="img", disable=None) as bar:
+        raw = _decode_rows(frame, first, store, cfg, eng, data, bar)
+        if project:
+            data["projection"] = fit_projection(raw, cfg.seed)
+            data["kernel"] = np.empty((len(rows), data["projection"][-1].n_components_), np.float32)
+            data["kernel"][first] = project_features(data["projection"], raw)
+            del raw
+            rest = np.setdiff1d(rows, first, assume_unique=True)
+            _decode_rows(frame, rest, store, cfg, eng, data, bar)
+        elif use_kernel:
+            data["kernel"] = raw
+    return data
+
+
+def _decode_rows(
+    frame: pd.DataFrame, rows: np.ndarray, store: str, cfg: SuspectLabelParams, eng: engine.Engine, data: dict, bar
+) -> np.ndarray | None:
+    """Decode `rows` of `frame` into `data` (see _decode_for_models), filled in place at those rows:
+    the CNN's copies into data["cnn"], the kernel features projected into data["kernel"] when
+    data["projection"] is there; else the full kernel features of `rows` are returned (None: no kernel)."""
     kinds = _member_kinds(cfg)
     use_kernel, use_cnn = "kernel" in kinds, "cnn" in kinds
-    ids = frame["image_id"].tolist()
-    chunks, cnn_chunks = [], []
-    start = 0
-    with tqdm(total=len(ids), desc="validate: decoding", unit="img", disable=None) as bar:
-        parts = engine.partitions(ids, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
-        for features, cnn_images, error in eng.imap(
-            _decode_partition, parts, ImageStore(store).for_workers(), cfg.image_size if use_kernel else None, use_cnn
-        ):
-            if error is not None:
-                pos, message = error
-                source, image_id = frame["source_path"].iat[start + pos], ids[start + pos]
-                raise UserError(f"{source} ({image_id[:12]}) no longer decodes from the store ({message}); rerun clean")
-            n = len(features) if features is not None else len(cnn_images)
-            if features is not None:
-                chunks.append(features)
-            if cnn_images is not None:
-                cnn_chunks.append(cnn_images)
-            start += n
-            bar.update(n)
-    data = {}
-    if use_kernel:
-        data["kernel"] = np.concatenate(chunks)
-    if use_cnn:
-        data["cnn"] = np.concatenate(cnn_chunks)
-    return data
+    ids = frame["image_id"].to_numpy(dtype=str)
+    projection = data.get("projection")
+    features = None
+    done = 0
+    parts = engine.partitions(rows, min(eng.partition_size, _CHUNK))  # _CHUNK: flat memory per task
+    for part, (found, cnn_images, error) in zip(
+        parts,
+        eng.imap(
+            _decode_partition,
+            [ids[part].tolist() for part in parts],
+            ImageStore(store).for_workers(),
+            cfg.image_size if use_kernel else None,
+            use_cnn,
+        ),
+    ):
+        if error is not None:
+            pos, message = error
+            row = part[pos]
+            raise UserError(
+                f"{frame['source_path'].iat[row]} ({ids[row][:12]}) no longer decodes from the store ({message}); "
+                "rerun clean"
+            )
+        if cnn_images is not None:
+            if "cnn" not in data:  # the whole array once: concatenating chunks would hold it twice
+                data["cnn"] = np.empty((len(frame), *cnn_images.shape[1:]), cnn_images.dtype)
+            data["cnn"][part] = cnn_images
+        if found is not None and projection is not None:
+            data["kernel"][part] = project_features(projection, found)
+        elif found is not None:
+            if features is None:
+                features = np.empty((len(rows), found.shape[1]), found.dtype)
+            features[done : done + len(part)] = found
+        done += len(part)
+        bar.update(len(part))
+    return features
 
 
 def _members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMember]:
@@ -297,7 +347,7 @@ def _members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMe
     members: list[OofMember] = []
     for kind in _member_kinds(cfg):
         if kind == "kernel":
-            members.append(kernel_model(data["kernel"], cfg.seed))
+            members.append(kernel_model(data["kernel"], cfg.seed, cfg.kernel_budget))
         else:
             from tasks.checks.oof_cnn import cnn_model  # torch: imported only when the CNN is used (fast CLI start)
 
@@ -378,11 +428,19 @@ def _fit_and_keep(
         )
 
     with engine.session(len(frame), what="validate") as eng:
-        members = _members(_decode_for_models(frame, store, cfg, eng), cfg)
+        data = _decode_for_models(frame, store, cfg, eng, project=True)
+        members = _members(data, cfg)
         on_cluster = eng.running_cluster
         found = fit(ClusterFolds(eng.client)) if on_cluster else None
     if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
         found = fit(fit_here)
+    fold_models = found.fold_models
+    if "projection" in data:  # kept models take full features: later images are scored from those
+        at = _member_kinds(cfg).index("kernel")
+        fold_models = [
+            [with_projection(data["projection"], m) if i == at else m for i, m in enumerate(fold)]
+            for fold in fold_models
+        ]
     suspect_cache.save_fit(
         cache_dir,
         key,
@@ -391,7 +449,7 @@ def _fit_and_keep(
         probs=found.probs,
         classes=classes,
         kinds=_member_kinds(cfg),
-        fold_models=found.fold_models,
+        fold_models=fold_models,
     )
     return found.probs
 
@@ -410,7 +468,7 @@ def _score_with_last_fit(
         if fold_models is None:
             return None
         with engine.session(int(new.sum()), what="validate") as eng:
-            data = _decode_for_models(frame[new], store, cfg, eng)
+            data = _decode_for_models(frame[new], store, cfg, eng, project=False)
         members = _members(data, cfg)
         probs[new] = score_unseen(members, fold_models, [data[m.kind] for m in members], len(last.classes))
     # keep what the fit learned from (a relabel must be seen next time) and everything scored now

@@ -2,15 +2,19 @@ import numpy as np
 import pytest
 
 from tasks.checks.confident_learning import (
+    budget_rows,
     calibrate_joint,
     confident_classes,
     confident_joint,
     find_label_issues,
+    fit_projection,
     fit_suspect_labels,
     image_features,
     kernel_model,
     out_of_fold_probabilities,
     per_class_thresholds,
+    project,
+    with_projection,
 )
 
 
@@ -180,3 +184,47 @@ def test_image_features_ignore_colour_on_grayscale_images():
     tinted = np.repeat(small[..., None], 3, axis=-1).copy()
     tinted[..., 0] = 255
     assert image_features(gray, tinted)[:, hog_dims + 64 :].any()
+
+
+def test_a_budget_keeps_each_class_in_its_share_and_rare_classes_whole():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.zeros(5000, int), np.ones(3000, int), np.full(40, 2)])
+    rows = rng.permutation(len(labels))[:6000]  # a fold's training rows, unsorted
+    kept = budget_rows(rows, labels, 2000, seed=0)
+    assert np.isin(kept, rows).all() and (np.diff(kept) > 0).all()
+    counts = np.bincount(labels[kept], minlength=3)
+    given = np.bincount(labels[rows], minlength=3)
+    assert counts[2] == given[2]  # the rare class, fewer than MIN_KEPT_PER_CLASS: all of it
+    share = 2000 / len(rows)
+    np.testing.assert_allclose(counts[:2], np.round(given[:2] * share), atol=1)
+    np.testing.assert_array_equal(budget_rows(rows[:1500], labels, 2000, seed=0), rows[:1500])
+
+
+def test_a_kernel_model_on_a_budget_still_knows_a_rare_class():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 6, (3, 20))
+    labels = np.concatenate([np.zeros(3000, int), np.ones(3000, int), np.full(30, 2)])
+    features = centres[labels] + rng.normal(0, 1, (len(labels), 20))
+    member = kernel_model(features, 0, budget=600)
+    train = np.arange(0, len(labels), 2)
+    fitted = member.fit(labels, train, 3)
+    probs = member.predict(fitted, features[1::2], 3)
+    assert (probs.argmax(axis=1) == labels[1::2]).mean() > 0.95
+    assert probs[labels[1::2] == 2, 2].min() > 0.5
+
+
+def test_a_projected_fold_model_scores_full_features_as_the_fit_scored_projections():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 3, (3, 200))
+    labels = np.repeat(np.arange(3), 100)
+    features = (centres[labels] + rng.normal(0, 1, (300, 200))).astype(np.float32)
+    projection = fit_projection(features[:150], seed=0)  # fitted on a sample
+    projected = project(projection, features)
+    assert projected.shape == (300, 60) and projected.dtype == np.float32
+    member = kernel_model(projected, 0)
+    fitted = member.fit(labels, np.arange(0, 300, 2), 3)
+    np.testing.assert_allclose(
+        member.predict(with_projection(projection, fitted), features[1::2], 3),
+        member.predict(fitted, projected[1::2], 3),
+        atol=1e-6,
+    )

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tasks.checks.confident_learning import kernel_model, out_of_fold_probabilities
+from tasks.checks.confident_learning import budget_rows, kernel_model, out_of_fold_probabilities
 from tasks.checks.oof_cnn import cnn_model, epochs_for
 
 
@@ -59,3 +59,20 @@ def test_large_folds_get_fewer_epochs():
     assert epochs_for(500_000, epochs=8, budget=100_000) == 1
     # a tiny fold trains for MIN_STEPS steps (two batches an epoch -> 50 epochs)
     assert epochs_for(90, epochs=8, budget=100_000) == 50
+
+
+def test_a_fold_larger_than_the_budget_trains_on_a_sample_of_it(monkeypatch):
+    import tasks.checks.oof_cnn as oof_cnn
+
+    sampled = []
+
+    def spy(rows, labels, budget, seed):
+        kept = budget_rows(rows, labels, budget, seed)
+        sampled.append((len(rows), len(kept)))
+        return kept
+
+    monkeypatch.setattr(oof_cnn, "budget_rows", spy)
+    images, labels = striped_images(per_class=300)  # folds of 450 training images, 150 of each class
+    probs = out_of_fold_probabilities([cnn_model(images, epochs=8, budget=300, seed=0)], labels, folds=2, seed=0)
+    assert sampled == [(450, 300), (450, 300)]  # each class at its share, MIN_KEPT_PER_CLASS = 100
+    assert (probs.argmax(axis=1) == labels).mean() > 0.9  # one pass over the sample still learns the stripes

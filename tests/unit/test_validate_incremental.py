@@ -216,3 +216,27 @@ def test_refit_growth_zero_fits_on_any_change_and_reuses_unchanged_data(tmp_path
     validate.run(params(refit_growth=0, retrain=False), paths)
     assert "fitted the 5 fold models on 152 images (the images changed and refit_growth is 0)" in summary(paths)
     assert last_fit(paths).token != first
+
+
+def test_above_the_projection_sample_new_images_are_scored_through_the_kept_projection(
+    tmp_path, generated, monkeypatch
+):
+    # a large set (here: above a lowered PROJECTION_SAMPLE) keeps projected kernel features; the kept
+    # fold models must take the full features of images that arrive later
+    monkeypatch.setattr(validate, "PROJECTION_SAMPLE", 150)
+    paths = workspace(tmp_path)
+    old = true_labels(generated, range(400))
+    write_cleaned(paths, generated, flip(old, [3, 17]))
+    validate.run(params(max_given_probability=0.3), paths)
+    out = pd.read_parquet(paths.validated)
+    assert out["suspect_label"].iloc[[3, 17]].all()  # the flips are still found
+    fitted = last_fit(paths)
+    kept = suspect_cache.load_fold_models(fitted, ["kernel"])
+    assert [fold[0].steps[0][0] for fold in kept] == ["projection"] * FOLDS
+
+    write_cleaned(paths, generated, {**flip(old, [3, 17]), **true_labels(generated, range(400, 420))})
+    validate.run(params(max_given_probability=0.3), paths)
+    assert "scored 20 new images with the 5 fold models" in summary(paths)
+    after = last_fit(paths)
+    new_probs = after.probs[400:]
+    assert (new_probs.argmax(axis=1) == generated[1][400:420]).mean() >= 0.9
