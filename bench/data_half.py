@@ -50,19 +50,42 @@ RUN_STAGE = (
 )
 
 
+def variant(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An augmented copy of a 28x28 Fashion-MNIST picture for the 500k run: a rotation of up to 15
+    degrees, a crop of 80-100 % resized back, a mirror half of the time, brightness and contrast
+    within 20 %. Mostly kept by clean (its near-duplicate check is not meant to catch crops and
+    rotations: BENCHMARKS.md), so the data half does the work of as many distinct images."""
+    img = Image.fromarray(image, mode="L").rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
+    side = int(rng.integers(23, 29))
+    x, y = (int(v) for v in rng.integers(0, 29 - side, 2))
+    img = img.crop((x, y, x + side, y + side)).resize((28, 28), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(img, dtype=np.float32)
+    arr = (arr - arr.mean()) * rng.uniform(0.8, 1.2) + arr.mean() * rng.uniform(0.8, 1.2)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
 def write_images(root: Path, total: int, extra: int, seed: int = 0) -> tuple[Path, Path]:
     """`total` Fashion-MNIST images (train then test part, a seeded draw) as PNGs: all but `extra` under
-    root/source/<class>/, the rest under root/extra/<class>/ (the +1 % that arrives later)."""
+    root/source/<class>/, the rest under root/extra/<class>/ (the +1 % that arrives later). Beyond the
+    70,000 real images, augmented variants of randomly drawn ones (`variant`), named <index>_v<k>.png."""
     train_x, train_y = fashion.load("train")
     test_x, test_y = fashion.load("test")
     images, labels = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
-    picked = np.random.default_rng(seed).permutation(len(labels))[:total]
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(labels))[:total]
+    if total > len(picked):  # variants: drawn after the permutation, so the real images stay the same draw
+        picked = np.concatenate([picked, rng.integers(0, len(labels), total - len(picked))])
     for n, i in enumerate(picked):
         folder = "extra" if n >= total - extra else "source"
-        target = root / folder / fashion.CLASSES[labels[i]] / f"{i:05d}.png"
+        real = n < len(labels)
+        name = f"{i:05d}.png" if real else f"{i:05d}_v{n}.png"
+        target = root / folder / fashion.CLASSES[labels[i]] / name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i], mode="L").save(target)
+            pixels = images[i] if real else variant(images[i], np.random.default_rng([seed, n]))  # same on a rerun
+            Image.fromarray(pixels, mode="L").save(target)
     return root / "source", root / "extra"
 
 
