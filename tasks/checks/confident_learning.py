@@ -394,9 +394,15 @@ def fit_projection(features: np.ndarray, seed: int):
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    components = max(1, min(PCA_COMPONENTS, features.shape[1], len(features) - 1))
     with threadpool_limits(limits=1):
-        return make_pipeline(StandardScaler(), PCA(n_components=components, random_state=seed)).fit(features)
+        return make_pipeline(StandardScaler(), PCA(n_components=_pca_components(features), random_state=seed)).fit(
+            features
+        )
+
+
+def _pca_components(features: np.ndarray) -> int:
+    """PCA_COMPONENTS, fewer when `features` [N, D] has fewer dimensions or rows to give."""
+    return max(1, min(PCA_COMPONENTS, features.shape[1], len(features) - 1))
 
 
 def project(projection, features: np.ndarray) -> np.ndarray:
@@ -423,7 +429,7 @@ def _fit_kernel(features: np.ndarray, labels: np.ndarray, seed: int):
     from sklearn.preprocessing import StandardScaler
 
     n_train = len(features)
-    components = max(1, min(PCA_COMPONENTS, features.shape[1], n_train - 1))
+    components = _pca_components(features)
     model = make_pipeline(
         StandardScaler(),
         PCA(n_components=components, whiten=True, random_state=seed),
