@@ -22,8 +22,8 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from tasks.checks import inspection_cache
-from tasks.checks.phash import as_int64
-from tasks.checks.quality import FEATURE_SIDE, Inspection, inspect_partition
+from tasks.checks.inspection_table import InspectionTable
+from tasks.checks.quality import FEATURE_SIDE, inspect_partition
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, pairs_with_new
 from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
@@ -88,8 +88,9 @@ def run(params: Params, paths: Paths) -> dict:
     outlier_classes = flag_outliers(rows, inspections, params, flags)
 
     kept = rows.drop(index=list(flags)).reset_index(drop=True)
-    kept["pixel_hash"] = [inspections[i].pixel_hash for i in kept["image_id"]]
-    kept["phash"] = np.array([as_int64(inspections[i].phash) for i in kept["image_id"]], dtype=np.int64)
+    kept_at = inspections.rows(kept["image_id"])
+    kept["pixel_hash"] = inspections.pixel_hash[kept_at].tolist()
+    kept["phash"] = inspections.phash[kept_at].view(np.int64)  # Parquet has no uint64 everyone reads
     kept["alpha_background"] = alpha_backgrounds(kept, paths.store, params.max_pixels)
     flagged = flagged_frame(
         [
@@ -159,12 +160,13 @@ def pictures_key(flagged: pd.DataFrame, kept: pd.DataFrame) -> str:
 
 
 def inspect_all(
-    image_ids: list[str], store: str, params: Params, cached: dict[str, Inspection] | None = None
-) -> dict[str, Inspection]:
+    image_ids: list[str], store: str, params: Params, cached: InspectionTable | None = None
+) -> InspectionTable:
     """Decode every distinct file not in `cached` once, in partitions on the engine (this process
     for small data, else Dask workers: tasks.common.engine), which are given the absolute store path."""
-    cached = cached or {}
-    results: dict[str, Inspection] = {i: cached[i] for i in image_ids if i in cached}
+    cached = cached if cached is not None else InspectionTable(0)
+    results = InspectionTable(len(image_ids))
+    results.add_rows(cached, [image_id for image_id in image_ids if image_id in cached])
     todo = [image_id for image_id in image_ids if image_id not in cached]
     missing: list[str] = []
     with (
@@ -176,7 +178,7 @@ def inspect_all(
                 if insp is None:
                     missing.append(image_id)
                 else:
-                    results[image_id] = insp
+                    results.add(image_id, insp)
             bar.update(len(done))
     missing += ImageStore(store).missing([image_id for image_id in image_ids if image_id in cached])
     if missing:
@@ -200,17 +202,20 @@ def alpha_backgrounds(rows: pd.DataFrame, store: str, max_pixels: int) -> list[s
     ]
 
 
-def flag_unusable(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> None:
-    for pos, image_id in enumerate(rows["image_id"]):
-        insp = inspections[image_id]
-        if insp.status != "ok":
-            flags[pos] = (insp.status, insp.detail, "")
-        elif min(insp.width, insp.height) < params.min_side:
-            flags[pos] = ("too_small", f"{insp.width}x{insp.height}, smaller side under {params.min_side}", "")
-        elif insp.gray_std < params.min_std:
-            flags[pos] = ("low_information", f"grayscale std {insp.gray_std:.2f} < {params.min_std}", "")
-        elif insp.dominant_fraction > params.max_dominant_fraction:
-            flags[pos] = ("low_information", f"{insp.dominant_fraction:.1%} of pixels have one value", "")
+def flag_unusable(rows: pd.DataFrame, inspections: InspectionTable, params: Params, flags: Flags) -> None:
+    at = inspections.rows(rows["image_id"])
+    status, detail = inspections.status[at], inspections.detail[at]
+    width, height = inspections.width[at], inspections.height[at]
+    gray_std, dominant = inspections.gray_std[at], inspections.dominant_fraction[at]
+    for pos in range(len(rows)):
+        if status[pos] != "ok":
+            flags[pos] = (status[pos], detail[pos], "")
+        elif min(width[pos], height[pos]) < params.min_side:
+            flags[pos] = ("too_small", f"{width[pos]}x{height[pos]}, smaller side under {params.min_side}", "")
+        elif gray_std[pos] < params.min_std:
+            flags[pos] = ("low_information", f"grayscale std {gray_std[pos]:.2f} < {params.min_std}", "")
+        elif dominant[pos] > params.max_dominant_fraction:
+            flags[pos] = ("low_information", f"{dominant[pos]:.1%} of pixels have one value", "")
 
 
 def _alive(rows: pd.DataFrame, flags: Flags) -> list[int]:
@@ -224,15 +229,15 @@ def _from_feedback(rows: pd.DataFrame) -> np.ndarray:
     return (rows["origin"].astype(str) == "feedback").to_numpy()
 
 
-def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flags: Flags) -> None:
+def flag_duplicates(rows: pd.DataFrame, inspections: InspectionTable, flags: Flags) -> None:
     """Same decoded pixels (byte-identical files, or one picture in two containers): keep the lowest
     source_path; if the copies carry different labels none of them can be trusted, except that
     feedback contradicting the data is set aside alone (one POST must not remove a training image)."""
     feedback = _from_feedback(rows)
     groups: dict[str, list[int]] = defaultdict(list)
-    image_ids = rows["image_id"].to_numpy()
+    pixel_hashes = inspections.pixel_hash[inspections.rows(rows["image_id"])]
     for pos in _alive(rows, flags):
-        groups[inspections[image_ids[pos]].pixel_hash].append(pos)
+        groups[pixel_hashes[pos]].append(pos)
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -266,7 +271,7 @@ def flag_duplicates(rows: pd.DataFrame, inspections: dict[str, Inspection], flag
 
 
 def near_pairs_by_id(
-    image_ids: list[str], inspections: dict[str, Inspection], params: Params, cache_dir: Path
+    image_ids: list[str], inspections: InspectionTable, params: Params, cache_dir: Path
 ) -> pd.DataFrame:
     """Every near pair (columns a < b, image ids) among `image_ids` (the images that passed the
     per-image checks), by tasks.checks.similarity's rule: aligned hashes within
@@ -294,13 +299,14 @@ def near_pairs_by_id(
         ],
         dtype=np.int64,
     )
-    found = [inspections[image_id] for image_id in image_ids]
+    found = inspections.rows(image_ids)
     added = pairs_with_new(
-        np.array([insp.phash for insp in found], dtype=np.uint64),
-        [insp.thumbnail for insp in found],
+        inspections.phash[found],
+        inspections.copies,
         new,
         params.near_duplicate_distance,
         params.near_duplicate_min_similarity,
+        rows=found,
     )
     at = np.concatenate([known_at.reshape(-1, 2), added]).astype(np.int64)
     ids = np.asarray(image_ids, dtype=object)
@@ -309,9 +315,7 @@ def near_pairs_by_id(
     return pairs
 
 
-def flag_near_duplicates(
-    rows: pd.DataFrame, inspections: dict[str, Inspection], near: pd.DataFrame, flags: Flags
-) -> None:
+def flag_near_duplicates(rows: pd.DataFrame, inspections: InspectionTable, near: pd.DataFrame, flags: Flags) -> None:
     """Near pairs (`near`, from near_pairs_by_id) with different labels are a label_conflict for both,
     unless one is feedback and the other is not: then only the feedback copy (the data stays);
     otherwise, in source_path order, an image not yet set aside is kept and its same-label neighbours
@@ -320,7 +324,7 @@ def flag_near_duplicates(
     feedback = _from_feedback(rows)[alive]
     alive_ids = rows["image_id"].to_numpy()[alive]
     source_paths = rows["source_path"].to_numpy()
-    hashes = np.array([inspections[image_id].phash for image_id in alive_ids], dtype=np.uint64)
+    hashes = inspections.phash[inspections.rows(alive_ids)]
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
     # an image is alive at most once (copies of one file are duplicates), so ids name alive positions
     position = {image_id: k for k, image_id in enumerate(alive_ids)}
@@ -361,6 +365,7 @@ def flag_near_duplicates(
 
 OUTLIER_NEIGHBOURS = 5
 OUTLIER_REFERENCES = 2000  # per group; bounds the neighbour search at n x 2000 distances
+OUTLIER_BLOCK = 10_000  # members measured at once (160 MB of distances)
 SPECTRAL_STRICTNESS = 2.0  # a single statistic's MAD is tight on a uniform class: ask for twice the z
 
 
@@ -385,12 +390,17 @@ def _log_neighbour_distance(thumbs: np.ndarray, groups: np.ndarray, min_size: in
         if len(members) < min_size:
             continue
         refs = members[np.linspace(0, len(members) - 1, min(len(members), OUTLIER_REFERENCES)).astype(int)]
-        x, r = thumbs[members], thumbs[refs]
-        sq = (x**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * x @ r.T
-        sq[members[:, None] == refs[None, :]] = np.inf  # an image is not its own neighbour
+        r = thumbs[refs]
+        r_sq = (r**2).sum(1)[None, :]
         k = min(OUTLIER_NEIGHBOURS, len(refs) - 1)
-        nearest = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, :k], 0)).mean(axis=1)
-        out[members] = np.log(np.maximum(nearest, 1e-6))
+        # a block of members at a time: all 500k images against 2,000 references would be 8 GB at once
+        for start in range(0, len(members), OUTLIER_BLOCK):
+            block = members[start : start + OUTLIER_BLOCK]
+            x = thumbs[block]
+            sq = (x**2).sum(1)[:, None] + r_sq - 2 * x @ r.T
+            sq[block[:, None] == refs[None, :]] = np.inf  # an image is not its own neighbour
+            nearest = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, :k], 0)).mean(axis=1)
+            out[block] = np.log(np.maximum(nearest, 1e-6))
     return out
 
 
@@ -432,13 +442,13 @@ def outlier_scores(features: np.ndarray, labels: np.ndarray, min_class_size: int
     return scores, reasons
 
 
-def flag_outliers(rows: pd.DataFrame, inspections: dict[str, Inspection], params: Params, flags: Flags) -> int:
+def flag_outliers(rows: pd.DataFrame, inspections: InspectionTable, params: Params, flags: Flags) -> int:
     """Returns the number of classes large enough to be checked."""
     alive = _alive(rows, flags)
     if not alive:
         return 0
     labels = rows.loc[alive, "label"].astype(str).to_numpy()
-    feats = np.stack([inspections[image_id].features for image_id in rows["image_id"].to_numpy()[alive]])
+    feats = inspections.features[inspections.rows(rows["image_id"].to_numpy()[alive])]
     scores, reasons = outlier_scores(feats, labels, params.outlier_min_class_size)
     for a in np.flatnonzero(scores > params.outlier_zscore):
         flags[alive[a]] = ("outlier", f"robust z {scores[a]:.1f}: {reasons[a]}, in class {labels[a]} and overall", "")

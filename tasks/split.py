@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from tasks.checks import inspection_cache
+from tasks.checks.inspection_table import COPY_DTYPE
 from tasks.checks.phash import groups_of_pairs, near_duplicate_groups
 from tasks.checks.quality import COPY_SIZE, thumbnail_partition
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, verified
@@ -114,12 +115,13 @@ def thumbnail_check(frame: pd.DataFrame, store: str, min_similarity: float, cach
     def verify(pairs: np.ndarray) -> np.ndarray:
         involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
         ids = frame["image_id"].to_numpy()[involved].tolist()
-        cached = inspection_cache.load_copies(cache_file, ids) if cache_file is not None else {}
-        thumbs = np.zeros((len(involved), COPY_SIZE), dtype=np.float32)
-        todo = [k for k, image_id in enumerate(ids) if image_id not in cached]
-        for k, image_id in enumerate(ids):
-            if image_id in cached:
-                thumbs[k] = cached[image_id]
+        thumbs = np.zeros((len(involved), COPY_SIZE), dtype=COPY_DTYPE)
+        cached = (
+            inspection_cache.load_copies(cache_file, ids, thumbs)
+            if cache_file is not None
+            else np.zeros(len(ids), bool)
+        )
+        todo = np.flatnonzero(~cached).tolist()
         verify.decoded = len(todo)
         log.info("split: %d aligned copies from clean's cache, %d decoded", len(ids) - len(todo), len(todo))
         start = 0

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from tasks.checks.quality import Inspection
-from tasks.common.atomic import write_parquet
+from tasks.checks.inspection_table import COPY_DTYPE, InspectionTable
+from tasks.checks.quality import COPY_SIZE, FEATURE_SIZE
+from tasks.common.atomic import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -27,7 +30,7 @@ _CODE = (_HERE / "quality.py", _HERE / "phash.py", _HERE.parent / "common" / "im
 # file names under paths.cache: clean writes both, split reads the aligned copies of the first
 INSPECTIONS_FILE = "clean_inspections.parquet"
 NEAR_INDEX_FILE = "clean_near_index.parquet"
-_SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash")
+_SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash")  # + phash
 
 
 def code_version() -> str:
@@ -37,51 +40,80 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _arrays(blobs: pd.Series) -> list[np.ndarray]:
-    """float32 arrays from their bytes, one join + one copy for all rows (not one per row)."""
-    sizes = blobs.map(len).to_numpy() // 4
-    flat = np.frombuffer(b"".join(blobs), dtype=np.float32).copy()
-    return np.split(flat, np.cumsum(sizes)[:-1]) if len(sizes) else []
+_BATCH_ROWS = 50_000  # the cache is read and written this many rows at a time: memory stays bounded
 
 
-def load(path: Path, max_pixels: int) -> dict[str, Inspection]:
+def _fixed_binary(matrix: np.ndarray) -> pa.Array:
+    """Each row of a C-contiguous matrix as one fixed-size binary value, without a copy per row."""
+    matrix = np.ascontiguousarray(matrix)
+    width = matrix.shape[1] * matrix.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(matrix), [None, pa.py_buffer(matrix)])
+
+
+def _matrix(column: pa.Array, dtype, width: int) -> np.ndarray:
+    """The inverse of _fixed_binary: rows of `width` values of `dtype`."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    itemsize = np.dtype(dtype).itemsize * width
+    data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
+    data = data[column.offset * itemsize : (column.offset + len(column)) * itemsize]
+    return data.view(dtype).reshape(len(column), width)
+
+
+def _current(batch: pa.RecordBatch, max_pixels: int | None) -> np.ndarray:
+    """Rows computed by this code (and, when given, under this pixel limit)."""
+    keep = batch.column("code").to_numpy(zero_copy_only=False) == code_version()
+    if max_pixels is not None:
+        keep &= batch.column("max_pixels").to_numpy() == max_pixels
+    return keep
+
+
+def load(path: Path, max_pixels: int) -> InspectionTable:
     if not path.is_file():
-        return {}
+        return InspectionTable(0)
     try:
-        frame = pd.read_parquet(path)
-        frame = frame[(frame["code"] == code_version()) & (frame["max_pixels"] == max_pixels)]
-        scalars = {name: frame[name].tolist() for name in _SCALARS}
-        hashes = frame["phash"].to_numpy(dtype=np.int64).view(np.uint64).tolist()
-        thumbnails, features = _arrays(frame["thumbnail"]), _arrays(frame["features"])
-        return {
-            image_id: Inspection(
-                **{name: values[k] for name, values in scalars.items()},
-                phash=int(hashes[k]),
-                thumbnail=thumbnails[k],
-                features=features[k],
-            )
-            for k, image_id in enumerate(frame["image_id"])
-        }
+        reader = pq.ParquetFile(path)
+        table = InspectionTable(reader.metadata.num_rows)
+        for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
+            keep = _current(batch, max_pixels)
+            part = InspectionTable(int(keep.sum()))
+            batch = batch.filter(pa.array(keep))
+            part.ids = batch.column("image_id").to_pylist()
+            part.position = {image_id: k for k, image_id in enumerate(part.ids)}
+            for name in _SCALARS:
+                getattr(part, name)[:] = batch.column(name).to_numpy(zero_copy_only=False)
+            part.phash[:] = batch.column("phash").to_numpy().view(np.uint64)
+            part.copies[:] = _matrix(batch.column("copy"), COPY_DTYPE, COPY_SIZE)
+            part.features[:] = _matrix(batch.column("features"), np.float32, FEATURE_SIZE)
+            table.add_rows(part, part.ids)
+        return table
     except Exception as exc:  # a damaged or foreign cache only costs a re-decode
         log.warning("ignoring the inspection cache %s: %s", path, exc)
-        return {}
+        return InspectionTable(0)
 
 
-def load_copies(path: Path, image_ids: list[str]) -> dict[str, np.ndarray]:
-    """The aligned near-duplicate copies (Inspection.thumbnail) the cache holds for `image_ids`, for
-    split. Any pixel limit's entry will do: the limit only decides whether an image is decoded, never
-    what its copy is. Only the asked-for rows are read (a filter pushed into the Parquet reader)."""
+def load_copies(path: Path, image_ids: list[str], out: np.ndarray) -> np.ndarray:
+    """Fill rows of `out` with the aligned near-duplicate copies (Inspection.thumbnail) the cache
+    holds for `image_ids` (row k for image_ids[k]), for split; returns which rows it filled. Any
+    pixel limit's entry will do: the limit only decides whether an image is decoded, never what its
+    copy is. Read a batch at a time, so memory holds `out` and one batch."""
+    filled = np.zeros(len(image_ids), dtype=bool)
     if not path.is_file() or not image_ids:
-        return {}
+        return filled
+    where = {image_id: k for k, image_id in enumerate(image_ids)}
     try:
-        frame = pd.read_parquet(
-            path, columns=["image_id", "status", "thumbnail", "code"], filters=[("image_id", "in", list(image_ids))]
-        )
+        reader = pq.ParquetFile(path)
+        for batch in reader.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id", "status", "copy", "code"]):
+            keep = _current(batch, None) & (batch.column("status").to_numpy(zero_copy_only=False) == "ok")
+            ids = batch.column("image_id").to_pylist()
+            at = np.array([where.get(image_id, -1) if k else -1 for image_id, k in zip(ids, keep)], dtype=np.int64)
+            wanted = np.flatnonzero(at >= 0)
+            if len(wanted):
+                out[at[wanted]] = _matrix(batch.column("copy"), COPY_DTYPE, COPY_SIZE)[wanted]
+                filled[at[wanted]] = True
     except Exception as exc:  # a damaged or foreign cache only costs a re-decode
         log.warning("ignoring the inspection cache %s: %s", path, exc)
-        return {}
-    frame = frame[(frame["code"] == code_version()) & (frame["status"] == "ok")].drop_duplicates("image_id")
-    return dict(zip(frame["image_id"], _arrays(frame["thumbnail"])))
+        return np.zeros(len(image_ids), dtype=bool)
+    return filled
 
 
 def near_index_key(radius: int, min_similarity: float) -> str:
@@ -117,18 +149,32 @@ def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFram
     write_parquet(frame, path)
 
 
-def save(path: Path, inspections: dict[str, Inspection], max_pixels: int) -> None:
-    """Replaces the cache with `inspections` (the images of this run, so it never outgrows the data)."""
-    items = sorted(inspections.items())
-    frame = pd.DataFrame(
-        {
-            "image_id": [image_id for image_id, _ in items],
-            **{name: [getattr(insp, name) for _, insp in items] for name in _SCALARS},
-            "phash": np.array([insp.phash for _, insp in items], dtype=np.uint64).view(np.int64),
-            "thumbnail": [np.asarray(insp.thumbnail, np.float32).tobytes() for _, insp in items],
-            "features": [np.asarray(insp.features, np.float32).tobytes() for _, insp in items],
-            "max_pixels": max_pixels,
-            "code": code_version(),
-        }
-    )
-    write_parquet(frame, path)
+def save(path: Path, inspections: InspectionTable, max_pixels: int) -> None:
+    """Replaces the cache with `inspections` (the images of this run, so it never outgrows the data),
+    in id order, written a batch at a time (no second copy of 500k aligned copies in memory)."""
+    if not len(inspections):
+        path.unlink(missing_ok=True)
+        return
+    order = np.argsort(np.asarray(inspections.ids, dtype=object), kind="stable")
+    schema = None
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for start in range(0, len(order), _BATCH_ROWS):
+                rows = order[start : start + _BATCH_ROWS]
+                columns = {
+                    "image_id": pa.array([inspections.ids[k] for k in rows], pa.string()),
+                    **{name: pa.array(getattr(inspections, name)[rows].tolist()) for name in _SCALARS},
+                    "phash": pa.array(inspections.phash[rows].view(np.int64)),
+                    "copy": _fixed_binary(inspections.copies[rows]),
+                    "features": _fixed_binary(inspections.features[rows]),
+                    "max_pixels": pa.array(np.full(len(rows), max_pixels, dtype=np.int64)),
+                    "code": pa.array([code_version()] * len(rows), pa.string()),
+                }
+                batch = pa.RecordBatch.from_pydict(columns, schema=schema)
+                schema = batch.schema
+                writer = writer or pq.ParquetWriter(tmp, schema)
+                writer.write_batch(batch)
+        finally:
+            if writer is not None:
+                writer.close()

@@ -18,6 +18,7 @@ FEATURE_SIDE = 8  # outlier features: a standardized 8x8 thumbnail (coarse: robu
 STRUCTURE_BAND = 6  # DCT frequencies (of 32) that carry an image's large-scale structure
 DETAIL_BAND = 8  # ...and above which its fine detail lies
 COPY_SIZE = ALIGNED_SIDE * ALIGNED_SIDE  # near-duplicate check: the aligned grey copy (tasks.checks.phash)
+FEATURE_SIZE = FEATURE_SIDE * FEATURE_SIDE + 2  # the thumbnail and the two spectral shares
 
 
 @dataclass

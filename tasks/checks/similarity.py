@@ -13,8 +13,6 @@ train part only, reported on its test part and on digits (bench/near_duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
@@ -79,16 +77,19 @@ def near_duplicate_pairs(
 
 def pairs_with_new(
     hashes: np.ndarray,
-    copies: Sequence[np.ndarray],
+    copies: np.ndarray,
     new: np.ndarray,
     radius: int,
     min_similarity: float,
     max_shift: int = MAX_SHIFT,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """The near_duplicate_pairs (i < j, sorted) that have at least one `new` member (bool per image):
-    new hashes are looked up among the known ones and among each other, and only the copies of
-    candidate images are stacked. With every image new it is near_duplicate_pairs itself; known-known
-    pairs are what a persisted index (tasks.checks.inspection_cache) already holds."""
+    new hashes are looked up among the known ones and among each other. Image i's aligned copy is
+    copies[rows[i]] (rows: the identity when None), so a caller holding many images' copies in one
+    matrix (tasks.checks.inspection_table) passes it whole, with no second copy. With every image new
+    it is near_duplicate_pairs itself; known-known pairs are what a persisted index
+    (tasks.checks.inspection_cache) already holds."""
     hashes = np.asarray(hashes).astype(np.uint64)
     new_at, known_at = np.flatnonzero(new), np.flatnonzero(~np.asarray(new, dtype=bool))
     across = radius_pairs_between(hashes[new_at], hashes[known_at], radius)
@@ -100,7 +101,5 @@ def pairs_with_new(
         return np.empty((0, 2), dtype=np.int64)
     candidates = np.sort(candidates, axis=1)
     candidates = candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
-    involved = np.unique(candidates)  # sorted: positions map to rows of `stacked` by searchsorted
-    stacked = np.stack([np.asarray(copies[i], dtype=np.float32).reshape(-1) for i in involved])
-    local = verified(stacked, np.searchsorted(involved, candidates), min_similarity, max_shift)
-    return involved[local]
+    rows = np.arange(len(hashes)) if rows is None else np.asarray(rows, dtype=np.int64)
+    return candidates[similarity(np.asarray(copies), rows[candidates], max_shift) >= min_similarity]
