@@ -239,7 +239,8 @@ _CHUNK = 512  # images turned into kernel features at a time: memory stays flat 
 def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None, cnn: bool):
     """Engine task (tasks.common.engine): decode stored images named by id under the absolute `store`
     into kernel features (image_features of a 32x32 gray copy and kernel_size^2 RGB pixels; None when
-    kernel_size is None) and 32x32 RGB arrays for the CNN (None unless `cnn`); or, for the first image
+    kernel_size is None) and 32x32 RGB arrays for the CNN (None unless `cnn`; one channel when the whole
+    partition is grey); or, for the first image
     that does not decode, (its position, the error) as the third item."""
     gray, pixels, cnn_images = [], [], []
     images = ImageStore(store)  # an absolute path or a URL (tasks.common.store)
@@ -258,7 +259,10 @@ def _decode_partition(image_ids: list[str], store: str, kernel_size: int | None,
             gray.append(small_gray)
             pixels.append(small_rgb)
     features = image_features(np.stack(gray), np.stack(pixels)) if kernel_size is not None and gray else None
-    return features, (np.stack(cnn_images) if cnn and cnn_images else None), None
+    cnn_images = np.stack(cnn_images) if cnn and cnn_images else None
+    if cnn_images is not None and (cnn_images == cnn_images[..., :1]).all():
+        cnn_images = cnn_images[..., :1].copy()  # grey: one channel travels and is kept (the CNN widens it)
+    return features, cnn_images, None
 
 
 def _member_kinds(cfg: SuspectLabelParams) -> list[str]:
@@ -330,7 +334,9 @@ def _decode_rows(
         if cnn_images is not None:
             if "cnn" not in data:  # the whole array once: concatenating chunks would hold it twice
                 data["cnn"] = np.empty((len(frame), *cnn_images.shape[1:]), cnn_images.dtype)
-            data["cnn"][part] = cnn_images
+            elif cnn_images.shape[-1] > data["cnn"].shape[-1]:  # the first colour partition: grey rows widen
+                data["cnn"] = np.repeat(data["cnn"], cnn_images.shape[-1], axis=-1)
+            data["cnn"][part] = cnn_images  # a grey partition among colour ones broadcasts to RGB
         if found is not None and projection is not None:
             data["kernel"][part] = project_features(projection, found)
         elif found is not None:

@@ -25,6 +25,12 @@ BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 PREDICT_BATCH = 512
 MIN_STEPS = 100  # optimizer steps per fold at least: a few hundred images still get a trained model
+RGB = 3  # the network always sees three channels; a grey data set is kept as one (a third of the memory)
+
+
+def _widened(pixels: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W with C = 3: a grey copy's one channel repeated (exactly what RGB decoding gives)."""
+    return pixels.repeat(1, RGB, 1, 1) if pixels.shape[1] == 1 else pixels
 
 
 def network(in_chans: int, num_classes: int) -> nn.Module:
@@ -66,7 +72,7 @@ def epochs_for(n_train: int, epochs: int, budget: int) -> int:
 
 def cnn_model(images: np.ndarray, *, epochs: int, budget: int, seed: int) -> CnnMember:
     """The out-of-fold loop's member (tasks.checks.confident_learning.OofMember) over `images`
-    (uint8 [N, H, W, C]). Inputs are standardized with the mean/std of all images (no labels involved)."""
+    (uint8 [N, H, W, C], C = 3, or 1 for a grey data set). Inputs are standardized with the mean/std of all images (no labels involved)."""
     return CnnMember(images, epochs=epochs, budget=budget, seed=seed)
 
 
@@ -81,8 +87,8 @@ class CnnMember(OofMember):
         super().__init__(images)
         self.epochs, self.budget, self.seed = epochs, budget, seed
         sample = self.pixels[:: max(1, len(self.pixels) // 4096)].float()
-        self.mean = sample.mean(dim=(0, 2, 3), keepdim=True)
-        self.std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1.0)
+        self.mean = _widened(sample.mean(dim=(0, 2, 3), keepdim=True))
+        self.std = _widened(sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1.0))
 
     def _set_data(self, images: np.ndarray | None) -> None:
         self.data = images
@@ -93,7 +99,7 @@ class CnnMember(OofMember):
         device, mean, std = self.device, self.mean.to(self.device), self.std.to(self.device)
         torch.manual_seed(self.seed)  # same initial weights in every fold and round
         order = torch.Generator().manual_seed(self.seed)
-        model = network(self.pixels.shape[1], num_classes).to(device)
+        model = network(RGB, num_classes).to(device)
         if len(train_idx) > self.budget:  # one pass over a sample, each class in its share: the cost stops growing
             train_idx = budget_rows(train_idx, np.asarray(labels), self.budget, self.seed)
         train = torch.from_numpy(np.asarray(train_idx))
@@ -111,7 +117,7 @@ class CnnMember(OofMember):
                     chosen = perm[start : start + BATCH_SIZE]
                     if len(chosen) < 2:  # BatchNorm needs two images
                         continue
-                    batch = (self.pixels[train[chosen]].to(device).float() - mean) / std
+                    batch = (_widened(self.pixels[train[chosen]]).to(device).float() - mean) / std
                     loss = F.cross_entropy(model(batch), targets[chosen])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -122,16 +128,19 @@ class CnnMember(OofMember):
         return {**state, "input_mean": self.mean.clone(), "input_std": self.std.clone()}
 
     def predict(self, fitted: dict[str, torch.Tensor], data: np.ndarray, num_classes: int) -> np.ndarray:
-        """Probabilities [len(data), num_classes] of the fold model `fitted` on uint8 images [M, H, W, C]."""
+        """Probabilities [len(data), num_classes] of the fold model `fitted` on uint8 images [M, H, W, C]
+        (C = 1 for grey, 3)."""
         state = {name: t for name, t in fitted.items() if not name.startswith("input_")}
-        model = network(int(data.shape[-1]), num_classes)
+        model = network(RGB, num_classes)
         model.load_state_dict(state)
         model.to(self.device).eval()
         mean, std = fitted["input_mean"].to(self.device), fitted["input_std"].to(self.device)
         pixels = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
         with torch.no_grad():
             probs = [
-                F.softmax(model((pixels[s : s + PREDICT_BATCH].to(self.device).float() - mean) / std), dim=1).cpu()
+                F.softmax(
+                    model((_widened(pixels[s : s + PREDICT_BATCH]).to(self.device).float() - mean) / std), dim=1
+                ).cpu()
                 for s in range(0, len(pixels), PREDICT_BATCH)
             ]
         return torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, num_classes))

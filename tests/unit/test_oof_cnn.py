@@ -76,3 +76,20 @@ def test_a_fold_larger_than_the_budget_trains_on_a_sample_of_it(monkeypatch):
     probs = out_of_fold_probabilities([cnn_model(images, epochs=8, budget=300, seed=0)], labels, folds=2, seed=0)
     assert sampled == [(450, 300), (450, 300)]  # each class at its share, MIN_KEPT_PER_CLASS = 100
     assert (probs.argmax(axis=1) == labels).mean() > 0.9  # one pass over the sample still learns the stripes
+
+
+def test_grey_images_kept_as_one_channel_give_the_same_probabilities():
+    """validate keeps a grey data set's CNN copies as one channel (a third of the memory at 500k);
+    the network must see exactly what the three equal channels gave it."""
+    images, labels = striped_images(per_class=20)
+    rgb = out_of_fold_probabilities([cnn_model(images, epochs=3, budget=100_000, seed=0)], labels, folds=2, seed=0)
+    grey_model = cnn_model(np.ascontiguousarray(images[..., :1]), epochs=3, budget=100_000, seed=0)
+    grey = out_of_fold_probabilities([grey_model], labels, folds=2, seed=0)
+    np.testing.assert_allclose(
+        grey, rgb, atol=1e-4
+    )  # float rounding only: the inputs are equal, their memory layout is not
+    fitted = grey_model.fit(labels, np.arange(len(labels)), 3)
+    assert fitted["input_mean"].shape == (1, 3, 1, 1)  # kept models score colour images that come later
+    np.testing.assert_allclose(
+        grey_model.predict(fitted, images[:5], 3), grey_model.predict(fitted, images[:5, :, :, :1], 3), atol=1e-6
+    )
