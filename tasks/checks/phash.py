@@ -106,13 +106,19 @@ def _bucket_blocks(members: np.ndarray) -> Iterator[np.ndarray]:
 
 
 class _CloseCollector:
-    """Collects candidate blocks and keeps, block by block, only the pairs within `radius` bits."""
+    """Collects candidate blocks and keeps, block by block, only the pairs within `radius` bits, each
+    as one int64 key (left * width + right; with `ordered`, the smaller index first). A pair that
+    shares several chunks is found several times: the keys are made distinct whenever they have
+    grown past twice the distinct count, so memory follows the distinct pairs (10.9M at 500k
+    Fashion-MNIST images and variants: 87 MB of keys, where pairs kept as found took 1.6 GB)."""
 
-    def __init__(self, left: np.ndarray, right: np.ndarray, radius: int) -> None:
-        self.left, self.right, self.radius = left, right, radius
+    def __init__(self, left: np.ndarray, right: np.ndarray, radius: int, ordered: bool) -> None:
+        self.left, self.right, self.radius, self.ordered = left, right, radius, ordered
+        self.width = np.int64(max(len(right), 1))
         self.pending: list[np.ndarray] = []
         self.pending_pairs = 0
-        self.close: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+        self.kept = self.distinct = 0
 
     def add(self, block: np.ndarray) -> None:
         self.pending.append(block)
@@ -122,13 +128,22 @@ class _CloseCollector:
 
     def flush(self) -> None:
         if self.pending:
-            pairs = np.concatenate(self.pending)
-            self.close.append(pairs[hamming(self.left[pairs[:, 0]], self.right[pairs[:, 1]]) <= self.radius])
+            pairs = np.concatenate(self.pending).astype(np.int64)
+            close = pairs[hamming(self.left[pairs[:, 0]], self.right[pairs[:, 1]]) <= self.radius]
+            if self.ordered:
+                close = np.sort(close, axis=1)
+            self.keys.append(close[:, 0] * self.width + close[:, 1])
+            self.kept += len(close)
+            if self.kept > 2 * self.distinct + _BLOCK_PAIRS:
+                self.keys = [np.unique(np.concatenate(self.keys))]
+                self.kept = self.distinct = len(self.keys[0])
         self.pending, self.pending_pairs = [], 0
 
     def result(self) -> np.ndarray:
+        """The distinct pairs, sorted, int64 [k, 2]."""
         self.flush()
-        return np.concatenate(self.close) if self.close else np.empty((0, 2), dtype=np.int64)
+        keys = np.unique(np.concatenate(self.keys)) if self.keys else np.empty(0, dtype=np.int64)
+        return np.stack([keys // self.width, keys % self.width], axis=1)
 
 
 def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
@@ -141,7 +156,7 @@ def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
     n = len(hashes)
     if n < 2 or radius < 0:
         return np.empty((0, 2), dtype=np.int64)
-    found = _CloseCollector(hashes, hashes, radius)
+    found = _CloseCollector(hashes, hashes, radius, ordered=True)
     for keys in _chunk_keys(hashes, radius):
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
@@ -150,19 +165,7 @@ def radius_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
             for block in _bucket_blocks(order[start : start + size]):
                 found.add(block)
-    return _distinct_pairs(found.result(), width=n, ordered=True)
-
-
-def _distinct_pairs(pairs: np.ndarray, width: int, ordered: bool) -> np.ndarray:
-    """The distinct pairs, sorted (`ordered`: (smaller, larger) first). Distinct via one int64 key per
-    pair: a 1-D sort is many times faster than np.unique(axis=0) on millions of pairs."""
-    pairs = pairs.astype(np.int64).reshape(-1, 2)
-    if ordered:
-        pairs = np.sort(pairs, axis=1)
-    width = np.int64(max(width, 1))
-    keys = np.sort(pairs[:, 0] * width + pairs[:, 1])
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
-    return np.stack([keys // width, keys % width], axis=1)
+    return found.result()
 
 
 def radius_pairs_between(new: np.ndarray, known: np.ndarray, radius: int) -> np.ndarray:
@@ -173,7 +176,7 @@ def radius_pairs_between(new: np.ndarray, known: np.ndarray, radius: int) -> np.
     known = np.asarray(known).astype(np.uint64)
     if not len(new) or not len(known) or radius < 0:
         return np.empty((0, 2), dtype=np.int64)
-    found = _CloseCollector(new, known, radius)
+    found = _CloseCollector(new, known, radius, ordered=False)
     for known_keys, new_keys in zip(_chunk_keys(known, radius), _chunk_keys(new, radius)):
         order = np.argsort(known_keys, kind="stable")
         sorted_keys = known_keys[order]
@@ -189,7 +192,7 @@ def radius_pairs_between(new: np.ndarray, known: np.ndarray, radius: int) -> np.
                 within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
                 found.add(np.stack([rows, order[np.repeat(f, c) + within]], axis=1))
             lo = hi
-    return _distinct_pairs(found.result(), width=len(known), ordered=False)
+    return found.result()
 
 
 def near_duplicate_groups(hashes, radius: int, verify=None) -> np.ndarray:

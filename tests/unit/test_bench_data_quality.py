@@ -32,7 +32,9 @@ def test_quick_bench_scores_every_reason_and_keeps_awkward_files(tmp_path, capsy
     # the old fixed-grid rule also found, and the 1 px shift / 28->32 resize it missed, are found
     kinds = result["near_duplicate_kinds"]
     assert set(kinds) == set(NEAR_DUPLICATE_KINDS) and all(k["planted"] == 2 for k in kinds.values())
-    sure = ["jpeg_q90", "webp_q80", "brightness", "contrast", "resize_up", "resize_down_up", "jpeg_to_png"]
+    # not resize_down_up (28 -> 24 -> 28 px): 0.79 of 200 Fashion test pairs pass the rule, so two
+    # planted ones both pass only ~60 % of the time (measured 2026-11-28)
+    sure = ["jpeg_q90", "webp_q80", "brightness", "contrast", "resize_up", "jpeg_to_png"]
     assert all(kinds[k]["recall"] == 1 for k in sure), kinds
     assert sum(k["hits"] for k in kinds.values()) >= 0.7 * sum(k["planted"] for k in kinds.values()), kinds
     assert result["reasons"]["near_duplicate"]["precision"] >= 0.9
