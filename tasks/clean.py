@@ -165,8 +165,9 @@ def inspect_all(
     """Decode every distinct file not in `cached` once, in partitions on the engine (this process
     for small data, else Dask workers: tasks.common.engine), which are given the absolute store path."""
     cached = cached if cached is not None else InspectionTable(0)
+    hits = [image_id for image_id in image_ids if image_id in cached]
     results = InspectionTable(len(image_ids))
-    results.add_rows(cached, [image_id for image_id in image_ids if image_id in cached])
+    results.add_rows(cached, hits)
     todo = [image_id for image_id in image_ids if image_id not in cached]
     missing: list[str] = []
     with (
@@ -180,7 +181,7 @@ def inspect_all(
                 else:
                     results.add(image_id, insp)
             bar.update(len(done))
-    missing += ImageStore(store).missing([image_id for image_id in image_ids if image_id in cached])
+    missing += ImageStore(store).missing(hits)
     if missing:
         absent = set(missing)
         missing = [image_id for image_id in image_ids if image_id in absent]

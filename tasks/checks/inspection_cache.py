@@ -30,7 +30,8 @@ _CODE = (_HERE / "quality.py", _HERE / "phash.py", _HERE.parent / "common" / "im
 # file names under paths.cache: clean writes both, split reads the aligned copies of the first
 INSPECTIONS_FILE = "clean_inspections.parquet"
 NEAR_INDEX_FILE = "clean_near_index.parquet"
-_SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash")  # + phash
+# stored as they are; phash is stored as int64 (Parquet has no uint64 everyone reads)
+_SCALARS = tuple(name for name in InspectionTable.SCALARS if name != "phash")
 
 
 def code_version() -> str:
@@ -79,16 +80,14 @@ def _current(batch: pa.RecordBatch, max_pixels: int | None) -> np.ndarray:
     return keep
 
 
-def _batch_table(batch: pa.RecordBatch) -> InspectionTable:
-    part = InspectionTable(batch.num_rows)
-    part.ids = batch.column("image_id").to_pylist()
-    part.position = {image_id: k for k, image_id in enumerate(part.ids)}
-    for name in _SCALARS:
-        getattr(part, name)[:] = batch.column(name).to_numpy(zero_copy_only=False)
-    part.phash[:] = batch.column("phash").to_numpy().view(np.uint64)
-    part.copies[:] = _matrix(batch.column("copy"), COPY_DTYPE, COPY_SIZE)
-    part.features[:] = _matrix(batch.column("features"), np.float32, FEATURE_SIZE)
-    return part
+def _batch_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """The InspectionTable columns of a batch of cache rows."""
+    return {
+        **{name: batch.column(name).to_numpy(zero_copy_only=False) for name in _SCALARS},
+        "phash": batch.column("phash").to_numpy().view(np.uint64),
+        "copies": _matrix(batch.column("copy"), COPY_DTYPE, COPY_SIZE),
+        "features": _matrix(batch.column("features"), np.float32, FEATURE_SIZE),
+    }
 
 
 def load(path: Path, max_pixels: int) -> InspectionTable:
@@ -98,9 +97,9 @@ def load(path: Path, max_pixels: int) -> InspectionTable:
         with _reader(path) as reader:
             table = InspectionTable(reader.metadata.num_rows)
             for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
-                part = _batch_table(batch.filter(pa.array(_current(batch, max_pixels))))
-                table.add_rows(part, part.ids)
-                del batch, part
+                batch = batch.filter(pa.array(_current(batch, max_pixels)))
+                table.extend(batch.column("image_id").to_pylist(), _batch_columns(batch))
+                del batch
                 _release_arrow_memory()  # each batch: else the freed ones pile up until the read ends
         _release_arrow_memory()
         return table

@@ -18,7 +18,7 @@ COPY_DTYPE = np.float16  # exact for every aligned copy (tasks.checks.phash.alig
 
 
 class InspectionTable:
-    """A fixed number of rows (`capacity`), filled by add / add_rows, looked up by image id."""
+    """A fixed number of rows (`capacity`), filled by add / add_rows / extend, looked up by image id."""
 
     def __init__(self, capacity: int):
         self.ids: list[str] = []
@@ -36,6 +36,7 @@ class InspectionTable:
         self.features = np.zeros((capacity, FEATURE_SIZE), dtype=np.float32)
 
     SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash", "phash")
+    COLUMNS = (*SCALARS, "copies", "features")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,16 +65,19 @@ class InspectionTable:
             self.copies[row] = insp.thumbnail
             self.features[row] = insp.features
 
+    def extend(self, image_ids: list[str], values: dict[str, np.ndarray]) -> None:
+        """Append a row per image id: `values[name]` holds column `name` of those rows (every COLUMNS)."""
+        start = len(self.ids)
+        for image_id in image_ids:
+            self._next_row(image_id)
+        for name in self.COLUMNS:
+            getattr(self, name)[start : len(self.ids)] = values[name]
+
     def add_rows(self, other: InspectionTable, image_ids: Iterable[str]) -> None:
         """Copy `image_ids`' rows of `other` into this table."""
         image_ids = list(image_ids)
         source = other.rows(image_ids)
-        start = len(self.ids)
-        for image_id in image_ids:
-            self._next_row(image_id)
-        target = np.arange(start, start + len(image_ids))
-        for name in (*self.SCALARS, "copies", "features"):
-            getattr(self, name)[target] = getattr(other, name)[source]
+        self.extend(image_ids, {name: getattr(other, name)[source] for name in self.COLUMNS})
 
     def rows(self, image_ids: Iterable[str]) -> np.ndarray:
         """Row positions of `image_ids` (KeyError for one not in the table)."""
