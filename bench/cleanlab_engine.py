@@ -8,8 +8,11 @@ Images: Fashion-MNIST's test part (never used to tune validate), a stratified dr
 (T-shirt <-> shirt, pullover <-> coat, sneaker <-> ankle boot, dress -> coat, sandal -> sneaker,
 bag -> T-shirt, trouser -> dress). The out-of-fold probabilities come from validate's own models
 (kernel + CNN ensemble by default, 5 folds, first round). Then every engine reads the same
-probabilities; "+ floor" applies validate's max_given_probability (0.05) on top. Needs cleanlab
-(`pip install -c constraints.txt cleanlab`, the `bench` extra)."""
+probabilities; "+ floor" applies validate's max_given_probability (0.05) on top.
+
+Since this comparison validate's rule IS cleanlab (tasks/checks/confident_learning.py calls
+cleanlab.filter.find_label_issues), so the "own" rows of a run today are cleanlab too; the own-code
+figures in BENCHMARKS.md were measured with the hand-written rule (commit b90ebe1 and before)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ Fashion-MNIST subset beats the defaults by a measured margin").
 
     python -m bench.tune_search                   # 30-minute study, 2 seeds per arm (~70 min on 2 cores)
     python -m bench.tune_search --quick           # tiny sizes, end-to-end check (~2 min)
+    python -m bench.tune_search --set tune.pruner=hyperband --set tune.epochs_per_trial=15
+                                                  # trials as long as the arms' training, Hyperband prunes
 
 Writes bench/results/tune_search.json (--out) and prints a Markdown table."""
 
@@ -33,6 +35,7 @@ import numpy as np
 import yaml
 
 from bench import fashion
+from bench.accuracy import parse_overrides
 from bench.common import table, write_array_store, write_result
 from bench.transfer import FASHION_TRANSFORMS, summarise, train_and_score, with_dirs
 
@@ -103,9 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="each arm's train.epochs (params.yaml: 15)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of each arm")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a new temporary one)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="tune.* (the study) or train.* (both arms and every trial) over params.yaml",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/tune_search.json"))
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    if set(overrides) - {"tune", "train"}:
+        raise SystemExit("--set takes tune.KEY=VALUE or train.KEY=VALUE")
     tune_overrides = {"timeout_minutes": args.minutes, "n_trials": 10_000, "study_name": "fashion-subset"}
+    tune_overrides |= overrides.get("tune", {})
     if args.quick:
         args.train_images, args.val_images, args.test_images, args.epochs, args.seeds = 300, 100, 300, 1, 1
         tune_overrides |= {"timeout_minutes": None, "n_trials": 2, "epochs_per_trial": 1}
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--root {root} is not empty")
     root.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    here = Path.cwd()  # back here before writing the result: its machine block reads the git commit
     os.chdir(root)  # the study's optuna.db sits beside mlflow.db; experiments' artifacts under root/mlruns
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("flows.tune").setLevel(logging.INFO)
@@ -130,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     # every arm and trial: CPU, no loader workers (2 shared cores), checkpoints rarely
     fixed = {"accelerator": "cpu", "num_workers": 0, "checkpoint_every_n_steps": 10_000}
     paths = fashion_store(root / "store", args)
-    params_file = project_params(root, paths, {**fixed, "epochs": args.epochs}, tune_overrides)
+    params_file = project_params(
+        root, paths, {**fixed, "epochs": args.epochs, **overrides.get("train", {})}, tune_overrides
+    )
 
     started = time.perf_counter()
     summary = tune(params_file)
@@ -166,11 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "study": summary | {"search_seconds": round(search_seconds, 1), "mlflow": trial_runs("imgcls-tune")},
         "arm_settings": {"epochs": args.epochs, "seeds": args.seeds, **fixed},
+        "overrides": overrides,
         "defaults_train": defaults.model_dump(),
+        "tuned_train": tuned.model_dump(),
         "arms": arms,
         "test_acc_margin_tuned_minus_defaults": round(margin, 4),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
+    os.chdir(here)
     write_result(result, out)
     rows = [
         [

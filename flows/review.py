@@ -240,6 +240,17 @@ def apply_csv(ctx: Context, file: str | Path, user: str | None = None) -> list[l
     return _record(ctx, rq.decisions_from_table(table, str(file)), "csv", user)
 
 
+def label_studio_image_url(store_file: str, image_prefix: str, image_root: Path) -> str:
+    """A task's image reference. A file of a local store: `image_prefix` + its path under `image_root`
+    (Label Studio's local file serving). An object of a remote store (s3://bucket/..., gs://...): the
+    URL itself, which Label Studio resolves (presigned) through a cloud storage connected to the bucket."""
+    if "://" in store_file:
+        return store_file
+    path = Path(store_file).resolve()
+    shown = path.relative_to(image_root).as_posix() if path.is_relative_to(image_root) else path.as_posix()
+    return f"{image_prefix}{shown}"
+
+
 def export_label_studio(
     ctx: Context,
     out: str | Path,
@@ -252,9 +263,7 @@ def export_label_studio(
     root = Path(image_root).resolve()
 
     def url(store_file: str) -> str:
-        path = Path(store_file).resolve()
-        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-        return f"{image_prefix}{shown}"
+        return label_studio_image_url(store_file, image_prefix, root)
 
     tasks = rq.to_label_studio(queue, url, model_version="imgcls-validate-out-of-fold")
     out = Path(out)

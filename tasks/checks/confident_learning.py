@@ -1,20 +1,20 @@
 """Confident learning (Northcutt, Jiang & Chuang, "Confident Learning: Estimating Uncertainty in
-Dataset Labels", JAIR 2021), written from the paper on plain arrays.
+Dataset Labels", JAIR 2021) on out-of-fold probabilities, with cleanlab (>= 2.9, Apache-2.0) as the engine.
 
 Inputs are out-of-fold predicted probabilities `probs` [N, K] (each row from a model that never saw
 that example) and the given labels `labels` [N] in 0..K-1.
 
-1. Per-class thresholds t_j = mean of probs[:, j] over the examples labelled j (the model's average
-   self-confidence for class j).
-2. Confident joint C[i, j]: examples labelled i whose "confident class" is j, the confident class being
-   the argmax of probs over the classes whose probability reaches their threshold (examples with no
-   class at threshold are not counted).
-3. Label issues, by `method`:
-   - "confident_joint": the off-diagonal of C, i.e. the confident class differs from the given label.
-   - "prune_by_noise_rate" (default): C is calibrated so row i sums to the number of examples labelled i;
-     for every off-diagonal cell (i, j) the round(C[i, j]) examples labelled i with the largest margin
-     probs[j] - probs[i] are flagged. Best recall in our benchmarks (digits, 3% flips).
+1.-2. cleanlab estimates per-class thresholds (the model's mean self-confidence per class) and the
+   confident joint C[i, j]: examples labelled i whose confident class is j.
+3. Label issues, by `method` (cleanlab.filter.find_label_issues' filter_by):
+   - "confident_joint" (cleanlab's "confident_learning"): the off-diagonal of C, i.e. the confident
+     class differs from the given label.
+   - "prune_by_noise_rate" (default): from C calibrated to the class counts, for every off-diagonal
+     cell (i, j) that many examples labelled i with the largest margin probs[j] - probs[i].
    - "both": flagged by both rules.
+   cleanlab replaced this module's own implementation of the same rules: on the same probabilities it
+   flags the same examples within 0.4 points, and its "both" finds 10 points more at the same precision
+   (bench/cleanlab_engine.py, BENCHMARKS.md).
 4. A floor on the given label's own probability (`max_given_probability`): an example is flagged only
    if the model gives its label less than this. The rules above count every confident disagreement,
    and on look-alike classes (shirt / T-shirt) a fair model disagrees with many correct labels; a
@@ -115,74 +115,27 @@ PREDICT_CHUNK = 20_000  # rows scored at a time: the kernel map of a large fold 
 MIN_KEPT_PER_CLASS = 100  # a fold trained on a budget keeps at least this many of each class (all if fewer)
 
 
-def per_class_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """t_j = mean predicted probability of class j over examples labelled j. A class with no examples
-    gets +inf: nothing can be confidently assigned to a class nobody is labelled with."""
-    k = probs.shape[1]
-    thresholds = np.full(k, np.inf)
-    for j in range(k):
-        members = labels == j
-        if members.any():
-            thresholds[j] = probs[members, j].mean()
-    return thresholds
-
-
-def confident_classes(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Per example the argmax of probs among classes at or above their threshold; -1 if none."""
-    above = probs >= thresholds[None, :]
-    masked = np.where(above, probs, -np.inf)
-    return np.where(above.any(axis=1), masked.argmax(axis=1), -1)
-
-
-def confident_joint(labels: np.ndarray, confident: np.ndarray, num_classes: int) -> np.ndarray:
-    """C[i, j] = number of examples labelled i whose confident class is j."""
-    counted = confident >= 0
-    joint = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(joint, (labels[counted], confident[counted]), 1)
-    return joint
-
-
-def calibrate_joint(joint: np.ndarray, class_counts: np.ndarray) -> np.ndarray:
-    """Rescale each row of C to sum to the number of examples given that label (paper eq. 2, per row)."""
-    row_sums = joint.sum(axis=1, keepdims=True)
-    return np.where(row_sums > 0, joint / np.maximum(row_sums, 1) * class_counts[:, None], 0.0)
-
-
-def prune_by_noise_rate(probs: np.ndarray, labels: np.ndarray, calibrated: np.ndarray) -> np.ndarray:
-    flagged = np.zeros(len(labels), dtype=bool)
-    k = probs.shape[1]
-    for i in range(k):
-        members = np.flatnonzero(labels == i)
-        for j in range(k):
-            n = int(round(calibrated[i, j])) if i != j else 0
-            if n == 0 or len(members) == 0:
-                continue
-            margin = probs[members, j] - probs[members, i]
-            # stable sort: equal margins are broken by position, so the result is deterministic
-            flagged[members[np.argsort(-margin, kind="stable")[:n]]] = True
-    return flagged
+# validate.suspect_label.method -> cleanlab's filter_by
+CLEANLAB_FILTER = {"prune_by_noise_rate": "prune_by_noise_rate", "confident_joint": "confident_learning", "both": "both"}
 
 
 def find_label_issues(
     probs: np.ndarray, labels: np.ndarray, method: Method = "prune_by_noise_rate", max_given_probability: float = 1.0
 ) -> np.ndarray:
-    """Boolean mask of examples whose given label is likely wrong: flagged by `method` and given less
-    than `max_given_probability` for their own label (1.0: no floor)."""
+    """Boolean mask of examples whose given label is likely wrong: flagged by `method` (cleanlab) and
+    given less than `max_given_probability` for their own label (1.0: no floor)."""
+    from cleanlab.filter import find_label_issues as cleanlab_label_issues
+
+    if method not in CLEANLAB_FILTER:
+        raise ValueError(f"unknown confident-learning method {method!r}")
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    if method not in ("prune_by_noise_rate", "confident_joint", "both"):
-        raise ValueError(f"unknown confident-learning method {method!r}")
-    k = probs.shape[1]
-    confident = confident_classes(probs, per_class_thresholds(probs, labels))
-    off_diagonal = (confident >= 0) & (confident != labels)
-    if method == "confident_joint":
-        issues = off_diagonal
-    else:
-        counts = np.bincount(labels, minlength=k)
-        issues = prune_by_noise_rate(probs, labels, calibrate_joint(confident_joint(labels, confident, k), counts))
-        if method == "both":
-            issues &= off_diagonal
-    return issues & (probs[np.arange(len(labels)), labels] < max_given_probability)
+    if not len(labels):
+        return np.zeros(0, dtype=bool)
+    # n_jobs=1: cleanlab's per-class pool would fork this process (a Dask worker, a Prefect task) for
+    # work that takes milliseconds
+    issues = cleanlab_label_issues(labels=labels, pred_probs=probs, filter_by=CLEANLAB_FILTER[method], n_jobs=1)
+    return np.asarray(issues, dtype=bool) & (probs[np.arange(len(labels)), labels] < max_given_probability)
 
 
 def fit_suspect_labels(

@@ -139,3 +139,25 @@ def test_accuracy_overrides_are_section_key_value_pairs():
     }
     with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
         accuracy.parse_overrides(["batch_size=256"])
+
+
+@pytest.mark.slow  # ~40 s: two tiny trials, then both arms trained and scored
+def test_tune_search_compares_the_study_best_with_the_defaults(tmp_path, monkeypatch):
+    from bench import tune_search
+
+    # the bench points MLflow at its own store and works in its folder: both restored after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'unused.db'}")
+    monkeypatch.chdir(tmp_path)
+
+    result = run(tune_search, tmp_path, "--root", str(tmp_path / "w"))
+    study = result["study"]
+    assert study["trials"] == 2 and study["mlflow"]["parent_runs"] == 1
+    assert study["mlflow"]["trial_runs_under_the_parent"] == study["mlflow"]["trial_runs"] == 2
+    defaults, tuned = (result["arms"][arm]["summary"] for arm in ("defaults", "tuned"))
+    assert 0.0 < defaults["test_acc_mean"] <= 1.0 and 0.0 < tuned["test_acc_mean"] <= 1.0
+    assert result["test_acc_margin_tuned_minus_defaults"] == pytest.approx(
+        tuned["test_acc_mean"] - defaults["test_acc_mean"], abs=1e-4
+    )
+    # the tuned arm trains with the study's best values laid over the defaults
+    for key, value in study["best_params"].items():
+        assert result["tuned_train"][key] == value

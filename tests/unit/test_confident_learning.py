@@ -3,16 +3,12 @@ import pytest
 
 from tasks.checks.confident_learning import (
     budget_rows,
-    calibrate_joint,
-    confident_classes,
-    confident_joint,
     find_label_issues,
     fit_projection,
     fit_suspect_labels,
     image_features,
     kernel_model,
     out_of_fold_probabilities,
-    per_class_thresholds,
     project,
     with_projection,
 )
@@ -33,36 +29,16 @@ def noisy_probabilities(n=1200, k=4, flip=0.05, seed=0):
     return probs, labels, mask
 
 
-def test_thresholds_are_mean_self_confidence_per_class():
-    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
-    labels = np.array([0, 0, 1, 1])
-    np.testing.assert_allclose(per_class_thresholds(probs, labels), [0.8, 0.6])
-
-
-def test_class_without_examples_gets_infinite_threshold():
-    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
-    assert np.isinf(per_class_thresholds(probs, np.array([0, 1]))[2])
-
-
-def test_confident_joint_by_hand():
+def test_confident_joint_method_flags_the_confident_disagreement_by_hand():
+    # thresholds (mean self-confidence): class 0 (0.9 + 0.65 + 0.15) / 3 = 0.567, class 1 (0.8 + 0.45) / 2
+    # = 0.625. Row 4, labelled 0, is confidently class 1 (0.85 >= 0.625); row 3 reaches neither threshold.
     probs = np.array([[0.9, 0.1], [0.65, 0.35], [0.2, 0.8], [0.55, 0.45], [0.15, 0.85]])
     labels = np.array([0, 0, 1, 1, 0])
-    thresholds = per_class_thresholds(probs, labels)
-    np.testing.assert_allclose(thresholds, [(0.9 + 0.65 + 0.15) / 3, (0.8 + 0.45) / 2])
-    confident = confident_classes(probs, thresholds)
-    # row 3 reaches neither threshold (0.55 < 0.567, 0.45 < 0.625); row 4 is confidently class 1
-    np.testing.assert_array_equal(confident, [0, 0, 1, -1, 1])
-    np.testing.assert_array_equal(confident_joint(labels, confident, 2), [[2, 1], [0, 1]])
     np.testing.assert_array_equal(find_label_issues(probs, labels, "confident_joint"), [0, 0, 0, 0, 1])
-    # the argmax is taken among the classes at threshold only
-    assert confident_classes(np.array([[0.55, 0.45]]), np.array([0.6, 0.4]))[0] == 1
 
 
-def test_calibrated_rows_sum_to_class_counts():
-    joint = np.array([[8, 2], [1, 3]])
-    calibrated = calibrate_joint(joint, np.array([20, 8]))
-    np.testing.assert_allclose(calibrated.sum(axis=1), [20, 8])
-    np.testing.assert_allclose(calibrated[0], [16, 4])
+def test_no_examples_no_issues():
+    assert find_label_issues(np.zeros((0, 3)), np.zeros(0, dtype=int)).shape == (0,)
 
 
 def test_planted_flips_are_found_by_default_method():

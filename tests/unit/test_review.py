@@ -301,3 +301,17 @@ def test_feedback_conflicts_are_queued_and_a_decision_admits_or_excludes_them(so
     skipped = pd.read_csv("reports/ingest/skipped.csv")
     assert (skipped["reason"] == "excluded_by_review").sum() == 2
     assert summary["feedback_review"] == 0 and review.build(ctx).empty
+
+
+def test_label_studio_image_urls_local_and_remote(tmp_path):
+    sha = "ab" + "0" * 62
+    local = tmp_path / "data" / "store" / "ab" / sha
+    assert (
+        review.label_studio_image_url(str(local), review.LABEL_STUDIO_PREFIX, tmp_path)
+        == f"/data/local-files/?d=data/store/ab/{sha}"
+    )
+    outside = review.label_studio_image_url(str(local), "https://img.example.org", tmp_path / "elsewhere")
+    assert outside == f"https://img.example.org{local.as_posix()}"
+    # an S3 store's object stays an s3:// URL: Label Studio presigns it through its S3 storage
+    remote = f"s3://bucket/imgcls/store/ab/{sha}"
+    assert review.label_studio_image_url(remote, review.LABEL_STUDIO_PREFIX, tmp_path) == remote
