@@ -116,7 +116,11 @@ MIN_KEPT_PER_CLASS = 100  # a fold trained on a budget keeps at least this many 
 
 
 # validate.suspect_label.method -> cleanlab's filter_by
-CLEANLAB_FILTER = {"prune_by_noise_rate": "prune_by_noise_rate", "confident_joint": "confident_learning", "both": "both"}
+CLEANLAB_FILTER = {
+    "prune_by_noise_rate": "prune_by_noise_rate",
+    "confident_joint": "confident_learning",
+    "both": "both",
+}
 
 
 def find_label_issues(
