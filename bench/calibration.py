@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="calibration_") as tmp:
         root = Path(tmp).resolve()
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"  # never the project's own store
+        shutil.copy(here / "params.yaml", root / "params.yaml")  # measure() lays its sections over the cwd's
         os.chdir(root)
         try:
             run = measure("digits", root, 15.0, None, None, None, None, overrides)
