@@ -60,6 +60,11 @@ def write_params(root: Path, sections: dict) -> Path:
     return params_file
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """The benches' repeatable `--set SECTION.KEY=VALUE` (args.overrides; read with parse_overrides)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """["train.batch_size=256", "clean.workers=16"] -> {"train": {"batch_size": 256}, "clean": {"workers": 16}};
     values are read as YAML. The stages' own Params still check every key and type."""
@@ -145,14 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml)")
     parser.add_argument("--per-class", type=int, default=None, help="fashion: train images per class (default all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="fashion: test images per class (default all)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="any params.yaml value, e.g. --set clean.workers=16 --set train.batch_size=256",
-    )
+    add_overrides_argument(parser, "any params.yaml value, e.g. --set clean.workers=16 --set train.batch_size=256")
     parser.add_argument("--quick", action="store_true", help="fashion, 100 train + 20 test per class, 1 epoch")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the project here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/accuracy_<dataset>.json")

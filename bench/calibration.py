@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import measure, parse_overrides
+from bench.accuracy import add_overrides_argument, measure, parse_overrides
 from bench.common import table, write_result
 from models import calibration
 from tasks.common.params import deep_merge
@@ -39,7 +39,7 @@ def scores(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.calibration", description=__doc__)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_overrides_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("bench/results/calibration_digits.json"))
     args = parser.parse_args(argv)
     out = args.out.resolve()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench.accuracy import parse_overrides, write_params
+from bench.accuracy import add_overrides_argument, parse_overrides, write_params
 from bench.common import run_stages, write_result
 from tasks.common.params import Paths
 
@@ -89,7 +89,7 @@ def measure(root: Path, seeds: int, overrides: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ensemble", description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_overrides_argument(parser)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the project here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ensemble_digits.json"))
     args = parser.parse_args(argv)

@@ -186,6 +186,12 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+def summary_cells(s: dict, digits: int = 3) -> list:
+    """[seeds, test acc mean, min-max spread ("-" for one seed), train s mean] of a summarise() result."""
+    spread = f"{s['test_acc_min']:.{digits}f}-{s['test_acc_max']:.{digits}f}" if s["seeds"] > 1 else "-"
+    return [s["seeds"], s["test_acc_mean"], spread, s["train_seconds_mean"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: an end-to-end check, not a result")
@@ -323,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [["pretrain (Fashion test)", network, "-", pretrained["test_acc"], "-", pretrained["train_seconds"]]]
     for name, task in tasks.items():
         for arm, data in task["arms"].items():
-            s = data["summary"]
-            spread = f"{s['test_acc_min']:.3f}-{s['test_acc_max']:.3f}" if s["seeds"] > 1 else "-"
-            rows.append([name, arm, s["seeds"], s["test_acc_mean"], spread, s["train_seconds_mean"]])
+            rows.append([name, arm, *summary_cells(data["summary"])])
     print(table(["task", "arm", "seeds", "test acc (mean)", "min-max", "train s (mean)"], rows))
     print(f"wrote {out}; total {result['total_seconds']} s; work folder {root}")
     if not args.root:

@@ -35,9 +35,9 @@ import numpy as np
 import yaml
 
 from bench import fashion
-from bench.accuracy import parse_overrides
+from bench.accuracy import add_overrides_argument, parse_overrides
 from bench.common import table, write_array_store, write_result
-from bench.transfer import FASHION_TRANSFORMS, summarise, train_and_score, with_dirs
+from bench.transfer import FASHION_TRANSFORMS, summarise, summary_cells, train_and_score, with_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("defaults", "tuned")
@@ -106,14 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="each arm's train.epochs (params.yaml: 15)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of each arm")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a new temporary one)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="tune.* (the study) or train.* (both arms and every trial) over params.yaml",
-    )
+    add_overrides_argument(parser, "tune.* (the study) or train.* (both arms and every trial) over params.yaml")
     parser.add_argument("--out", type=Path, default=Path("bench/results/tune_search.json"))
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
@@ -193,16 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.chdir(here)
     write_result(result, out)
-    rows = [
-        [
-            arm,
-            data["summary"]["seeds"],
-            data["summary"]["test_acc_mean"],
-            f"{data['summary']['test_acc_min']:.4f}-{data['summary']['test_acc_max']:.4f}",
-            data["summary"]["train_seconds_mean"],
-        ]
-        for arm, data in arms.items()
-    ]
+    rows = [[arm, *summary_cells(data["summary"], digits=4)] for arm, data in arms.items()]
     print(table(["arm", "seeds", "test acc (mean)", "min-max", "train s (mean)"], rows))
     print(f"margin {margin:+.4f}; wrote {out}; total {result['total_seconds']} s; work folder {root}")
     if not args.root:
