@@ -118,7 +118,7 @@ def cmd_ensemble(args) -> int:
     from flows.ensemble import make, summary_lines
 
     logging.basicConfig(level=logging.INFO, format="[ensemble] %(message)s")
-    print("\n".join(summary_lines(make(args.params, seeds=args.seeds, runs=args.runs))))
+    print("\n".join(summary_lines(make(args.params, seeds=args.seeds, runs=args.runs, weighting=args.weights))))
     return 0
 
 
@@ -319,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     members = p.add_mutually_exclusive_group(required=True)
     members.add_argument("--seeds", type=int, metavar="N", help="train N members with train.seed = 0..N-1")
     members.add_argument("--runs", nargs="+", metavar="RUN_ID", help="use the models these MLflow runs logged")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "fitted", "equal"),
+        default="auto",
+        help="fitted: minimum val log loss; equal; auto (default): fitted only when val tells the members "
+        "apart (exact McNemar p < 0.05), else equal",
+    )
 
     p = command(
         "schedule", cmd_schedule, "serve the pipeline flow on a cron schedule (needs PREFECT_API_URL for the UI)"

@@ -11,7 +11,13 @@ from tasks.common.params import DEFAULT_PARAMS, Paths, parse_section, validate_f
 from tasks.common.workspace_lock import workspace_lock
 
 
-def make(params_path: str | Path = DEFAULT_PARAMS, *, seeds: int | None = None, runs: list[str] | None = None) -> dict:
+def make(
+    params_path: str | Path = DEFAULT_PARAMS,
+    *,
+    seeds: int | None = None,
+    runs: list[str] | None = None,
+    weighting: str = "auto",
+) -> dict:
     from tasks.judging.ensemble import build
     from tasks.train import Params as TrainParams
 
@@ -21,7 +27,7 @@ def make(params_path: str | Path = DEFAULT_PARAMS, *, seeds: int | None = None, 
     train = parse_section(data, "train", TrainParams, params_path)
     paths = parse_section(data, "paths", Paths, params_path)
     with workspace_lock(paths.cache):
-        return build(train, paths, seeds=seeds, runs=runs)
+        return build(train, paths, seeds=seeds, runs=runs, weighting=weighting)
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -34,7 +40,8 @@ def summary_lines(result: dict) -> list[str]:
     )
     return [
         f"ensemble run {result['run_id']}: val acc {m['val/ensemble/acc']:.4f}, "
-        f"val log loss {m['val/ensemble/log_loss']:.4f}",
+        f"val log loss {m['val/ensemble/log_loss']:.4f}, "
+        f"weights {'fitted on val' if m['ensemble/weights_fitted'] else 'equal (val does not tell the members apart)'}",
         f"members: {members}",
         f"p50 single-image predict: {m['ensemble/latency_p50_ms']:.1f} ms (one member "
         f"{m['ensemble/member_latency_p50_ms']:.1f} ms)",

@@ -1,6 +1,7 @@
 """Make an ensemble the candidate model (`imgcls ensemble`): members trained by the train stage with
-seeds 0..N-1 (each into <train_dir>/members/seed<i>/) or taken from finished MLflow runs, weights fitted
-on the val split of the prepared store (models.ensemble.fit_weights), ONE MLflow run (tag
+seeds 0..N-1 (each into <train_dir>/members/seed<i>/) or taken from finished MLflow runs, weights chosen
+on the val split of the prepared store (choose_weights: fitted, or equal when val cannot tell the
+members apart), ONE MLflow run (tag
 imgcls.kind=ensemble) logging the ensemble pyfunc, and <train_dir>/run.json + <train_dir>/model/ written
 as train writes them, so evaluate and promote treat the ensemble as the candidate like any trained model.
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 KIND_TAG = "imgcls.kind"
 MEMBERS_TAG = "imgcls.ensemble.members"  # JSON list of the member run ids
 WEIGHTS_TAG = "imgcls.ensemble.weights"  # JSON list, same order
+WEIGHTINGS = ("auto", "fitted", "equal")  # how the weights are chosen (choose_weights)
+SEPARATED_P = 0.05  # auto fits the weights only when val separates the members at this McNemar p
 MEMBERS_DIR = "members"
 MODEL_FILES = ("weights.safetensors", "stats.json", "classes.json", "network.json")
 
@@ -59,9 +62,35 @@ def split_scores(member_proba: np.ndarray, weights: np.ndarray, y: np.ndarray, s
     return out
 
 
-def fit(member_dirs: list[Path], prepared: str | Path):
-    """The ensemble of these model folders with weights fitted on the val split; (predictor, metrics)."""
-    from models.ensemble import EnsemblePredictor, fit_weights
+def choose_weights(member_proba: np.ndarray, y: np.ndarray, weighting: str = "auto") -> tuple[np.ndarray, str]:
+    """(weights, "fitted" | "equal"). fitted: models.ensemble.fit_weights on val. equal: 1/members.
+    auto: fitted only when val tells the members apart, i.e. its most accurate member is better than
+    at least one other by the exact McNemar test (p < SEPARATED_P); else equal. Why: the members chose
+    their checkpoints and temperatures on this same val split, so one of them is often perfect on it
+    by chance, and the log-loss fit then puts all the weight on that one member (digits, 188 val
+    images: weights [0, 1, 0] scored 0.9886 on test where equal weights scored 0.9943)."""
+    from models.ensemble import fit_weights
+    from tasks.judging.gates import mcnemar_exact
+
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"ensemble weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    members = len(member_proba)
+    equal = np.full(members, 1.0 / members)
+    if weighting == "equal" or members == 1:
+        return equal, "equal"
+    if weighting == "auto":
+        correct = np.asarray(member_proba).argmax(axis=2) == np.asarray(y)[None, :]
+        best = int(correct.sum(axis=1).argmax())
+        separated = any(mcnemar_exact(correct[best], correct[k])[2] < SEPARATED_P for k in range(members) if k != best)
+        if not separated:
+            return equal, "equal"
+    return fit_weights(member_proba, y), "fitted"
+
+
+def fit(member_dirs: list[Path], prepared: str | Path, weighting: str = "auto"):
+    """The ensemble of these model folders with weights chosen on the val split (choose_weights);
+    (predictor, metrics)."""
+    from models.ensemble import EnsemblePredictor
     from models.predictor import predictor_from_files
 
     store = read_prepared(prepared)
@@ -74,9 +103,10 @@ def fit(member_dirs: list[Path], prepared: str | Path):
         raise UserError(f"the val split of {prepared} has no images: ensemble weights are fitted on it")
     y = frame["label_idx"].to_numpy()
     proba = probe.member_proba(np.asarray(store.images[frame["row"].to_numpy()]))
-    weights = fit_weights(proba, y)
+    weights, weighting = choose_weights(proba, y, weighting)
     ensemble = EnsemblePredictor(members, weights)
     metrics = split_scores(proba, ensemble.weights, y, "val")
+    metrics["ensemble/weights_fitted"] = float(weighting == "fitted")
     metrics |= latency_metrics(ensemble, np.asarray(store.images[int(frame["row"].iloc[0])]))
     return ensemble, metrics
 
@@ -118,7 +148,9 @@ def download_members(run_ids: list[str], target: Path) -> list[tuple[str, Path]]
     return out
 
 
-def build(train_params, paths: Paths, *, seeds: int | None = None, runs: list[str] | None = None) -> dict:
+def build(
+    train_params, paths: Paths, *, seeds: int | None = None, runs: list[str] | None = None, weighting: str = "auto"
+) -> dict:
     """Make the ensemble candidate; returns run.json's content plus weights, members and val metrics."""
     import mlflow
 
@@ -139,11 +171,12 @@ def build(train_params, paths: Paths, *, seeds: int | None = None, runs: list[st
         if not members:
             return {}
         member_ids = [run_id for run_id, _ in members]
-        ensemble, metrics = fit([folder for _, folder in members], paths.prepared)
+        ensemble, metrics = fit([folder for _, folder in members], paths.prepared, weighting)
         weights = [round(float(w), 6) for w in ensemble.weights]
         log.info(
-            "ensemble weights %s; val acc %.4f (members %s)",
+            "ensemble weights %s (%s); val acc %.4f (members %s)",
             weights,
+            "fitted on val" if metrics["ensemble/weights_fitted"] else "equal",
             metrics["val/ensemble/acc"],
             [round(metrics[f"val/m{i}/acc"], 4) for i in range(len(members))],
         )
@@ -171,7 +204,12 @@ def build(train_params, paths: Paths, *, seeds: int | None = None, runs: list[st
                 }
             )
             mlflow.log_params(
-                {"ensemble.members": len(members), "ensemble.pooling": "linear", "train.network": train_params.network}
+                {
+                    "ensemble.members": len(members),
+                    "ensemble.pooling": "linear",
+                    "ensemble.weighting": weighting,
+                    "train.network": train_params.network,
+                }
             )
             mlflow.log_metrics(metrics)
             model_uri = log_pyfunc({ENSEMBLE_DIR: folder}, example).model_uri

@@ -18,7 +18,7 @@ from models.networks import build_network
 from models.predictor import Predictor, load_predictor, save_model_files
 from tasks.common.errors import UserError
 from tasks.common.prepared import read_prepared
-from tasks.judging.ensemble import build
+from tasks.judging.ensemble import build, choose_weights
 from tests.helpers.brightness_models import write_split
 from tests.helpers.prepared_store import make_project
 
@@ -63,6 +63,43 @@ def test_fit_weights_favours_the_better_member_and_lowers_the_loss():
     # one member, or nothing to fit on: equal weights
     assert fit_weights(proba[:1], y).tolist() == [1.0]
     assert fit_weights(proba[:, :0], y[:0]).tolist() == pytest.approx([1 / 3] * 3)
+
+
+def _near_perfect(errors: list[int], n: int = 188, classes: int = 10, seed: int = 0):
+    """Labels and members that are right on all but errors[i] images, each giving its answer
+    probability 0.9, except a perfect member, which is near-certain (0.999): the val split of digits,
+    where the members chose checkpoints and temperatures on val and one of them is perfect there."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    members = []
+    for wrong in errors:
+        answer = y.copy()
+        picked = rng.choice(n, wrong, replace=False)
+        answer[picked] = (y[picked] + 1) % classes
+        sure = 0.999 if wrong == 0 else 0.9
+        p = np.full((n, classes), (1 - sure) / (classes - 1))
+        p[np.arange(n), answer] = sure
+        members.append(p)
+    return y, np.stack(members)
+
+
+def test_auto_weights_stay_equal_when_val_cannot_tell_the_members_apart():
+    # one member perfect on val, the others one wrong image each: the log-loss fit collapses onto
+    # the perfect one; McNemar p = 1, so auto keeps equal weights
+    y, proba = _near_perfect([1, 0, 1])
+    fitted = fit_weights(proba, y)
+    assert fitted[1] > 0.9
+    weights, how = choose_weights(proba, y, "auto")
+    assert how == "equal" and weights.tolist() == pytest.approx([1 / 3] * 3)
+    assert choose_weights(proba, y, "fitted")[0] == pytest.approx(fitted)
+    # a member clearly worse on val (30 more wrong images of 188): auto fits
+    y, proba = _near_perfect([0, 30, 1])
+    weights, how = choose_weights(proba, y, "auto")
+    assert how == "fitted" and weights == pytest.approx(fit_weights(proba, y)) and weights[1] < 0.05
+    assert choose_weights(proba, y, "equal")[1] == "equal"
+    assert choose_weights(proba[:1], y, "auto") == (pytest.approx([1.0]), "equal")
+    with pytest.raises(UserError, match="weighting must be one of"):
+        choose_weights(proba, y, "best")
 
 
 def _member(classes: list[str], seed: int, size: int = 16) -> Predictor:
@@ -140,6 +177,10 @@ def test_seeds_make_one_ensemble_run_and_run_json(made):
     weights = json.loads(run.data.tags["imgcls.ensemble.weights"])
     assert sum(weights) == pytest.approx(1.0, abs=1e-5) and min(weights) >= 0
     assert run.data.metrics["ensemble/latency_p50_ms"] > 0 and run.data.metrics["ensemble/members"] == 2
+    assert run.data.params["ensemble.weighting"] == "auto"
+    assert run.data.metrics["ensemble/weights_fitted"] in (0.0, 1.0)
+    if run.data.metrics["ensemble/weights_fitted"] == 0.0:
+        assert weights == pytest.approx([0.5, 0.5], abs=1e-6)
     assert run.data.tags["imgcls.registered"] == "false"
     for member in members:  # member runs say why they are not registered
         assert result["run_id"] in client.get_run(member).data.tags["imgcls.not_registered_reason"]
