@@ -47,10 +47,19 @@ def stages() -> list[str]:
 
 
 def fashion_base(n: int, seed: int, part: str = "train") -> list[tuple[np.ndarray, str]]:
-    """n Fashion-MNIST images of `part` drawn at random (classes in their natural, balanced mix)."""
-    images, labels = fashion.load(part)
+    """n Fashion-MNIST images of `part` drawn at random (classes in their natural, balanced mix);
+    part "digits": sklearn's digits upscaled to 32x32 like sample:digits (all 1,797 when n is larger)."""
+    if part == "digits":
+        from bench.near_duplicates import digits_arrays
+
+        images, labels = digits_arrays()
+        names = [f"digit_{k}" for k in range(10)]
+    else:
+        images, labels = fashion.load(part)
+        names = fashion.CLASSES
+    n = min(n, len(labels))
     picked = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
-    return [(images[i], fashion.CLASSES[labels[i]]) for i in picked]
+    return [(images[i], names[labels[i]]) for i in picked]
 
 
 def write_project(
@@ -82,7 +91,8 @@ def measure(
     names = stages()
     planted_dir, project = workdir / "planted", workdir / "project"
     project.mkdir(parents=True, exist_ok=True)
-    truth = plant(fashion_base(n, seed, part), planted_dir, seed=seed, per_fault=per_fault, flip_fraction=flip_fraction)
+    base = fashion_base(n, seed, part)
+    truth = plant(base, planted_dir, seed=seed, per_fault=per_fault, flip_fraction=flip_fraction)
     seconds = run_stages(write_project(project, planted_dir, names, workers, suspect_label), names)
 
     paths = Paths(**{name: str(project / value) for name, value in Paths().model_dump().items()})
@@ -101,7 +111,7 @@ def measure(
     clean_kept_wrongly = truth["planted_reason"].eq("clean") & ~truth["source_path"].isin(last["source_path"])
     totals = table[["planted", "flagged", "hits"]].sum()
     return {
-        "n": n,
+        "n": len(base),
         "seed": seed,
         "per_fault": per_fault,
         "flip_fraction": flip_fraction,
@@ -143,7 +153,7 @@ def _number(value: float) -> float | None:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"Fashion-MNIST n={result['n']} (seed {result['seed']}, {result['per_fault']} of each fault, "
+        f"{'digits' if result.get('part') == 'digits' else 'Fashion-MNIST'} n={result['n']} (seed {result['seed']}, {result['per_fault']} of each fault, "
         f"{result['files']} files)",
         "",
         "| reason | planted | flagged | hits | recall | precision |",
@@ -184,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suspect-label", type=json.loads, default=None, help='validate.suspect_label overrides, JSON: {"folds": 3}'
     )
-    parser.add_argument("--part", choices=("train", "test"), default="train", help="Fashion-MNIST part to draw from")
+    parser.add_argument(
+        "--part",
+        choices=("train", "test", "digits"),
+        default="train",
+        help="Fashion-MNIST part to draw from, or sklearn's digits",
+    )
     parser.add_argument("--quick", action="store_true", help="n=300, 2 of each fault: a smoke run for tests")
     parser.add_argument(
         "--projection-sample",

@@ -75,6 +75,9 @@ class SuspectLabelParams(Strict):
     method: Literal["prune_by_noise_rate", "confident_joint", "both"] = "prune_by_noise_rate"
     # flag only images whose given label gets less than this out-of-fold probability (1.0: no floor)
     max_given_probability: float = Field(0.05, gt=0.0, le=1.0)
+    # ...and flag any image whose given label gets less than this, even if the rule does not pick it
+    # (cleanlab's per-cell counts miss lone uniform flips; 0: off)
+    certain_below: float = Field(0.02, ge=0.0, le=1.0)
     retrain: bool = True  # score again with models fitted without the first round's suspects
     # out-of-fold models: kernel (HOG + pixels, seconds), cnn (small CNN), ensemble (their mean: best)
     model: Literal["ensemble", "kernel", "cnn"] = "ensemble"
@@ -429,6 +432,7 @@ def _fit_and_keep(
             seed=cfg.seed,
             method=cfg.method,
             max_given_probability=cfg.max_given_probability,
+            certain_below=cfg.certain_below,
             retrain=cfg.retrain,
             fit_folds=fit_folds,
         )
@@ -547,13 +551,14 @@ def _check_suspect_labels(
     log.info(how)
     found.notes.append(how)
     # confident learning on every scored image, fitted or new: the same rule as a full run's last round
-    issues = find_label_issues(probs, y, cfg.method, cfg.max_given_probability)
+    issues = find_label_issues(probs, y, cfg.method, cfg.max_given_probability, cfg.certain_below)
     given_p[scored] = probs[np.arange(len(y)), y]
     accuracy = float((probs.argmax(axis=1) == y).mean())
     found.notes.append(
         f"suspect-label model ({cfg.model}): out-of-fold accuracy {accuracy:.3f} on {len(y)} images "
         f"({cfg.folds} folds, method {cfg.method}, given-label probability below "
-        f"{cfg.max_given_probability:g}{', retrained without first-round suspects' if cfg.retrain else ''})"
+        f"{cfg.max_given_probability:g}, or below {cfg.certain_below:g} whatever the method"
+        f"{', retrained without first-round suspects' if cfg.retrain else ''})"
     )
     if checked is not None and (issues & checked[scored]).any():  # human-checked: not flagged again
         found.notes.append(

@@ -19,6 +19,12 @@ that example) and the given labels `labels` [N] in 0..K-1.
    if the model gives its label less than this. The rules above count every confident disagreement,
    and on look-alike classes (shirt / T-shirt) a fair model disagrees with many correct labels; a
    real mislabel usually gets almost no probability for the label it was given.
+   And the converse (`certain_below`): an example whose label gets less than this is flagged even when
+   the rule does not pick it. prune_by_noise_rate removes from each (given, true) cell as many examples
+   as the cell's estimated count; a uniform flip lands in a cell that holds one or two of them and is
+   often estimated empty, so a T-shirt labelled "sandal" with p = 0.007 went unflagged. Tuned on
+   Fashion-MNIST's train part (bench/data_quality.py, BENCHMARKS.md): at 0.02 it added 6 of 83 planted
+   flips and no other image.
 5. Optionally a second round (`retrain`): the models are fitted again without the examples the first
    round flagged, so a mislabelled training example no longer teaches the model that, say, a bag may be
    a coat; the flagged examples are still scored, out of fold, and the rule is applied again.
@@ -124,10 +130,15 @@ CLEANLAB_FILTER = {
 
 
 def find_label_issues(
-    probs: np.ndarray, labels: np.ndarray, method: Method = "prune_by_noise_rate", max_given_probability: float = 1.0
+    probs: np.ndarray,
+    labels: np.ndarray,
+    method: Method = "prune_by_noise_rate",
+    max_given_probability: float = 1.0,
+    certain_below: float = 0.0,
 ) -> np.ndarray:
     """Boolean mask of examples whose given label is likely wrong: flagged by `method` (cleanlab) and
-    given less than `max_given_probability` for their own label (1.0: no floor)."""
+    given less than `max_given_probability` for their own label (1.0: no floor), or given less than
+    `certain_below` whatever the method says (0: off; module docstring, step 4)."""
     from cleanlab.filter import find_label_issues as cleanlab_label_issues
 
     if method not in CLEANLAB_FILTER:
@@ -139,7 +150,8 @@ def find_label_issues(
     # n_jobs=1: cleanlab's per-class pool would fork this process (a Dask worker, a Prefect task) for
     # work that takes milliseconds
     issues = cleanlab_label_issues(labels=labels, pred_probs=probs, filter_by=CLEANLAB_FILTER[method], n_jobs=1)
-    return np.asarray(issues, dtype=bool) & (probs[np.arange(len(labels)), labels] < max_given_probability)
+    given = probs[np.arange(len(labels)), labels]
+    return (np.asarray(issues, dtype=bool) & (given < max_given_probability)) | (given < certain_below)
 
 
 def fit_suspect_labels(
@@ -151,6 +163,7 @@ def fit_suspect_labels(
     method: Method,
     max_given_probability: float,
     retrain: bool,
+    certain_below: float = 0.0,
     fit_folds: FoldFitter = fit_here,
 ) -> OofFit:
     """Out-of-fold probabilities [N, K] averaged over `models`, the label-issue mask [N] and the fold
@@ -159,13 +172,13 @@ def fit_suspect_labels(
     `fit_folds` fits the folds (tasks.checks.oof_folds: here, or on a Dask cluster)."""
     fold_models: list[list[Any]] = []
     probs = out_of_fold_probabilities(models, labels, folds, seed, fold_models=fold_models, fit_folds=fit_folds)
-    issues = find_label_issues(probs, labels, method, max_given_probability)
+    issues = find_label_issues(probs, labels, method, max_given_probability, certain_below)
     if retrain and issues.any():
         fold_models = []
         probs = out_of_fold_probabilities(
             models, labels, folds, seed, exclude=issues, fold_models=fold_models, fit_folds=fit_folds
         )
-        issues = find_label_issues(probs, labels, method, max_given_probability)
+        issues = find_label_issues(probs, labels, method, max_given_probability, certain_below)
     return OofFit(probs, issues, fold_models)
 
 

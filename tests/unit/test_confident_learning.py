@@ -93,6 +93,31 @@ def test_floor_on_given_probability_keeps_only_confident_disagreements():
     assert (floored & flipped).sum() / floored.sum() > (unfloored & flipped).sum() / unfloored.sum()
 
 
+def test_a_label_with_almost_no_probability_is_flagged_even_when_the_rule_misses_it():
+    # 10 classes, 1,000 clean examples from a good model, and ONE uniform flip: an image labelled 3
+    # that the model splits between classes 7 and 8 (0.5 / 0.492; a shirt or a T-shirt, labelled
+    # sandal). It reaches neither class's confidence threshold, so it is in no cell of the confident
+    # joint and cleanlab's rule leaves it alone; certain_below catches it and nothing else
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 10, 1000)
+    logits = rng.normal(0, 1, (1000, 10))
+    logits[np.arange(1000), truth] += 7.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = truth.copy()
+    labels[0] = 3
+    probs[0] = 0.001
+    probs[0, [7, 8]] = [0.5, 0.492]
+    given = probs[np.arange(1000), labels]
+    assert given[0] < 0.02 and (given[1:] >= 0.02).all()
+    rule = find_label_issues(probs, labels, max_given_probability=0.05)
+    assert not rule[0]
+    with_certain = find_label_issues(probs, labels, max_given_probability=0.05, certain_below=0.02)
+    np.testing.assert_array_equal(with_certain, rule | (given < 0.02))
+    assert with_certain[0] and with_certain.sum() == rule.sum() + 1
+    # the function's default is off: nothing changes without it
+    np.testing.assert_array_equal(find_label_issues(probs, labels, max_given_probability=0.05, certain_below=0.0), rule)
+
+
 def blobs_with_flips(seed=1):
     """Three well-separated classes, 60 each, with 6 of class 0 labelled 1."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,240 @@
+"""Near-duplicates made by cropping, rotating or shifting: can candidates from nearest neighbours and a
+verification by affine registration find them without pairing look-alikes? (issue 11; measured, not
+adopted: BENCHMARKS.md, "Crops and rotations: registration tried").
+
+On a bench.near_duplicates set (n images + per_kind planted copies of every kind), from the aligned
+copies clean keeps (tasks.checks.phash.aligned_copy):
+- candidates: the clean rule's hash neighbours (radius 6) plus the k nearest neighbours of every image by
+  the correlation of an 8x8 blurred descriptor, of the aligned copy and of a copy whose content box is
+  stretched to a fixed size (a crop is a zoom of the content box);
+- verification: the clean rule's similarity (tasks.checks.similarity), and a registered similarity:
+  an affine warp (6 parameters, plus gain and offset) fitted by Gauss-Newton on blurred copies
+  (sigma 1.5, then 0.8), started from no warp and from the warp between the content boxes, the better
+  kept; the correlation of the registered copies (blur 0.8) inside a 3 px margin, where aligned_copy's
+  edge padding cannot count.
+Reported: the candidates' recall per kind, and per rule "clean OR registered >= t" the recall per kind
+and the pairs that join two different pictures.
+
+    python -m bench.near_duplicate_registration [--part train] [--seed 100] [--per-kind 20]"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import affine_transform, gaussian_filter
+
+from bench.common import write_result
+from bench.near_duplicates import Own, digits_arrays, fashion_arrays, make_set
+from tasks.checks.phash import ALIGNED_SIDE as S
+from tasks.checks.phash import radius_pairs
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, similarity
+
+K_NEAREST, DESCRIPTOR_FLOOR = 5, 0.8
+BOX_SIDE = 28  # the content box is stretched to this many pixels of the copy
+MARGIN = 3  # pixels at the copies' edges left out of the registered correlation
+THRESHOLDS = (0.997, 0.998, 0.9985, 0.999)
+_C = (S - 1) / 2
+_GRID_Y = (np.mgrid[0:S, 0:S][0].ravel() - _C)[None, :].astype(np.float32)
+_GRID_X = (np.mgrid[0:S, 0:S][1].ravel() - _C)[None, :].astype(np.float32)
+
+
+def content_box(copy: np.ndarray, share: float = 0.15) -> tuple[float, float, float, float]:
+    """(top, left, height, width) of the pixels that differ from the border colour by more than `share`
+    of the largest difference."""
+    border = np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])
+    weight = np.abs(copy - np.median(border))
+    mask = weight > share * max(float(weight.max()), 1e-6)
+    if not mask.any():
+        return 0.0, 0.0, float(S), float(S)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return float(rows[0]), float(cols[0]), float(rows[-1] + 1 - rows[0]), float(cols[-1] + 1 - cols[0])
+
+
+def box_stretched(copy: np.ndarray, box) -> np.ndarray:
+    top, left, height, width = box
+    zoom_y, zoom_x = height / BOX_SIDE, width / BOX_SIDE
+    offset = [top - (S - BOX_SIDE) / 2 * zoom_y, left - (S - BOX_SIDE) / 2 * zoom_x]
+    border = np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])
+    return affine_transform(
+        copy, np.diag([zoom_y, zoom_x]), offset=offset, output_shape=(S, S), order=1, cval=float(np.median(border))
+    )
+
+
+def descriptors(copies: np.ndarray, sigma: float = 1.0, cell: int = 4) -> np.ndarray:
+    """Unit-norm, zero-mean 8x8 block means of the blurred copies: dot products are correlations."""
+    blurred = gaussian_filter(copies.astype(np.float32), (0, sigma, sigma))
+    d = blurred.reshape(len(copies), S // cell, cell, S // cell, cell).mean(axis=(2, 4)).reshape(len(copies), -1)
+    d -= d.mean(1, keepdims=True)
+    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+
+
+def nearest_pairs(desc: np.ndarray, k: int = K_NEAREST, floor: float = DESCRIPTOR_FLOOR) -> np.ndarray:
+    out = []
+    for start in range(0, len(desc), 2048):
+        sims = desc[start : start + 2048] @ desc.T
+        rows = np.arange(start, start + len(sims))
+        sims[np.arange(len(rows)), rows] = -2
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        ok = np.take_along_axis(sims, idx, 1) >= floor
+        a, b = np.broadcast_to(rows[:, None], idx.shape)[ok], idx[ok]
+        out.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1))
+    return np.unique(np.concatenate(out), axis=0)
+
+
+def _sample(flat: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Bilinear samples of images [P, S*S] at (y, x) [P, S*S], clamped at the edges."""
+    y, x = np.clip(y, 0, S - 1.001), np.clip(x, 0, S - 1.001)
+    y0, x0 = y.astype(np.int32), x.astype(np.int32)
+    wy, wx = y - y0, x - x0
+    at = y0 * S + x0
+
+    def get(offset):
+        return np.take_along_axis(flat, at + offset, 1)
+
+    return (get(0) * (1 - wx) + get(1) * wx) * (1 - wy) + (get(S) * (1 - wx) + get(S + 1) * wx) * wy
+
+
+def _coords(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """b's coordinates of a's pixels under p [P, 6] = (A row-major, t): b - c = A (a - c) + t."""
+    y = p[:, 0:1] * _GRID_Y + p[:, 1:2] * _GRID_X + p[:, 4:5] + _C
+    x = p[:, 2:3] * _GRID_Y + p[:, 3:4] * _GRID_X + p[:, 5:6] + _C
+    return y, x
+
+
+def box_warp(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
+    """The warp that maps a's content box onto b's (boxes [P, 4])."""
+    sy, sx = box_b[:, 2] / np.maximum(box_a[:, 2], 1), box_b[:, 3] / np.maximum(box_a[:, 3], 1)
+    centre = lambda box, i: box[:, i] + box[:, i + 2] / 2 - 0.5 - _C  # noqa: E731
+    p = np.zeros((len(box_a), 6), np.float32)
+    p[:, 0], p[:, 3] = sy, sx
+    p[:, 4], p[:, 5] = centre(box_b, 0) - sy * centre(box_a, 0), centre(box_b, 1) - sx * centre(box_a, 1)
+    return p
+
+
+def register(a: np.ndarray, b: np.ndarray, p: np.ndarray, levels=((1.5, 6), (0.8, 4))) -> np.ndarray:
+    """Gauss-Newton on the warp p [P, 6] (and a gain and offset) minimizing |a - gain * b(warp) - offset|^2."""
+    n, p = len(a), p.copy()
+    for sigma, steps in levels:
+        a_blur = gaussian_filter(a.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
+        b_blur = gaussian_filter(b.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
+        for _ in range(steps):
+            y, x = _coords(p)
+            inside = ((y >= 0) & (y <= S - 1) & (x >= 0) & (x <= S - 1)).astype(np.float32)
+            warped = _sample(b_blur, y, x)
+            gy, gx = np.gradient(warped.reshape(n, S, S), axis=(1, 2))
+            # the warped image's gradient, taken back to b's coordinates through A^-1
+            grad = np.stack([gy.reshape(n, -1), gx.reshape(n, -1)], 2) @ np.linalg.inv(p[:, :4].reshape(n, 2, 2))
+            gby, gbx = grad[..., 0], grad[..., 1]
+            jac = np.stack(
+                [gby * _GRID_Y, gby * _GRID_X, gbx * _GRID_Y, gbx * _GRID_X, gby, gbx, warped, np.ones_like(warped)], 2
+            )
+            jac *= inside[..., None]
+            jt = jac.transpose(0, 2, 1)
+            step = np.linalg.solve(
+                jt @ jac + 1e-2 * np.eye(8, dtype=np.float32), jt @ ((a_blur - warped) * inside)[..., None]
+            )
+            p += np.clip(step[:, :6, 0], -1.0, 1.0)
+    return p
+
+
+def registered_similarity(a: np.ndarray, b: np.ndarray, p: np.ndarray, sigma: float = 0.8) -> np.ndarray:
+    n = len(a)
+    a = gaussian_filter(a.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
+    b = gaussian_filter(b.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
+    y, x = _coords(p)
+    warped = _sample(b, y, x)
+    keep = (y >= MARGIN) & (y <= S - 1 - MARGIN) & (x >= MARGIN) & (x <= S - 1 - MARGIN)
+    keep &= (np.abs(_GRID_Y) <= _C - MARGIN) & (np.abs(_GRID_X) <= _C - MARGIN)
+    m = keep.astype(np.float32)
+    count = np.maximum(m.sum(1, keepdims=True), 1)
+    am = (a - (a * m).sum(1, keepdims=True) / count) * m
+    wm = (warped - (warped * m).sum(1, keepdims=True) / count) * m
+    return (am * wm).sum(1) / np.maximum(np.sqrt((am * am).sum(1) * (wm * wm).sum(1)), 1e-9)
+
+
+def best_registered(copies: np.ndarray, boxes: np.ndarray, pairs: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    out = np.empty(len(pairs))
+    identity = np.array([1, 0, 0, 1, 0, 0], np.float32)
+    for start in range(0, len(pairs), chunk):
+        block = pairs[start : start + chunk]
+        a, b = copies[block[:, 0]], copies[block[:, 1]]
+        starts = (np.tile(identity, (len(block), 1)), box_warp(boxes[block[:, 0]], boxes[block[:, 1]]))
+        out[start : start + len(block)] = np.max([registered_similarity(a, b, register(a, b, p)) for p in starts], 0)
+    return out
+
+
+def per_kind(s, pairs: np.ndarray, chosen: np.ndarray) -> dict:
+    right = (s.original[pairs[:, 0]] == pairs[:, 1]) | (s.original[pairs[:, 1]] == pairs[:, 0])
+    found = set(pairs[chosen & right].max(axis=1).tolist())
+    copies = np.flatnonzero(s.original >= 0)
+    kinds = {
+        k: round(float(np.mean([c in found for c in copies[s.kind[copies] == k]])), 2)
+        for k in dict.fromkeys(s.kind[copies])
+    }
+    return {
+        "recall": round(len(found) / len(copies), 4),
+        "wrong_pairs": int((chosen & ~right).sum()),
+        "recall_per_kind": kinds,
+    }
+
+
+def measure(part: str, seed: int, n: int, per_kind_count: int) -> dict:
+    images, labels = digits_arrays() if part == "digits" else fashion_arrays(part)
+    s = make_set(images, labels, n, per_kind_count, seed)
+    own = Own(s)
+    copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
+    started = time.perf_counter()
+    boxes = np.array([content_box(c) for c in copies], np.float32)
+    stretched = np.stack([box_stretched(c, box) for c, box in zip(copies, boxes)])
+    hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
+    knn = np.unique(np.concatenate([nearest_pairs(descriptors(copies)), nearest_pairs(descriptors(stretched))]), axis=0)
+    pairs = np.unique(np.concatenate([knn, hash_pairs]), axis=0)
+    candidate_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    plain = similarity(own.copies, pairs) >= DEFAULT_MIN_SIMILARITY
+    registered = best_registered(copies.reshape(len(copies), -1), boxes, pairs)
+    verify_seconds = time.perf_counter() - started
+    in_hash = np.zeros(len(pairs), bool)
+    in_hash[
+        np.searchsorted(pairs[:, 0] * len(copies) + pairs[:, 1], hash_pairs[:, 0] * len(copies) + hash_pairs[:, 1])
+    ] = True
+    rules = {
+        "clean rule (hash radius 6, similarity >= 0.9875)": per_kind(s, pairs, plain & in_hash),
+        "candidates (all pairs)": per_kind(s, pairs, np.ones(len(pairs), bool)),
+        "clean similarity on all candidates": per_kind(s, pairs, plain),
+    }
+    for t in THRESHOLDS:
+        rules[f"clean similarity OR registered >= {t}"] = per_kind(s, pairs, plain | (registered >= t))
+    return {
+        "part": part,
+        "seed": seed,
+        "n": n,
+        "per_kind": per_kind_count,
+        "candidate_pairs": {"hash radius 6": len(hash_pairs), "with nearest neighbours": len(pairs)},
+        "seconds": {"candidates": round(candidate_seconds, 1), "verification": round(verify_seconds, 1)},
+        "rules": rules,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.near_duplicate_registration", description=__doc__)
+    parser.add_argument("--part", choices=("train", "test", "digits"), default="train")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--per-kind", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/near_duplicate_registration.json"))
+    args = parser.parse_args(argv)
+    result = measure(args.part, args.seed, args.n, args.per_kind)
+    for name, rule in result["rules"].items():
+        weak = {k: v for k, v in rule["recall_per_kind"].items() if v < 0.9}
+        print(f"{name}: recall {rule['recall']}, wrong pairs {rule['wrong_pairs']}; kinds below 0.9: {weak}")
+    print(result["candidate_pairs"], result["seconds"])
+    write_result(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
