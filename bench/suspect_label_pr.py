@@ -2,6 +2,7 @@
 (`python -m bench.data_quality --workdir DIR`): for each threshold t, the planted label flips and the
 other images whose given label got less than t out-of-fold probability (validate.parquet's
 given_probability), and where the defaults sit (the flags validate actually made). One curve per run.
+Besides, cleanlab's rules without a floor on the same out-of-fold probabilities (validate's cache).
 
     python -m bench.suspect_label_pr DIR [DIR ...] [--out bench/results/suspect_label_pr.png]"""
 
@@ -34,7 +35,33 @@ def curve(workdir: Path) -> dict:
     hits = int((flagged & flip).sum())
     defaults = {"flagged": int(flagged.sum()), "hits": hits, "recall": hits / planted}
     defaults["precision"] = hits / max(int(flagged.sum()), 1)
-    return {"run": workdir.name, "planted_flips": planted, "floor_only": points, "defaults": defaults}
+    return {
+        "run": workdir.name,
+        "planted_flips": planted,
+        "floor_only": points,
+        "defaults": defaults,
+        "cleanlab_without_floor": cleanlab_rules(workdir, frame),
+    }
+
+
+CLEANLAB_RULES = ("prune_by_noise_rate", "both", "low_self_confidence", "low_normalized_margin")
+
+
+def cleanlab_rules(workdir: Path, frame: pd.DataFrame) -> dict:
+    """Flips found / images flagged by cleanlab's filter_by rules on the last fit's out-of-fold
+    probabilities (tasks.checks.suspect_cache's npz under paths.cache)."""
+    import numpy as np
+    from cleanlab.filter import find_label_issues
+
+    (scores,) = (workdir / "project" / ".imgcls" / "cache" / "validate_suspects").glob("*.npz")
+    stored = np.load(scores)
+    ids = np.char.decode(stored["image_ids"]).astype(str)
+    flip = frame.set_index("image_id").loc[ids, "planted_reason"].eq("suspect_label").to_numpy()
+    out = {}
+    for rule in CLEANLAB_RULES:
+        issues = find_label_issues(labels=stored["labels"], pred_probs=stored["probs"], filter_by=rule, n_jobs=1)
+        out[rule] = {"hits": int((issues & flip).sum()), "flagged": int(issues.sum())}
+    return out
 
 
 def plot(curves: list[dict], out: Path) -> None:
@@ -75,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c['run']}: defaults {d['hits']}/{c['planted_flips']} flips, {d['flagged']} flagged")
         for p in c["floor_only"]:
             print(f"  < {p['threshold']:g}: {p['hits']} flips / {p['flagged']} (precision {p['precision']:.2f})")
+        for rule, r in c["cleanlab_without_floor"].items():
+            print(f"  cleanlab {rule}: {r['hits']} flips / {r['flagged']}")
     plot(curves, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(curves, indent=1), encoding="utf-8")
     return 0
