@@ -202,6 +202,22 @@ def test_noise_and_gradient_inside_structured_classes_are_outliers():
     assert "fine detail" in reasons[len(base) + 1]
 
 
+def test_a_one_bit_scan_of_a_digit_is_not_noise():
+    # a 1-bit copy of a digit among smooth (upscaled) digits: its hard edges move energy to fine
+    # scales, so its large-scale share is extreme within the tight spread of its class, but it keeps
+    # far more than noise does; uniform noise beside it is still an outlier
+    rng = np.random.default_rng(1)
+    base = _digits(per_class=60, classes=(0, 1, 7))
+    binary = np.where(base[5][0] > 192, 255, 0).astype(np.uint8)  # the z alone: 5.9, "noise-like"
+    images = [arr for arr, _ in base] + [binary, rng.integers(0, 256, (32, 32), dtype=np.uint8)]
+    labels = np.array([label for _, label in base] + [base[5][1], "digit_1"])
+    feats = np.stack([_features(arr) for arr in images])
+    scores, reasons = clean.outlier_scores(feats, labels, min_class_size=10)
+    assert np.exp(feats[len(base), -2]) > clean.NOISE_MAX_STRUCTURE_SHARE > np.exp(feats[len(base) + 1, -2])
+    assert not scores[len(base)] > clean.Params().outlier_zscore, reasons[len(base)]
+    assert scores[len(base) + 1] > clean.Params().outlier_zscore and "noise" in reasons[len(base) + 1]
+
+
 def test_a_class_of_smooth_pictures_is_not_flagged():
     base = _digits(per_class=60, classes=(0, 1))
     smooth = [_ramp(angle) for angle in np.linspace(0, 2 * np.pi, 40, endpoint=False)]
