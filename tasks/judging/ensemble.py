@@ -103,10 +103,10 @@ def fit(member_dirs: list[Path], prepared: str | Path, weighting: str = "auto"):
         raise UserError(f"the val split of {prepared} has no images: ensemble weights are fitted on it")
     y = frame["label_idx"].to_numpy()
     proba = probe.member_proba(np.asarray(store.images[frame["row"].to_numpy()]))
-    weights, weighting = choose_weights(proba, y, weighting)
+    weights, chosen = choose_weights(proba, y, weighting)
     ensemble = EnsemblePredictor(members, weights)
     metrics = split_scores(proba, ensemble.weights, y, "val")
-    metrics["ensemble/weights_fitted"] = float(weighting == "fitted")
+    metrics["ensemble/weights_fitted"] = float(chosen == "fitted")
     metrics |= latency_metrics(ensemble, np.asarray(store.images[int(frame["row"].iloc[0])]))
     return ensemble, metrics
 
