@@ -23,18 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_result
-from bench.near_duplicate_registration import (
-    best_registered,
-    box_stretched,
-    content_box,
-    descriptors,
-    nearest_pairs,
-    per_kind,
-)
+from bench.near_duplicate_registration import best_registered, candidates, per_kind
 from bench.near_duplicates import Own, fashion_arrays, make_set
-from tasks.checks.phash import ALIGNED_SIDE as S
-from tasks.checks.phash import radius_pairs
-from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, similarity
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, similarity
 
 THRESHOLDS = (0.9, 0.93, 0.95, 0.97, 0.98)
 # both witnesses at once: the embedding and bench.near_duplicate_registration's registered similarity
@@ -132,17 +123,10 @@ def measure(epochs: int, seed: int, n: int = 3000, per_kind_count: int = 20) -> 
         images, labels = fashion_arrays(part)
         s = make_set(images, labels, n, per_kind_count, set_seed)
         own = Own(s)
-        copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
-        stretched = np.stack([box_stretched(c, content_box(c)) for c in copies])
-        hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
-        pairs = np.unique(
-            np.concatenate([nearest_pairs(descriptors(copies)), nearest_pairs(descriptors(stretched)), hash_pairs]),
-            axis=0,
-        )
+        copies, boxes, _, pairs = candidates(own)
         plain = similarity(own.copies, pairs) >= DEFAULT_MIN_SIMILARITY
         z = embed(net, np.stack([as_28(image) for image in s.images]))
         cosine = np.einsum("ij,ij->i", z[pairs[:, 0]], z[pairs[:, 1]])
-        boxes = np.array([content_box(c) for c in copies], np.float32)
         registered = best_registered(copies.reshape(len(copies), -1), boxes, pairs)
         rules = {"clean similarity on all candidates": per_kind(s, pairs, plain)}
         for t in THRESHOLDS:

@@ -181,17 +181,24 @@ def per_kind(s, pairs: np.ndarray, chosen: np.ndarray) -> dict:
     }
 
 
+def candidates(own: Own) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(aligned copies [N, S, S], their content boxes [N, 4], the clean rule's hash-neighbour pairs, and
+    every candidate pair: those plus each image's nearest neighbours by the plain and the
+    box-stretched descriptor), sorted and unique."""
+    copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
+    boxes = np.array([content_box(c) for c in copies], np.float32)
+    stretched = np.stack([box_stretched(c, box) for c, box in zip(copies, boxes)])
+    hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
+    nearest = [nearest_pairs(descriptors(copies)), nearest_pairs(descriptors(stretched))]
+    return copies, boxes, hash_pairs, np.unique(np.concatenate([*nearest, hash_pairs]), axis=0)
+
+
 def measure(part: str, seed: int, n: int, per_kind_count: int) -> dict:
     images, labels = digits_arrays() if part == "digits" else fashion_arrays(part)
     s = make_set(images, labels, n, per_kind_count, seed)
     own = Own(s)
-    copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
     started = time.perf_counter()
-    boxes = np.array([content_box(c) for c in copies], np.float32)
-    stretched = np.stack([box_stretched(c, box) for c, box in zip(copies, boxes)])
-    hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
-    knn = np.unique(np.concatenate([nearest_pairs(descriptors(copies)), nearest_pairs(descriptors(stretched))]), axis=0)
-    pairs = np.unique(np.concatenate([knn, hash_pairs]), axis=0)
+    copies, boxes, hash_pairs, pairs = candidates(own)
     candidate_seconds = time.perf_counter() - started
     started = time.perf_counter()
     plain = similarity(own.copies, pairs) >= DEFAULT_MIN_SIMILARITY
