@@ -94,9 +94,9 @@ class TuneParams(Strict):
     experiment: str = Field("imgcls-tune", min_length=1)  # MLflow experiment of the parent run and trials
     n_trials: int = Field(20, ge=1)  # trials added by one invocation
     timeout_minutes: float | None = Field(None, gt=0)  # wall-clock budget of one invocation
-    epochs_per_trial: int = Field(5, ge=1)
+    epochs_per_trial: int = Field(15, ge=1)  # = train.epochs: a shorter horizon favours fast starters
     metric: Literal["val/acc", "val/macro_f1"] = "val/acc"  # maximised; best epoch of a trial counts
-    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "hyperband"
     pruner_startup_trials: int = Field(3, ge=0)  # median: trials that complete before any is pruned
     pruner_warmup_epochs: int = Field(1, ge=0)  # median / threshold: epochs before a trial may be pruned
     prune_below: float = Field(0.0, ge=0)  # threshold: prune a trial whose metric is below this

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import accuracy, clean_scaling, data_path, fashion, loop_overhead, prediction
+from bench import accuracy, clean_scaling, cpu_precision, data_path, fashion, loop_overhead, prediction
 from bench.common import write_array_store
 from bench.fashion import IDX_DIR
 
@@ -161,3 +161,14 @@ def test_tune_search_compares_the_study_best_with_the_defaults(tmp_path, monkeyp
     # the tuned arm trains with the study's best values laid over the defaults
     for key, value in study["best_params"].items():
         assert result["tuned_train"][key] == value
+
+
+def test_cpu_precision_compares_every_arm_with_fp32_in_the_same_run(tmp_path):
+    result = run(cpu_precision, tmp_path)
+    arms = result["summary"]["resnet_tiny"]
+    assert set(arms) == {"32-true cl=False", "32-true cl=True", "bf16-mixed cl=False", "bf16-mixed cl=True"}
+    baseline = arms["32-true cl=False"]["images_per_s"]
+    for cell in arms.values():
+        assert cell["images_per_s"] > 0
+        assert abs(cell["vs_32_true"] - cell["images_per_s"] / baseline) < 1e-4  # rounded to 4 places
+    assert result["auto"]["precision"] == ("bf16-mixed" if result["amx"] else "32-true")

@@ -22,11 +22,21 @@ from models.networks import build_network
 from models.predictor import load_predictor
 from tasks.common import run_records
 from tasks.common.errors import UserError
-from tasks.train import Params, device_settings, loss_weights, resume_point, run
+from tasks.train import Params, cpu_has_bf16_matrix_units, device_settings, loss_weights, resume_point, run
 from tests.helpers.prepared_store import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = dict(epochs=2, batch_size=8, lr=0.01, num_workers=0, checkpoint_every_n_steps=3, early_stopping_patience=None)
+# fp32, contiguous: the same numbers on every CPU (auto picks bf16 on CPUs with AMX; tested on its own below)
+FAST = dict(
+    epochs=2,
+    batch_size=8,
+    lr=0.01,
+    num_workers=0,
+    checkpoint_every_n_steps=3,
+    early_stopping_patience=None,
+    precision="32-true",
+    channels_last=False,
+)
 
 
 @pytest.fixture
@@ -40,6 +50,17 @@ def test_defaults_match_params_yaml():
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     assert Params.model_validate(section) == Params()
     assert set(section) == set(Params.model_fields)
+
+
+def test_bf16_mixed_channels_last_training_learns_on_the_cpu(tmp_path, tracking):
+    """What `precision: auto` picks on CPUs with AMX; elsewhere autocast emulates bf16, slower but the same."""
+    paths = make_project(tmp_path, per_split={"train": 48, "val": 12, "test": 6})
+    fast = FAST | {"epochs": 4, "precision": "bf16-mixed", "channels_last": True}
+    summary = run(Params(**fast, accelerator="cpu"), paths)
+    assert summary["precision"] == "bf16-mixed"
+    run_params = mlflow.get_run(summary["run_id"]).data.params
+    assert run_params["resolved.precision"] == "bf16-mixed" and run_params["resolved.channels_last"] == "True"
+    assert summary["best_val_acc"] > 0.5  # three classes: chance is 1/3
 
 
 def test_training_learns_and_records_the_run(tmp_path, tracking):
@@ -179,4 +200,10 @@ def test_balanced_class_weights_and_cpu_resolution():
     assert loss_weights(Params(), counts) is None
     with pytest.raises(UserError, match="2 values for 3 classes"):
         loss_weights(Params(class_weights=[1.0, 2.0]), counts)
-    assert device_settings(Params(accelerator="cpu")) == (False, "32-true", False)
+    amx = cpu_has_bf16_matrix_units()  # bf16 only where the CPU has matrix units for it
+    assert device_settings(Params(accelerator="cpu")) == (False, "bf16-mixed" if amx else "32-true", amx)
+    assert device_settings(Params(accelerator="cpu", precision="32-true", channels_last=False)) == (
+        False,
+        "32-true",
+        False,
+    )
