@@ -191,7 +191,8 @@ def write_array_store(
 
 def device_setup(accelerator: str) -> tuple:
     """(torch device, autocast dtype or None, channels_last) for `accelerator` ("cpu" | "gpu"), resolved
-    by the train stage's own rule (bf16-mixed and channels_last on a GPU that has bf16), so the
+    by the train stage's own rule (bf16-mixed and channels_last on a GPU that has bf16 and on a CPU with
+    AMX), so the
     hand-written loops of the benchmarks run with the settings Lightning gets."""
     import torch
 

@@ -2,9 +2,9 @@
 `train.channels_last: auto` choose (bf16-mixed + channels_last on CPUs with AMX, tasks/train.py
 `cpu_has_bf16_matrix_units`) against 32-true in contiguous layout, the baseline, in the same run.
 
-One training step = forward under torch.autocast (bf16 arms), label-smoothed cross-entropy, backward,
-AdamW, on random 28×28 grey batches (Fashion-MNIST's shape) and the built-in networks. Rates are
-images/s over `--steps` steps after `--warmup`; arms alternate per repeat so machine load falls on all.
+One training step = bench.common.plain_training_steps (forward under torch.autocast in the bf16 arms,
+label-smoothed cross-entropy, backward, AdamW), on random 28×28 grey batches (Fashion-MNIST's shape) and
+the built-in networks. Rates are images/s over `--steps` steps after `--warmup`; arms alternate per repeat so machine load falls on all.
 
     python -m bench.cpu_precision [--steps 10] [--repeats 2] [--batch 128]
     python -m bench.cpu_precision --quick      # resnet_tiny, batch 16, 2 steps: a smoke run
@@ -18,14 +18,18 @@ import time
 
 import numpy as np
 
-from bench.common import ratio, table, write_result
+from bench.common import plain_training_steps, ratio, table, write_result
 
 ARMS = (("32-true", False), ("32-true", True), ("bf16-mixed", False), ("bf16-mixed", True))
 
 
+def arm_name(precision: str, channels_last: bool) -> str:
+    return f"{precision} cl={channels_last}"
+
+
 def images_per_second(network: str, precision: str, channels_last: bool, batch: int, steps: int, warmup: int) -> float:
+    """Steady-state rate of bench.common's plain training loop on one random batch, fed again every step."""
     import torch
-    import torch.nn.functional as F
 
     from models.networks import build_network
 
@@ -35,19 +39,13 @@ def images_per_second(network: str, precision: str, channels_last: bool, batch: 
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
+    amp_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for step in plain_training_steps(
+        model, [(x, y)], optimizer, 0.1, warmup + steps, amp_dtype=amp_dtype, channels_last=channels_last
+    ):
+        if step == warmup:
+            start = time.perf_counter()
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -55,18 +53,16 @@ def measure(networks: list[str], batch: int, steps: int, warmup: int, repeats: i
     from tasks.train import Params, cpu_has_bf16_matrix_units, device_settings
 
     _, auto_precision, auto_channels_last = device_settings(Params(accelerator="cpu"))
-    rates: dict[str, dict[str, list[float]]] = {n: {f"{p} cl={c}": [] for p, c in ARMS} for n in networks}
+    rates: dict[str, dict[str, list[float]]] = {n: {arm_name(*arm): [] for arm in ARMS} for n in networks}
     for _ in range(repeats):
         for network in networks:
             for precision, channels_last in ARMS:
                 rate = images_per_second(network, precision, channels_last, batch, steps, warmup)
-                rates[network][f"{precision} cl={channels_last}"].append(rate)
+                rates[network][arm_name(precision, channels_last)].append(rate)
+    baseline = arm_name("32-true", False)
     summary = {
         network: {
-            arm: {
-                "images_per_s": float(np.median(r)),
-                "vs_32_true": ratio(np.median(r), np.median(arms["32-true cl=False"])),
-            }
+            arm: {"images_per_s": float(np.median(r)), "vs_32_true": ratio(np.median(r), np.median(arms[baseline]))}
             for arm, r in arms.items()
         }
         for network, arms in rates.items()
