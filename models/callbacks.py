@@ -31,3 +31,66 @@ class FitClock(L.Callback):
         import time
 
         self.started = time.perf_counter()
+
+
+class FitScheduleToTime(L.Callback):
+    """Makes the LR schedule end when the time budget does. With Trainer(max_time=...) alone, a budget
+    shorter than max_epochs stops training mid-schedule: the learning rate never anneals and the best
+    checkpoint comes from the high-LR middle of the run. After the first epoch this process runs, its
+    time per batch gives the epochs that fit in the time left (Lightning's Timer, which a resumed run
+    restores); when that is fewer than max_epochs, max_epochs shrinks to it and the module's schedule
+    is rebuilt for that many steps, continuing from the current step. Never lengthens a run. Rank 0's
+    figure is broadcast, so every DDP rank stops together; the decision is saved in checkpoints, so a
+    resumed run keeps it (LambdaLR and OneCycleLR save their total in their own state)."""
+
+    # the first epoch is usually the slowest (warm-up of kernels and caches): 5 % spare on top
+    SAFETY = 0.95
+
+    def __init__(self):
+        self.epochs: int | None = None  # the decided max_epochs
+        self._started: float | None = None
+        self._batches = 0
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = state_dict.get("epochs")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        if self.epochs is not None:
+            trainer.fit_loop.max_epochs = self.epochs
+        self._started, self._batches = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._batches += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if self.epochs is not None or timer is None or not self._batches or not trainer.lr_scheduler_configs:
+            return
+        # validation time is in the elapsed time too: per batch it is charged to the next epochs
+        per_epoch = (time.perf_counter() - self._started) / self._batches * trainer.num_training_batches
+        done = trainer.current_epoch + 1  # the epoch ending now is not counted in current_epoch yet
+        fit = done + int(self.SAFETY * (timer.time_remaining() or 0.0) // per_epoch)
+        self.epochs = min(trainer.max_epochs, trainer.strategy.broadcast(fit, src=0))
+        if self.epochs >= trainer.max_epochs:
+            return
+        import logging
+
+        logging.getLogger(__name__).info(
+            "time budget: %d of %d epochs fit (%.1f s each); the LR schedule now ends with epoch %d",
+            self.epochs, trainer.max_epochs, per_epoch, self.epochs,
+        )  # fmt: skip
+        trainer.fit_loop.max_epochs = self.epochs
+        config = trainer.lr_scheduler_configs[0]
+        steps_per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
+        config.scheduler = pl_module.lr_schedule(
+            config.scheduler.optimizer, self.epochs * steps_per_epoch, self.epochs, last_step=trainer.global_step - 1
+        )

@@ -90,22 +90,32 @@ class ImageClassifier(L.LightningModule):
         if hp.scheduler == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
+        schedule = self.lr_schedule(optimizer, total, max(1, self.trainer.max_epochs or 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+
+    def lr_schedule(self, optimizer, total: int, epochs: int, last_step: int = -1):
+        """The per-step schedule over `total` optimizer steps in `epochs` epochs. last_step >= 0: a
+        schedule rebuilt mid-run (models.callbacks.FitScheduleToTime), continuing after that step."""
+        hp = self.hparams
         warmup = min(total - 1, int(total * hp.warmup_epochs / epochs))
         # OneCycleLR needs at least two steps in each phase (it divides by their length)
         if hp.scheduler == "onecycle" and total >= 4:
             pct = min(0.5, max(warmup / total, 2.0 / total))
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct)
-        else:
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct, last_epoch=last_step
+            )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total), last_epoch=last_step)
 
 
-def _warmup_cosine(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+class WarmupCosine:
+    """Linear warmup, then cosine to zero: LambdaLR's factor. A class, not a closure, so LambdaLR's
+    state_dict saves `total` with the checkpoint and a resumed run keeps a schedule rebuilt mid-run."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor

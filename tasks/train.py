@@ -46,7 +46,7 @@ from tasks.common.versioning import dataset_version, git_commit
 log = logging.getLogger(__name__)
 LAST_CKPT, BEST_CKPT = "last.ckpt", "best.ckpt"
 # params that change how fast training runs, not what it computes: a resume may differ in them
-NOT_FINGERPRINTED = {"num_workers", "max_time_minutes"}
+NOT_FINGERPRINTED = {"num_workers", "max_time_minutes", "fit_schedule_to_time"}
 DATASET_DIGEST_CHARS = 12  # of dataset_version, as MLflow's dataset digest
 # rank 0's decision (MLflow run id, resume or not) for the ranks Lightning's launcher starts: they
 # re-run `python -m tasks.train` with rank 0's environment, so this variable reaches them
@@ -82,6 +82,9 @@ class Params(Strict):
     deterministic: bool = False
     experiment: str = Field("imgcls", min_length=1)
     max_time_minutes: float | None = Field(None, gt=0)
+    # with max_time_minutes: after the first epoch, shorten the run to the epochs that fit and end the LR
+    # schedule with them (models.callbacks.FitScheduleToTime); false: the run is cut where time runs out
+    fit_schedule_to_time: bool = True
     checkpoint_every_n_steps: int = Field(100, ge=1)
     limit_train_batches: int | float | None = None  # tests and smoke runs: batches (int) or fraction
     limit_val_batches: int | float | None = None
@@ -240,7 +243,7 @@ def make_callbacks(params: Params, train_dir: Path) -> tuple:
     """(the best-checkpoint callback, all callbacks)."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-    from models.callbacks import FreezeBackbone
+    from models.callbacks import FitScheduleToTime, FreezeBackbone
 
     best = ModelCheckpoint(
         dirpath=train_dir,
@@ -267,6 +270,8 @@ def make_callbacks(params: Params, train_dir: Path) -> tuple:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=params.early_stopping_patience))
     if params.freeze_backbone_epochs:
         callbacks.append(FreezeBackbone(params.freeze_backbone_epochs))
+    if params.max_time_minutes and params.fit_schedule_to_time and params.scheduler != "none":
+        callbacks.append(FitScheduleToTime())
     return best, callbacks
 
 

@@ -22,7 +22,15 @@ from models.networks import build_network
 from models.predictor import load_predictor
 from tasks.common import run_records
 from tasks.common.errors import UserError
-from tasks.train import Params, cpu_has_bf16_matrix_units, device_settings, loss_weights, resume_point, run
+from tasks.train import (
+    Params,
+    cpu_has_bf16_matrix_units,
+    device_settings,
+    loss_weights,
+    make_callbacks,
+    resume_point,
+    run,
+)
 from tests.helpers.prepared_store import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,3 +215,19 @@ def test_balanced_class_weights_and_cpu_resolution():
         "32-true",
         False,
     )
+
+
+@pytest.mark.parametrize(
+    "settings, fitted",
+    [
+        ({"max_time_minutes": 15.0}, True),
+        ({"max_time_minutes": 15.0, "fit_schedule_to_time": False}, False),
+        ({"max_time_minutes": 15.0, "scheduler": "none"}, False),  # no schedule to end: the plain cut
+        ({}, False),  # no budget
+    ],
+)
+def test_a_time_budget_ends_the_schedule_with_it_unless_turned_off(tmp_path, settings, fitted):
+    from models.callbacks import FitScheduleToTime
+
+    _, callbacks = make_callbacks(Params(**settings), tmp_path)
+    assert any(isinstance(c, FitScheduleToTime) for c in callbacks) == fitted
