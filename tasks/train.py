@@ -544,6 +544,17 @@ def fit(trainer, module, data, resume_from: Path | None) -> tuple[dict | None, f
     return resumed_from, (time.perf_counter() - (clock.started or fit_started)) / epochs_run
 
 
+def log_fitted_epochs(trainer) -> None:
+    """The epochs the time budget left room for (FitScheduleToTime), as MLflow param resolved.epochs."""
+    import mlflow
+
+    from models.callbacks import FitScheduleToTime
+
+    fitted = next((c.epochs for c in trainer.callbacks if isinstance(c, FitScheduleToTime)), None)
+    if fitted is not None:
+        mlflow.log_param("resolved.epochs", fitted)
+
+
 def load_best(module, best) -> float:
     """Put the best checkpoint's weights into `module`; returns its val/acc (nan when none was saved)."""
     import torch
@@ -633,6 +644,7 @@ def run(params: Params, paths: Paths) -> dict | None:
         with share_plan(trainer, {"run_id": run_id, "resume": resume_id is not None}):
             resumed_from, seconds_per_epoch = fit(trainer, module, data, train_dir / LAST_CKPT if resume_id else None)
         best_acc = load_best(module, best)
+        log_fitted_epochs(trainer)
         calibrate(params, module, data, prepared)
         mlflow.log_metrics(
             {
