@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import lightning as L
 
 
@@ -28,8 +31,6 @@ class FitClock(L.Callback):
         self.started: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         self.started = time.perf_counter()
 
 
@@ -37,19 +38,18 @@ class FitScheduleToTime(L.Callback):
     """Makes the LR schedule end when the time budget does. With Trainer(max_time=...) alone, a budget
     shorter than max_epochs stops training mid-schedule: the learning rate never anneals and the best
     checkpoint comes from the high-LR middle of the run. After the first epoch this process runs, its
-    time per batch gives the epochs that fit in the time left (Lightning's Timer, which a resumed run
-    restores); when that is fewer than max_epochs, max_epochs shrinks to it and the module's schedule
-    is rebuilt for that many steps, continuing from the current step. Never lengthens a run. Rank 0's
-    figure is broadcast, so every DDP rank stops together; the decision is saved in checkpoints, so a
-    resumed run keeps it (LambdaLR and OneCycleLR save their total in their own state)."""
+    time gives the epochs that fit in the time left (Lightning's Timer, which a resumed run restores);
+    when that is fewer than max_epochs, max_epochs shrinks to it and the module's schedule is rebuilt
+    for that many steps, continuing from the current step. Never lengthens a run. Rank 0's figure is
+    broadcast, so every DDP rank stops together; the decision is saved in checkpoints, so a resumed
+    run keeps it (LambdaLR and OneCycleLR save their total in their own state)."""
 
-    # the first epoch is usually the slowest (warm-up of kernels and caches): 5 % spare on top
-    SAFETY = 0.95
+    SAFETY = 0.95  # of the time left: the epochs' times vary (a shared machine, the data loader)
 
     def __init__(self):
         self.epochs: int | None = None  # the decided max_epochs
-        self._started: float | None = None
-        self._batches = 0
+        self._batches, self._started, self._last = 0, 0.0, 0.0
+        self._middle: tuple[int, float] | None = None  # (batches run, time) half-way through the epoch
 
     def state_dict(self) -> dict:
         return {"epochs": self.epochs}
@@ -58,32 +58,36 @@ class FitScheduleToTime(L.Callback):
         self.epochs = state_dict.get("epochs")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         if self.epochs is not None:
             trainer.fit_loop.max_epochs = self.epochs
-        self._started, self._batches = time.perf_counter(), 0
+        self._batches, self._started, self._middle = 0, time.perf_counter(), None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        self._batches += 1
+        self._batches, self._last = self._batches + 1, time.perf_counter()
+        if self._middle is None and self._batches >= trainer.num_training_batches // 2:
+            self._middle = (self._batches, self._last)
+
+    def epoch_seconds(self, trainer: L.Trainer) -> float:
+        """One epoch's training at the pace of the first epoch's second half (its first batches carry
+        the warm-up: kernel selection, caches, a GPU's autotuning), plus that epoch's validation."""
+        since_batches, since = (0, self._started)
+        if self._middle is not None and self._batches > self._middle[0]:
+            since_batches, since = self._middle
+        per_batch = (self._last - since) / (self._batches - since_batches)
+        return per_batch * trainer.num_training_batches + (time.perf_counter() - self._last)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
         from lightning.pytorch.callbacks import Timer
 
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if self.epochs is not None or timer is None or not self._batches or not trainer.lr_scheduler_configs:
             return
-        # validation time is in the elapsed time too: per batch it is charged to the next epochs
-        per_epoch = (time.perf_counter() - self._started) / self._batches * trainer.num_training_batches
+        per_epoch = self.epoch_seconds(trainer)
         done = trainer.current_epoch + 1  # the epoch ending now is not counted in current_epoch yet
         fit = done + int(self.SAFETY * (timer.time_remaining() or 0.0) // per_epoch)
         self.epochs = min(trainer.max_epochs, trainer.strategy.broadcast(fit, src=0))
         if self.epochs >= trainer.max_epochs:
             return
-        import logging
-
         logging.getLogger(__name__).info(
             "time budget: %d of %d epochs fit (%.1f s each); the LR schedule now ends with epoch %d",
             self.epochs, trainer.max_epochs, per_epoch, self.epochs,
