@@ -69,7 +69,7 @@ class Params(Strict):
 
 def run(params: Params, paths: Paths) -> dict:
     started = time.perf_counter()
-    # sorted by source_path: every "keep one copy" choice below takes the lowest path, so reruns agree
+    # sorted by source_path: every "keep one copy" choice below ends in the lowest path, so reruns agree
     rows = read_manifest(paths.ingested, "ingest").sort_values("source_path", kind="stable").reset_index(drop=True)
     if rows.empty:
         raise UserError(f"{paths.ingested} has no images: nothing to clean")
@@ -316,13 +316,20 @@ def near_pairs_by_id(
     return pairs
 
 
+# PIL format names of lossy containers (WEBP may be lossless; its header does not say, so it counts as lossy)
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "JPEG2000"})
+
+
 def flag_near_duplicates(rows: pd.DataFrame, inspections: InspectionTable, near: pd.DataFrame, flags: Flags) -> None:
     """Near pairs (`near`, from near_pairs_by_id) with different labels are a label_conflict for both,
     unless one is feedback and the other is not: then only the feedback copy (the data stays);
-    otherwise, in source_path order, an image not yet set aside is kept and its same-label neighbours
-    are flagged naming it (so every flagged one is a near pair of its kept one)."""
+    otherwise an image not yet set aside is kept and its same-label neighbours are flagged naming it
+    (so every flagged one is a near pair of its kept one). Who keeps first: a copy in the data before
+    feedback, a lossless file before a lossy one (a JPEG copy never displaces its PNG original), then
+    source_path order."""
     alive = _alive(rows, flags)
     feedback = _from_feedback(rows)[alive]
+    lossy = rows.loc[alive, "format"].isin(LOSSY_FORMATS).to_numpy()
     alive_ids = rows["image_id"].to_numpy()[alive]
     source_paths = rows["source_path"].to_numpy()
     hashes = inspections.phash[inspections.rows(alive_ids)]
@@ -351,7 +358,7 @@ def flag_near_duplicates(rows: pd.DataFrame, inspections: InspectionTable, near:
             "",
         )
     set_aside: set[int] = set(conflicted)
-    for a in sorted(range(len(alive)), key=lambda a: feedback[a]):  # a copy in the data is kept before feedback
+    for a in sorted(range(len(alive)), key=lambda a: (feedback[a], lossy[a])):  # stable: then source_path
         if a in set_aside:
             continue
         for b in sorted(neighbours.get(a, ())):

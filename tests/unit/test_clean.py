@@ -105,6 +105,26 @@ def test_kept_copy_does_not_depend_on_manifest_order(planted):
     pd.testing.assert_frame_equal(first, second)
 
 
+@pytest.mark.parametrize("copy_name", ["a_copy.jpg", "z_copy.jpg"])
+def test_a_lossy_copy_never_displaces_its_lossless_original(project, copy_name):
+    from PIL import Image
+
+    folder = project.root / "src"
+    pictures = _digits(per_class=15)
+    for k, (picture, label) in enumerate(pictures):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(folder / label / f"m_{k:03d}.png")
+    picture, label = pictures[0]
+    Image.fromarray(picture).save(folder / label / copy_name, quality=90)  # sorts before / after m_000.png
+    _ingest(folder)
+    clean.run(clean.Params(workers=1), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False).set_index("source_path")
+    kept = pd.read_parquet("data/manifests/cleaned.parquet").set_index("source_path")
+    copy, original = f"{label}/{copy_name}", f"{label}/m_000.png"
+    assert flagged.at[copy, "reason"] == "near_duplicate"
+    assert original in kept.index and flagged.at[copy, "kept_image_id"] == kept.at[original, "image_id"]
+
+
 def test_giant_header_is_flagged_without_allocating(project):
     folder = project.root / "src"
     (folder / "a").mkdir(parents=True)
