@@ -38,10 +38,10 @@ def _digits(per_class: int = 40, classes=(0, 1, 7)) -> list[tuple[np.ndarray, st
     return digit_pictures(per_class, classes)
 
 
-def _local_cluster():
+def _local_cluster(memory_limit: str = "1536MiB"):
     distributed = pytest.importorskip("distributed")
     return distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1536MiB", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit=memory_limit, dashboard_address=None
     )
 
 
@@ -54,8 +54,10 @@ def cluster():
 @pytest.fixture
 def own_cluster():
     """A cluster for one test: training torch models leaves the workers' processes larger and their
-    thread pools started, which the other tests here should not inherit."""
-    with _local_cluster() as local:
+    thread pools started, which the other tests here should not inherit. Each worker gets 3 GiB: a
+    worker training the CNN once reached 1.2 GiB, Dask's pause mark at 1.5 GiB, and a paused worker
+    holding its memory never resumes, so the test waited out its timeout (a CI run, 2026-11-29)."""
+    with _local_cluster(memory_limit="3GiB") as local:
         yield local
 
 
