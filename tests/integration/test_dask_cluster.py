@@ -55,8 +55,8 @@ def cluster():
 def own_cluster():
     """A cluster for one test: training torch models leaves the workers' processes larger and their
     thread pools started, which the other tests here should not inherit. Each worker gets 3 GiB: a
-    worker training the CNN once reached 1.2 GiB, Dask's pause mark at 1.5 GiB, and a paused worker
-    holding its memory never resumes, so the test waited out its timeout (a CI run, 2026-11-29)."""
+    worker training the CNN once reached 1.2 GiB, Dask's pause mark (80 % of a 1.5 GiB limit), held it
+    as unmanaged memory and stayed paused, so the test waited out its timeout (CI, 2026-11-29)."""
     with _local_cluster(memory_limit="3GiB") as local:
         yield local
 
