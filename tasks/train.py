@@ -82,7 +82,7 @@ class Params(Strict):
     deterministic: bool = False
     experiment: str = Field("imgcls", min_length=1)
     max_time_minutes: float | None = Field(None, gt=0)
-    # with max_time_minutes: after the first epoch, shorten the run to the epochs that fit and end the LR
+    # with max_time_minutes: after each epoch, shorten the run to the epochs that fit and end the LR
     # schedule with them (models.callbacks.FitScheduleToTime); false: the run is cut where time runs out
     fit_schedule_to_time: bool = True
     checkpoint_every_n_steps: int = Field(100, ge=1)
