@@ -21,6 +21,7 @@ from bench import fashion
 from bench.common import ratio, table, write_result
 from tasks.checks.confident_learning import kernel_features, kernel_model, out_of_fold_probabilities
 from tasks.checks.oof_folds import ClusterFolds, fit_member
+from tasks.common import engine
 from tasks.common.images import to_array
 
 FOLDS = 5
@@ -74,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         distributed.LocalCluster(
             n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
-        distributed.Client(cluster) as client,
+        engine.session(len(labels), engine.EngineParams(address=cluster.scheduler_address, in_process_below=0)) as eng,
     ):
-        client.run(lambda: __import__("torch"))  # imports are not the fits' cost
+        eng.client.run(lambda: __import__("torch"))  # imports are not the fits' cost
         for name, member in built.items():
             t = time.perf_counter()
-            there = out_of_fold_probabilities([member], labels, FOLDS, 0, fit_folds=ClusterFolds(client))
+            there = out_of_fold_probabilities([member], labels, FOLDS, 0, fit_folds=ClusterFolds(eng))
             row = result["members"][name]
             row["cluster_s"] = round(time.perf_counter() - t, 1)
             row["process_over_cluster"] = ratio(row["process_s"], row["cluster_s"])

@@ -441,7 +441,7 @@ def _fit_and_keep(
         data = _decode_for_models(frame, store, cfg, eng, project=True)
         members = _members(data, cfg)
         on_cluster = eng.running_cluster
-        found = fit(ClusterFolds(eng.client)) if on_cluster else None
+        found = fit(ClusterFolds(eng)) if on_cluster else None
     if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
         found = fit(fit_here)
     fold_models = found.fold_models

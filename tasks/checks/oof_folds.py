@@ -49,12 +49,15 @@ def _fit_member_task(shell: OofMember, data: np.ndarray, labels, train_idx, test
 
 
 class ClusterFolds:
-    """The Dask fitter over a distributed.Client: every (fold, member) is a task, submitted together,
-    so a cluster with W worker threads fits up to W of them at once. Data is scattered once per
-    member and reused by later rounds (confident learning's second round) of the same fitter."""
+    """The Dask fitter over an engine's distributed.Client (tasks.common.engine.Engine): every (fold,
+    member) is a task, submitted together, so a cluster with W worker threads fits up to W of them at
+    once. Data is scattered once per member and reused by later rounds (confident learning's second
+    round) of the same fitter. Results are waited for through the engine, which fails the stage when
+    every worker stays paused (a CNN fold can fill a worker's memory)."""
 
-    def __init__(self, client) -> None:
-        self.client = client
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.client = engine.client
         # id(data) -> (data, its future); holding the data keeps its id from being reused
         self._scattered: dict[int, tuple[np.ndarray, Any]] = {}
 
@@ -78,7 +81,7 @@ class ClusterFolds:
         ]
         try:
             for fold in futures:
-                yield _fold_result([future.result() for future in fold])
+                yield _fold_result([self.engine.result(future) for future in fold])
         finally:  # an error or an abandoned generator: stop what is still running
             for fold in futures:
                 for future in fold:

@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,10 @@ class EngineParams(Strict):
     partition_size: int = Field(512, ge=1)  # images per task
     in_process_below: int = Field(5000, ge=0)  # fewer images than this: no cluster, work in this process
     window: int | Literal["auto"] = "auto"  # partitions in flight at once (auto: 2 per worker thread)
+    # seconds a stage waits with every worker paused (Dask pauses one at 80 % of its memory limit) or
+    # none connected before it fails; 0: wait for ever. A paused worker whose memory is not its data
+    # (a torch model's, say) can stay paused for good, and the stage would wait in silence
+    stalled_limit_s: float = Field(600.0, ge=0)
 
     @field_validator("address")
     @classmethod
@@ -166,6 +171,7 @@ class Engine:
         self.running_cluster = not isinstance(executor, InProcess) and cfg.address is not None
         self.partition_size = cfg.partition_size
         self.window = max(2, 2 * threads) if cfg.window == "auto" else cfg.window
+        self.stalled_limit_s = cfg.stalled_limit_s
 
     @property
     def client(self):
@@ -185,34 +191,51 @@ class Engine:
             for part in parts:
                 pending.append(self.executor.submit(fn, part, *args, pure=False, **kwargs))
                 if len(pending) >= self.window:
-                    yield self._result(pending.popleft())
+                    yield self.result(pending.popleft())
             while pending:
-                yield self._result(pending.popleft())
+                yield self.result(pending.popleft())
         finally:
             for future in pending:  # an error or an abandoned generator: stop the rest
                 future.cancel()
 
-    def _result(self, future) -> Any:
+    def result(self, future) -> Any:
+        """future.result(), looking at the workers every stall_warning_s while none comes: each look is
+        logged, and a cluster whose workers have all been paused or gone for stalled_limit_s fails the
+        stage with one line instead of waiting for ever."""
+        stalled_since = None
         while True:
             try:
                 return future.result(timeout=self.stall_warning_s)
             except TimeoutError:
                 if future.done():  # finished as the wait ran out, or the task raised it: its own outcome
                     return future.result()
-                log.warning("no result for %.0f s, still waiting; %s", self.stall_warning_s, self.workers_state())
-
-    def workers_state(self) -> str:
-        """The cluster's workers as the scheduler sees them: how many, their status and memory."""
-        workers = self.client.scheduler_info().get("workers", {}).values()
-        states = [
-            f"{w.get('status', '?')} {w.get('metrics', {}).get('memory', 0) / 2**30:.1f}"
-            f"/{(w.get('memory_limit') or 0) / 2**30:.1f} GiB"
-            for w in workers
-        ]
-        return f"{len(states)} workers: " + (", ".join(states) if states else "none (start `dask worker`)")
+            workers = list(self.client.scheduler_info().get("workers", {}).values())
+            if any(w.get("status") != "paused" for w in workers):
+                stalled_since = None
+            else:
+                stalled_since = stalled_since or time.monotonic()
+                stalled_for = time.monotonic() - stalled_since
+                if self.stalled_limit_s and stalled_for >= self.stalled_limit_s:
+                    raise UserError(
+                        f"the Dask workers have been paused or gone for {stalled_for:.0f} s "
+                        f"(engine.stalled_limit_s) and no task finished; {describe_workers(workers)}. "
+                        "A worker pauses at 80 % of its memory limit: give it more (engine.memory_limit, "
+                        "`dask worker --memory-limit`), or fewer threads per worker"
+                    )
+            log.warning("no result for %.0f s, still waiting; %s", self.stall_warning_s, describe_workers(workers))
 
     def map_partitions(self, fn: Callable, items: Sequence, *args, **kwargs) -> Iterator:
         return self.imap(fn, partitions(items, self.partition_size), *args, **kwargs)
+
+
+def describe_workers(workers: Iterable[dict]) -> str:
+    """Workers as in scheduler_info(): how many, their status and memory."""
+    states = [
+        f"{w.get('status', '?')} {w.get('metrics', {}).get('memory', 0) / 2**30:.1f}"
+        f"/{(w.get('memory_limit') or 0) / 2**30:.1f} GiB"
+        for w in workers
+    ]
+    return f"{len(states)} workers: " + (", ".join(states) if states else "none (start `dask worker`)")
 
 
 # Who may lend a running cluster to the stages (the Prefect flow's DaskTaskRunner, flows/dask_runner.py).

@@ -16,3 +16,19 @@ def worker_and_items(items):
 def items_after(items, seconds: float):
     time.sleep(seconds)
     return list(items)
+
+
+_HELD: list = []  # memory a task keeps in its worker's process after it returns
+
+
+def items_after_filling_memory(items, share: float):
+    """Grow this worker's process to `share` of its memory limit and keep it that way, as a trained
+    model's tensors would stay: memory that is not Dask's data, so spilling cannot free it, and the
+    worker pauses (80 % by default) once its monitor sees it."""
+    import numpy as np
+    import psutil
+    from distributed import get_worker
+
+    limit = get_worker().memory_manager.memory_limit
+    _HELD.append(np.ones(max(0, int(share * limit) - psutil.Process().memory_info().rss), dtype=np.uint8))
+    return list(items)

@@ -15,8 +15,9 @@ import pytest
 from bench.planted import plant
 from tasks import augment, clean, ingest, split, validate
 from tasks.common import engine
+from tasks.common.errors import UserError
 from tasks.common.params import Paths
-from tests.helpers.cluster_tasks import items_after, worker_and_items
+from tests.helpers.cluster_tasks import items_after, items_after_filling_memory, worker_and_items
 from tests.helpers.images import digit_pictures
 
 pytestmark = pytest.mark.timeout(240)
@@ -130,7 +131,6 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(own_cluster):
     """Every (fold, member) of confident learning as a task on the workers: the same probabilities
     and the same fold models as fitting them here, for the kernel model and the CNN, in both rounds
     (the second reuses the data scattered for the first)."""
-    import distributed
     import torch
     from PIL import Image
 
@@ -155,8 +155,9 @@ def test_out_of_fold_models_fitted_on_the_cluster_equal_in_process(own_cluster):
         here = fit_suspect_labels(members, labels, **settings, fit_folds=fit_here)
     finally:
         torch.set_num_threads(threads)
-    with distributed.Client(own_cluster, set_as_default=False) as client:
-        fitter = ClusterFolds(client)
+    cfg = engine.EngineParams(address=own_cluster.scheduler_address, in_process_below=0)
+    with engine.session(len(labels), cfg) as eng:
+        fitter = ClusterFolds(eng)
         there = fit_suspect_labels(members, labels, **settings, fit_folds=fitter)
         assert len(fitter._scattered) == 2  # each member's data went out once for both rounds
     assert here.issues.any()
@@ -239,3 +240,22 @@ def test_a_stage_waiting_on_the_cluster_says_what_the_workers_do(own_cluster, ca
         assert list(eng.map_partitions(items_after, ["a", "b"], 1.5)) == [["a"], ["b"]]
     waits = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
     assert waits and "2 workers: running" in waits[0], waits
+
+
+def test_a_stage_fails_in_one_line_when_every_worker_stays_paused(caplog):
+    # the first partition leaves its worker at 88 % of its memory limit, so the worker pauses and the
+    # second never starts: without the limit the stage would wait for ever
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+    ) as local:
+        cfg = engine.EngineParams(
+            address=local.scheduler_address, in_process_below=0, partition_size=1, stalled_limit_s=2
+        )
+        with engine.session(2, cfg) as eng, caplog.at_level("WARNING", logger=engine.__name__):
+            eng.stall_warning_s = 0.5
+            with pytest.raises(UserError, match="paused or gone") as failed:
+                list(eng.map_partitions(items_after_filling_memory, ["a", "b"], 0.88))
+    message = str(failed.value)
+    assert "\n" not in message and "1 workers: paused" in message and "engine.memory_limit" in message, message
+    assert any("1 workers: paused" in r.getMessage() for r in caplog.records)  # it said so while waiting
