@@ -13,7 +13,10 @@ copies clean keeps (tasks.checks.phash.aligned_copy):
   kept; the correlation of the registered copies (blur 0.8) inside a 3 px margin, where aligned_copy's
   edge padding cannot count.
 Reported: the candidates' recall per kind, and per rule "clean OR registered >= t" the recall per kind
-and the pairs that join two different pictures.
+and the pairs that join two different pictures. Also the shade rule (2026-11-29): the clean rule, or
+registered correlation >= 0.98 with a mean absolute grey-level difference of the registered copies
+of at most d. A copy that was moved, cut or turned keeps its shades; two different garments that
+register onto each other do not.
 
     python -m bench.near_duplicate_registration [--part train] [--seed 100] [--per-kind 20]"""
 
@@ -36,6 +39,10 @@ K_NEAREST, DESCRIPTOR_FLOOR = 5, 0.8
 BOX_SIDE = 28  # the content box is stretched to this many pixels of the copy
 MARGIN = 3  # pixels at the copies' edges left out of the registered correlation
 THRESHOLDS = (0.997, 0.998, 0.9985, 0.999)
+# the shade rule (2026-11-29): registered correlation above a floor AND a small mean absolute
+# grey-level difference of the registered copies (grey levels of 255)
+SHADED_FLOOR = 0.98
+GREY_DIFFERENCES = (2.5, 3.0, 3.5, 4.0)
 _C = (S - 1) / 2
 _GRID_Y = (np.mgrid[0:S, 0:S][0].ravel() - _C)[None, :].astype(np.float32)
 _GRID_X = (np.mgrid[0:S, 0:S][1].ravel() - _C)[None, :].astype(np.float32)
@@ -140,7 +147,12 @@ def register(a: np.ndarray, b: np.ndarray, p: np.ndarray, levels=((1.5, 6), (0.8
     return p
 
 
-def registered_similarity(a: np.ndarray, b: np.ndarray, p: np.ndarray, sigma: float = 0.8) -> np.ndarray:
+def registered_similarity(
+    a: np.ndarray, b: np.ndarray, p: np.ndarray, sigma: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, mean absolute grey-level difference) of the registered blurred copies inside the
+    margin. The difference is not normalized: a copy moved, cut or turned keeps its shades, while two
+    garments that register onto each other differ in shade somewhere (BENCHMARKS.md)."""
     n = len(a)
     a = gaussian_filter(a.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
     b = gaussian_filter(b.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
@@ -150,20 +162,28 @@ def registered_similarity(a: np.ndarray, b: np.ndarray, p: np.ndarray, sigma: fl
     keep &= (np.abs(_GRID_Y) <= _C - MARGIN) & (np.abs(_GRID_X) <= _C - MARGIN)
     m = keep.astype(np.float32)
     count = np.maximum(m.sum(1, keepdims=True), 1)
+    difference = (np.abs(a - warped) * m).sum(1) / count[:, 0]
     am = (a - (a * m).sum(1, keepdims=True) / count) * m
     wm = (warped - (warped * m).sum(1, keepdims=True) / count) * m
-    return (am * wm).sum(1) / np.maximum(np.sqrt((am * am).sum(1) * (wm * wm).sum(1)), 1e-9)
+    return (am * wm).sum(1) / np.maximum(np.sqrt((am * am).sum(1) * (wm * wm).sum(1)), 1e-9), difference
 
 
-def best_registered(copies: np.ndarray, boxes: np.ndarray, pairs: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    out = np.empty(len(pairs))
+def best_registered(
+    copies: np.ndarray, boxes: np.ndarray, pairs: np.ndarray, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, registered_similarity of the better of the two starts (by correlation)."""
+    similarity_out, difference_out = np.empty(len(pairs)), np.empty(len(pairs))
     identity = np.array([1, 0, 0, 1, 0, 0], np.float32)
     for start in range(0, len(pairs), chunk):
         block = pairs[start : start + chunk]
         a, b = copies[block[:, 0]], copies[block[:, 1]]
         starts = (np.tile(identity, (len(block), 1)), box_warp(boxes[block[:, 0]], boxes[block[:, 1]]))
-        out[start : start + len(block)] = np.max([registered_similarity(a, b, register(a, b, p)) for p in starts], 0)
-    return out
+        found = [registered_similarity(a, b, register(a, b, p)) for p in starts]
+        better = np.argmax([similarity for similarity, _ in found], axis=0)
+        rows = np.arange(len(block))
+        similarity_out[start : start + len(block)] = np.stack([f[0] for f in found])[better, rows]
+        difference_out[start : start + len(block)] = np.stack([f[1] for f in found])[better, rows]
+    return similarity_out, difference_out
 
 
 def per_kind(s, pairs: np.ndarray, chosen: np.ndarray) -> dict:
@@ -202,7 +222,7 @@ def measure(part: str, seed: int, n: int, per_kind_count: int) -> dict:
     candidate_seconds = time.perf_counter() - started
     started = time.perf_counter()
     plain = similarity(own.copies, pairs) >= DEFAULT_MIN_SIMILARITY
-    registered = best_registered(copies.reshape(len(copies), -1), boxes, pairs)
+    registered, difference = best_registered(copies.reshape(len(copies), -1), boxes, pairs)
     verify_seconds = time.perf_counter() - started
     in_hash = np.zeros(len(pairs), bool)
     in_hash[
@@ -215,6 +235,12 @@ def measure(part: str, seed: int, n: int, per_kind_count: int) -> dict:
     }
     for t in THRESHOLDS:
         rules[f"clean similarity OR registered >= {t}"] = per_kind(s, pairs, plain | (registered >= t))
+    hash_rule = plain & in_hash
+    for d in GREY_DIFFERENCES:
+        shaded = (registered >= SHADED_FLOOR) & (difference <= d)
+        rules[f"clean rule OR (registered >= {SHADED_FLOOR} AND grey difference <= {d})"] = per_kind(
+            s, pairs, hash_rule | shaded
+        )
     return {
         "part": part,
         "seed": seed,
