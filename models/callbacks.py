@@ -101,7 +101,8 @@ class FitScheduleToTime(L.Callback):
         )  # fmt: skip
         trainer.fit_loop.max_epochs = self.epochs
         config = trainer.lr_scheduler_configs[0]
-        steps_per_epoch = max(1, trainer.num_training_batches // trainer.accumulate_grad_batches)
+        # the total as configure_optimizers counts it: Lightning's estimate follows fit_loop.max_epochs
+        total = max(1, int(trainer.estimated_stepping_batches))
         config.scheduler = pl_module.lr_schedule(
-            config.scheduler.optimizer, self.epochs * steps_per_epoch, self.epochs, last_step=trainer.global_step - 1
+            config.scheduler.optimizer, total, self.epochs, last_step=trainer.global_step - 1
         )
