@@ -33,7 +33,7 @@ from tasks.checks import inspection_cache
 from tasks.checks.inspection_table import COPY_DTYPE
 from tasks.checks.phash import groups_of_pairs, near_duplicate_groups
 from tasks.checks.quality import COPY_SIZE, thumbnail_partition
-from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, verified
+from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, near_duplicate_pairs
 from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
@@ -104,42 +104,41 @@ def _given_splits(frame: pd.DataFrame) -> pd.Series:
     return given.fillna("")
 
 
-def thumbnail_check(frame: pd.DataFrame, store: str, min_similarity: float, cache_file: Path | None = None):
-    """verify() for near_duplicate_groups: the candidate pairs (positions in `frame`) that clean's rule
-    (tasks.checks.similarity.verified) calls near-duplicates. The aligned copies of images in a
-    candidate pair come from clean's inspection cache (`cache_file`, tasks.checks.inspection_cache:
-    the same copies, computed by the same code); only those it lacks are decoded, counted in
-    verify.decoded. Without the check, hash neighbours chain look-alikes (sneakers, digits) into huge
-    groups."""
+def aligned_copies(frame: pd.DataFrame, store: str, cache_file: Path | None = None) -> tuple[np.ndarray, int]:
+    """(the aligned copy of every image of `frame` [n, COPY_SIZE], how many were decoded): from clean's
+    inspection cache (`cache_file`, tasks.checks.inspection_cache: the same copies, computed by the
+    same code); only those it lacks are decoded."""
+    ids = frame["image_id"].astype(str).tolist()
+    copies = np.zeros((len(ids), COPY_SIZE), dtype=COPY_DTYPE)
+    cached = (
+        inspection_cache.load_copies(cache_file, ids, copies) if cache_file is not None else np.zeros(len(ids), bool)
+    )
+    todo = np.flatnonzero(~cached).tolist()
+    log.info("split: %d aligned copies from clean's cache, %d decoded", len(ids) - len(todo), len(todo))
+    start = 0
+    with (
+        engine.session(len(todo), what="split: near-duplicate search") as eng,
+        tqdm(total=len(todo), desc="split: near-duplicate search", unit="img", disable=None) as bar,
+    ):
+        # clean already refused oversized images
+        todo_ids = [ids[k] for k in todo]
+        for block in eng.map_partitions(thumbnail_partition, todo_ids, ImageStore(store).for_workers(), 2**31):
+            copies[todo[start : start + len(block)]] = block
+            start += len(block)
+            bar.update(len(block))
+    return copies, len(todo)
 
-    def verify(pairs: np.ndarray) -> np.ndarray:
-        involved = np.unique(pairs)  # sorted: a pair's positions map to rows of `thumbs` by searchsorted
-        ids = frame["image_id"].to_numpy()[involved].tolist()
-        thumbs = np.zeros((len(involved), COPY_SIZE), dtype=COPY_DTYPE)
-        cached = (
-            inspection_cache.load_copies(cache_file, ids, thumbs)
-            if cache_file is not None
-            else np.zeros(len(ids), bool)
-        )
-        todo = np.flatnonzero(~cached).tolist()
-        verify.decoded = len(todo)
-        log.info("split: %d aligned copies from clean's cache, %d decoded", len(ids) - len(todo), len(todo))
-        start = 0
-        with (
-            engine.session(len(todo), what="split: near-duplicate check") as eng,
-            tqdm(total=len(todo), desc="split: near-duplicate check", unit="img", disable=None) as bar,
-        ):
-            # clean already refused oversized images
-            todo_ids = [ids[k] for k in todo]
-            for block in eng.map_partitions(thumbnail_partition, todo_ids, ImageStore(store).for_workers(), 2**31):
-                thumbs[todo[start : start + len(block)]] = block
-                start += len(block)
-                bar.update(len(block))
-        local = verified(thumbs, np.searchsorted(involved, pairs), min_similarity)
-        return involved[local]
 
-    verify.decoded = 0
-    return verify
+def searched_pairs(frame: pd.DataFrame, store: str, params: Params, cache_file: Path | None = None):
+    """(near pairs as positions in `frame`, images decoded): clean's rule (tasks.checks.similarity.
+    near_duplicate_pairs) searched over every image of `frame` with split's settings, when clean's index
+    cannot stand in (indexed_pairs). Without the rule's verification, hash neighbours would chain
+    look-alikes (sneakers, digits) into huge groups."""
+    if frame["phash"].isna().any():
+        raise UserError("some images have no phash: rerun the clean stage")
+    copies, decoded = aligned_copies(frame, store, cache_file)
+    hashes = frame["phash"].astype("int64").to_numpy().astype(np.uint64)
+    return near_duplicate_pairs(hashes, copies, params.group_radius, params.group_min_similarity), decoded
 
 
 def indexed_pairs(frame: pd.DataFrame, params: Params, cache_dir: Path) -> np.ndarray | None:
@@ -149,7 +148,7 @@ def indexed_pairs(frame: pd.DataFrame, params: Params, cache_dir: Path) -> np.nd
     holds every verified pair among its images, so nothing is searched, decoded or compared again.
     None when it cannot stand in (other settings, an image it never saw): split searches itself."""
     key = inspection_cache.near_index_key(params.group_radius, params.group_min_similarity)
-    members, pairs = inspection_cache.load_near_index(cache_dir / inspection_cache.NEAR_INDEX_FILE, key)
+    members, pairs, _ = inspection_cache.load_near_index(cache_dir / inspection_cache.NEAR_INDEX_FILE, key)
     ids = frame["image_id"].astype(str).tolist()
     position = {image_id: k for k, image_id in enumerate(ids)}
     if not members or len(position) < len(ids) or not position.keys() <= set(members):
@@ -164,19 +163,17 @@ def indexed_pairs(frame: pd.DataFrame, params: Params, cache_dir: Path) -> np.nd
     ).reshape(-1, 2)
 
 
-def assign_splits(
-    frame: pd.DataFrame, params: Params, verify=None, pairs: np.ndarray | None = None
-) -> tuple[pd.Series, dict]:
+def assign_splits(frame: pd.DataFrame, params: Params, pairs: np.ndarray | None = None) -> tuple[pd.Series, dict]:
     """Split per row plus facts for the summary. `frame` needs image_id, phash, given_split; the
-    near-duplicate `pairs` (positions) when known (indexed_pairs), else hash-near pairs confirmed by
-    `verify` (see thumbnail_check), else every pair within group_radius counts."""
+    near-duplicate `pairs` (positions: indexed_pairs or searched_pairs), else every pair within
+    group_radius counts."""
     if frame["phash"].isna().any():
         raise UserError("some images have no phash: rerun the clean stage")
     if pairs is not None:
         groups = pd.Series(groups_of_pairs(len(frame), pairs), frame.index)
     else:
         hashes = frame["phash"].astype("int64").tolist()
-        groups = pd.Series(near_duplicate_groups(hashes, params.group_radius, verify), frame.index)
+        groups = pd.Series(near_duplicate_groups(hashes, params.group_radius), frame.index)
     given = _given_splits(frame)
     # a group nobody named follows the u of its smallest image_id (one hash per group, not per row)
     image_ids = frame["image_id"].astype(str)
@@ -249,8 +246,10 @@ def run(params: Params, paths: Paths) -> dict:
         raise UserError(f"{paths.validated} has no images: nothing to split")
     frame = validated.reset_index(drop=True)
     cache = Path(paths.cache)
-    verify = thumbnail_check(frame, paths.store, params.group_min_similarity, cache / inspection_cache.INSPECTIONS_FILE)
-    split, facts = assign_splits(frame, params, verify, indexed_pairs(frame, params, cache))
+    pairs, decoded = indexed_pairs(frame, params, cache), 0
+    if pairs is None:
+        pairs, decoded = searched_pairs(frame, paths.store, params, cache / inspection_cache.INSPECTIONS_FILE)
+    split, facts = assign_splits(frame, params, pairs=pairs)
     result = frame.assign(split=split.to_numpy())
     notes = []
     if facts["given_groups_straddling"]:
@@ -272,7 +271,7 @@ def run(params: Params, paths: Paths) -> dict:
         "images": len(result),
         **{s: int((result["split"] == s).sum()) for s in SPLITS},
         **facts,
-        "decoded": verify.decoded,
+        "decoded": decoded,
         "warnings": [n for n in notes if n.startswith("warning: ")],
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -142,29 +143,41 @@ def near_index_key(radius: int, min_similarity: float) -> str:
     only in the index with an Inspection of its own run's limit."""
     digest = hashlib.sha256(f"{code_version()}:{radius}:{min_similarity!r}".encode())
     digest.update((_HERE / "similarity.py").read_bytes())
+    digest.update((_HERE / "registration.py").read_bytes())
     return digest.hexdigest()[:16]
 
 
-def load_near_index(path: Path, key: str) -> tuple[list[str], pd.DataFrame]:
-    """(members, pairs): the images the last run searched for near-duplicates among, and every
-    verified near pair between them (columns a < b, image ids); nothing when the key differs."""
-    empty = pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str)})
+class NearIndex(NamedTuple):
+    members: list[str]  # the images the last run searched for near-duplicates among
+    pairs: pd.DataFrame  # every verified near pair between them (columns a < b, image ids)
+    floors: np.ndarray  # float32 [2, len(members)]: each member's rank floors (tasks.checks.registration)
+
+
+_FLOORS = ("floor_plain", "floor_box")
+
+
+def load_near_index(path: Path, key: str) -> NearIndex:
+    """The index the last run saved; an empty one when the key differs."""
+    empty = NearIndex([], pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str)}), np.empty((2, 0)))
     if not path.is_file():
-        return [], empty
+        return empty
     try:
         frame = pd.read_parquet(path)
         if frame.empty or set(frame["key"]) != {key}:
-            return [], empty
-        members = frame.loc[frame["b"].isna(), "a"].tolist()
-        return members, frame.loc[frame["b"].notna(), ["a", "b"]].reset_index(drop=True)
+            return empty
+        member_rows = frame[frame["b"].isna()]
+        floors = member_rows[list(_FLOORS)].to_numpy(np.float32).T
+        pairs = frame.loc[frame["b"].notna(), ["a", "b"]].reset_index(drop=True)
+        return NearIndex(member_rows["a"].tolist(), pairs, floors)
     except Exception as exc:  # a damaged or foreign index only costs a fresh search
         log.warning("ignoring the near-duplicate index %s: %s", path, exc)
-        return [], empty
+        return empty
 
 
-def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFrame) -> None:
-    """One file, so members and pairs can never come from different runs: member rows have b = null."""
-    member_rows = pd.DataFrame({"a": list(members), "b": None})
+def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFrame, floors: np.ndarray) -> None:
+    """One file, so members and pairs can never come from different runs: member rows have b = null
+    and their floors; pair rows have no floors."""
+    member_rows = pd.DataFrame({"a": list(members), "b": None, _FLOORS[0]: floors[0], _FLOORS[1]: floors[1]})
     frame = pd.concat([member_rows, pairs[["a", "b"]]], ignore_index=True).assign(key=key)
     write_parquet(frame, path)
 

@@ -1,15 +1,20 @@
 """The one rule that decides "near-duplicate" everywhere: clean's near_duplicate / label_conflict flags
-and split's groups both call near_duplicate_pairs (or verified) with the same two params.
+and split's groups both call near_duplicate_pairs / pairs_with_new with the same two params.
 
 Per image (tasks.checks.phash): a 32x32 grey copy centred on the picture's centre of mass, and the
-perceptual hash of that copy. Candidate pairs are the hashes within `radius` bits (multi-index
-hashing, sub-quadratic); each candidate is then VERIFIED by a shift-tolerant similarity: the largest
-Pearson correlation of the two aligned copies over relative shifts of -MAX_SHIFT..MAX_SHIFT pixels,
-on their overlap. Centring on the centre of mass absorbs a shift by any fraction of a pixel and a
-resize (28 -> 32 px lands on the same copy); the correlation ignores brightness and contrast. Two
-different garments of one class (look-alikes) correlate up to ~0.98 on Fashion-MNIST even aligned,
-so the threshold sits above that, and chains of look-alikes do not form. Tuned on Fashion-MNIST's
-train part only, reported on its test part and on digits (bench/near_duplicates.py)."""
+perceptual hash of that copy. Two parts, either makes a pair:
+- Hash neighbours: the hashes within `radius` bits (multi-index hashing, sub-quadratic), each VERIFIED
+  by a shift-tolerant similarity: the largest Pearson correlation of the two aligned copies over
+  relative shifts of -MAX_SHIFT..MAX_SHIFT pixels, on their overlap. Centring on the centre of mass
+  absorbs a shift by any fraction of a pixel and a resize (28 -> 32 px lands on the same copy); the
+  correlation ignores brightness and contrast. Two different garments of one class (look-alikes)
+  correlate up to ~0.98 on Fashion-MNIST even aligned, so the threshold sits above that, and chains
+  of look-alikes do not form.
+- Nearest neighbours by descriptor, registered (tasks.checks.registration): crops, rotations and
+  larger shifts, whose hashes land far from their original's, verified by an affine registration
+  and the grey-level difference that remains.
+Tuned on Fashion-MNIST's train part only, reported on its test part and on digits
+(bench/near_duplicates.py, bench/near_duplicate_registration.py, bench/data_quality.py)."""
 
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
 from tasks.checks.phash import radius_pairs, radius_pairs_between
+from tasks.checks.registration import descriptors, ranked_candidates, shade_verified
 
 # defaults of clean.near_duplicate_* and split.group_*, tuned on Fashion-MNIST's train part only
 DEFAULT_RADIUS = 6
 DEFAULT_MIN_SIMILARITY = 0.9875  # the highest recall with no wrong pair there (bench/near_duplicates.py)
 MAX_SHIFT = 1  # pixels (of SIDE) the aligned copies may still be moved against each other
+# ranked candidates are registered only from this similarity up: it keeps every copy the registration
+# finds on the tuning part and a third fewer pairs to register (BENCHMARKS.md)
+SHADE_PREFILTER = 0.85
 _CHUNK = 4096  # pairs per vectorized block
 
 
@@ -85,8 +94,9 @@ def verified(copies: np.ndarray, pairs: np.ndarray, min_similarity: float, max_s
 def near_duplicate_pairs(
     hashes: np.ndarray, copies: np.ndarray, radius: int, min_similarity: float, max_shift: int = MAX_SHIFT
 ) -> np.ndarray:
-    """Candidate pairs from the aligned hashes (within `radius` bits), verified on the aligned copies."""
-    return verified(copies, radius_pairs(hashes, radius), min_similarity, max_shift)
+    """Every near pair (i < j, sorted) among the images: the search of pairs_with_new with every image new."""
+    new = np.ones(len(hashes), dtype=bool)
+    return pairs_with_new(hashes, copies, new, radius, min_similarity, max_shift)[0]
 
 
 def pairs_with_new(
@@ -97,24 +107,49 @@ def pairs_with_new(
     min_similarity: float,
     max_shift: int = MAX_SHIFT,
     rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """The near_duplicate_pairs (i < j, sorted) that have at least one `new` member (bool per image):
-    new hashes are looked up among the known ones and among each other. Image i's aligned copy is
-    copies[rows[i]] (rows: the identity when None), so a caller holding many images' copies in one
-    matrix (tasks.checks.inspection_table) passes it whole, with no second copy. With every image new
-    it is near_duplicate_pairs itself; known-known pairs are what a persisted index
-    (tasks.checks.inspection_cache) already holds."""
+    floors: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, floors): the near pairs (i < j, sorted) that have at least one `new` member (bool per
+    image), by both parts of the rule:
+    - hash neighbours within `radius` bits with similarity >= min_similarity: new hashes are looked up
+      among the known ones and among each other;
+    - the nearest neighbours by descriptor (tasks.checks.registration.ranked_candidates) that the
+      registration verifies (shade_verified), among those with similarity >= SHADE_PREFILTER.
+    Image i's aligned copy is copies[rows[i]] (rows: the identity when None), so a caller holding many
+    images' copies in one matrix (tasks.checks.inspection_table) passes it whole, with no second copy.
+    `floors` [2, n] are the known images' rank floors from their own search (persisted with the pairs,
+    tasks.checks.inspection_cache); the returned floors hold the new images' too. With every image new
+    it is near_duplicate_pairs itself; known-known pairs are what a persisted index already holds."""
     hashes = np.asarray(hashes).astype(np.uint64)
-    new_at, known_at = np.flatnonzero(new), np.flatnonzero(~np.asarray(new, dtype=bool))
+    new = np.asarray(new, dtype=bool)
+    rows = np.arange(len(hashes)) if rows is None else np.asarray(rows, dtype=np.int64)
+    copies = np.asarray(copies)
+    floors = np.full((2, len(hashes)), np.inf, np.float32) if floors is None else floors
+    hash_pairs = _hash_candidates(hashes, new, radius)
+    by_hash = hash_pairs[similarity(copies, rows[hash_pairs], max_shift) >= min_similarity]
+    ranked, floors = ranked_candidates(descriptors(copies, rows), new, floors)
+    ranked = _without(ranked, by_hash)
+    ranked = ranked[similarity(copies, rows[ranked], max_shift) >= SHADE_PREFILTER]
+    by_shade = ranked[shade_verified(copies, ranked, rows)]
+    pairs = np.concatenate([by_hash, by_shade])
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))], floors
+
+
+def _hash_candidates(hashes: np.ndarray, new: np.ndarray, radius: int) -> np.ndarray:
+    """Pairs (i < j, sorted) within `radius` bits with at least one new member."""
+    new_at, known_at = np.flatnonzero(new), np.flatnonzero(~new)
     across = radius_pairs_between(hashes[new_at], hashes[known_at], radius)
     among = radius_pairs(hashes[new_at], radius)
     candidates = np.concatenate(
         [np.stack([new_at[across[:, 0]], known_at[across[:, 1]]], axis=1), new_at[among].reshape(-1, 2)]
-    )
-    if not len(candidates):
-        return np.empty((0, 2), dtype=np.int64)
-    if len(across):  # the new images' pairs among themselves come sorted; with pairs across, sort all
-        candidates = np.sort(candidates, axis=1)
-        candidates = candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
-    rows = np.arange(len(hashes)) if rows is None else np.asarray(rows, dtype=np.int64)
-    return candidates[similarity(np.asarray(copies), rows[candidates], max_shift) >= min_similarity]
+    ).astype(np.int64)
+    candidates = np.sort(candidates, axis=1)
+    return candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
+
+
+def _without(pairs: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """The rows of `pairs` that are not rows of `taken` (both [k, 2] int64)."""
+    if not len(pairs) or not len(taken):
+        return pairs
+    width = max(int(pairs.max()), int(taken.max())) + 1
+    return pairs[~np.isin(pairs[:, 0] * width + pairs[:, 1], taken[:, 0] * width + taken[:, 1])]

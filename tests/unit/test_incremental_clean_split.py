@@ -98,7 +98,7 @@ def test_cold_run_equals_run_then_new_images(planted_source, tmp_path, monkeypat
     key = inspection_cache.near_index_key(
         clean.Params().near_duplicate_distance, clean.Params().near_duplicate_min_similarity
     )
-    members, _ = inspection_cache.load_near_index(Path(paths.cache) / inspection_cache.NEAR_INDEX_FILE, key)
+    members = inspection_cache.load_near_index(Path(paths.cache) / inspection_cache.NEAR_INDEX_FILE, key).members
     assert new_ids <= set(members)  # the new images joined the persisted near-duplicate index
 
     # nothing new: nothing decoded, the pictures are not drawn again, the CSV is written all the same
@@ -118,18 +118,18 @@ def test_cold_run_equals_run_then_new_images(planted_source, tmp_path, monkeypat
     assert cold_cleaned["decoded"] == len(set(pd.read_parquet(Paths().ingested)["image_id"]))
     assert cold_split["decoded"] == 0  # clean's cache serves split on a cold run too
 
-    # split's groups from clean's index == split's own search (hash candidates verified on copies
+    # split's groups from clean's index == split's own search (the same rule, on copies
     # that all come from clean's cache, none decoded), here with a wide radius that has candidates
     validated = pd.read_parquet(Paths().validated)
     cache_file = Path(Paths().cache) / inspection_cache.INSPECTIONS_FILE
     for wide in (False, True):
         params = split.Params(group_radius=14 if wide else split.Params().group_radius)
-        verify = split.thumbnail_check(validated, Paths().store, params.group_min_similarity, cache_file)
-        searched, _ = split.assign_splits(validated, params, verify)
+        pairs, decoded = split.searched_pairs(validated, Paths().store, params, cache_file)
+        searched, _ = split.assign_splits(validated, params, pairs)
         indexed = split.indexed_pairs(validated, params, Path(Paths().cache))
         if wide:
             assert indexed is None  # built for another radius: split must search itself
-            assert verify.decoded == 0 and len(radius_pairs(validated["phash"].to_numpy(), 14))
+            assert decoded == 0 and len(radius_pairs(validated["phash"].to_numpy(), 14))
         else:
             assert (split.assign_splits(validated, params, pairs=indexed)[0] == searched).all()
             assert (searched == cold["split"]["split"]).all()
@@ -143,9 +143,12 @@ def test_cold_run_equals_run_then_new_images(planted_source, tmp_path, monkeypat
 def test_near_index_of_other_settings_is_not_used(tmp_path):
     index = tmp_path / inspection_cache.NEAR_INDEX_FILE
     pairs = pd.DataFrame({"a": ["1" * 64], "b": ["2" * 64]})
-    inspection_cache.save_near_index(index, inspection_cache.near_index_key(6, 0.9875), ["1" * 64, "2" * 64], pairs)
-    members, found = inspection_cache.load_near_index(index, inspection_cache.near_index_key(6, 0.9875))
+    floors = np.array([[0.9, 0.8], [0.95, 0.85]], np.float32)
+    key = inspection_cache.near_index_key(6, 0.9875)
+    inspection_cache.save_near_index(index, key, ["1" * 64, "2" * 64], pairs, floors)
+    members, found, found_floors = inspection_cache.load_near_index(index, key)
     assert members == ["1" * 64, "2" * 64] and found.equals(pairs)
+    np.testing.assert_array_equal(found_floors, floors)
     for other in (inspection_cache.near_index_key(5, 0.9875), inspection_cache.near_index_key(6, 0.99)):
-        members, found = inspection_cache.load_near_index(index, other)
+        members, found, _ = inspection_cache.load_near_index(index, other)
         assert members == [] and found.empty

@@ -10,7 +10,14 @@ from scipy.ndimage import gaussian_filter
 
 from bench.planted import NEAR_DUPLICATE_KINDS, encode, near_duplicate
 from tasks.checks.phash import aligned_copy, aligned_hash, hamming
-from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, near_duplicate_pairs, similarity
+from tasks.checks.registration import MAX_GREY_DIFFERENCE, MIN_REGISTERED, ranked_candidates, registered, shade_verified
+from tasks.checks.similarity import (
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_RADIUS,
+    near_duplicate_pairs,
+    pairs_with_new,
+    similarity,
+)
 from tasks.common.images import decode
 
 
@@ -91,3 +98,82 @@ def test_clean_and_split_default_to_the_same_rule(stage_param):
     else:
         p = split.Params()
         assert (p.group_radius, p.group_min_similarity) == (DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY)
+
+
+def turned_and_cut(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """arr turned by 4 degrees, and arr with 1-2 px cut from each side and resized back."""
+    turned = np.asarray(Image.fromarray(arr).rotate(4, resample=Image.Resampling.BICUBIC))
+    cut = np.asarray(Image.fromarray(arr[2:27, 1:26]).resize((28, 28), Image.Resampling.BICUBIC))
+    return turned, cut
+
+
+def test_cropped_and_rotated_copies_are_found_by_registration_and_look_alikes_are_not():
+    arr = garment(0)
+    items = [arr, *turned_and_cut(arr), *[garment(seed) for seed in range(1, 18)]]
+    copies = copies_of(*items)
+    hashes = np.array([aligned_hash(c.reshape(32, 32)) for c in copies], dtype=np.uint64)
+    # the hash rule alone misses both: their shift-tolerant similarity is below its threshold
+    assert (similarity(copies, np.array([[0, 1], [0, 2]])) < DEFAULT_MIN_SIMILARITY).all()
+    found = set(map(tuple, near_duplicate_pairs(hashes, copies, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY).tolist()))
+    assert {(0, 1), (0, 2)} <= found
+    assert all(max(pair) < 3 for pair in found), found  # no look-alike joins anything
+
+
+def plain_shape(shade: int, half_width: float, length: int) -> np.ndarray:
+    """A plain bar (a trouser leg, say): look-alikes differ in shade and a little in size."""
+    yy, xx = np.mgrid[0:28, 0:28]
+    shape = (np.abs(xx - 13.5) < half_width) & (yy > 2) & (yy < 3 + length)
+    return (gaussian_filter(shape.astype(float), 0.7) * shade).astype(np.uint8)
+
+
+def test_look_alikes_that_register_onto_each_other_are_told_apart_by_their_shade():
+    copies = copies_of(plain_shape(150, 5.0, 22), plain_shape(190, 5.6, 21), plain_shape(120, 4.6, 23))
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    correlation, difference = registered(copies[pairs[:, 0]], copies[pairs[:, 1]])
+    assert (correlation >= MIN_REGISTERED).all(), correlation  # registration alone would pair them
+    assert (difference > MAX_GREY_DIFFERENCE).all(), difference
+    assert not shade_verified(copies, pairs).any()
+
+
+def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds():
+    originals = [garment(seed) for seed in range(12)]
+    items = [*originals, *[copy for arr in originals[:4] for copy in turned_and_cut(arr)]]
+    copies = copies_of(*items)
+    hashes = np.array([aligned_hash(c.reshape(32, 32)) for c in copies], dtype=np.uint64)
+    full = set(map(tuple, near_duplicate_pairs(hashes, copies, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY).tolist()))
+    by_registration = [pair for pair in full if similarity(copies, np.array([pair]))[0] < DEFAULT_MIN_SIMILARITY]
+    assert len(by_registration) >= 4  # turned and cut copies: the ranked part of the rule is exercised
+    # the first run knew every other image; the second searches the rest, with the first run's floors
+    first = np.arange(len(items)) % 2 == 0
+    rows = np.flatnonzero(first)
+    known_pairs, first_floors = pairs_with_new(
+        hashes[rows], copies[rows], np.ones(len(rows), bool), DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY
+    )
+    floors = np.full((2, len(items)), np.inf, np.float32)
+    floors[:, rows] = first_floors
+    added, _ = pairs_with_new(hashes, copies, ~first, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY, floors=floors)
+    incremental = set(map(tuple, rows[known_pairs].tolist())) | set(map(tuple, added.tolist()))
+    assert full <= incremental
+
+
+def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
+    """Image 0 was searched alone with far images (its floor is low); the new image 1 is its nearest
+    (0.9) but has five closer neighbours of its own, so only 0's floor can pair them."""
+    rng = np.random.default_rng(0)
+    d = 16
+    centre = np.eye(d)[0]
+    cluster = [centre + 0.05 * rng.normal(size=d) for _ in range(6)]  # 1 and its five close neighbours
+    lone = 0.9 * centre + np.sqrt(1 - 0.81) * np.eye(d)[1]  # image 0: 0.9 from the cluster's centre
+    far = [np.eye(d)[k] for k in range(2, 8)]
+    vectors = np.stack([lone, *cluster, *far])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    desc = np.stack([vectors, vectors]).astype(np.float32)
+    known = np.zeros(len(vectors), bool)
+    known[[0, *range(7, 13)]] = True  # 0 and the far ones were searched first
+    _, floors = ranked_candidates(desc[:, known], np.ones(known.sum(), bool), np.full((2, known.sum()), np.inf))
+    all_floors = np.full((2, len(vectors)), np.inf, np.float32)
+    all_floors[:, known] = floors
+    pairs, _ = ranked_candidates(desc, ~known, all_floors)
+    assert (0, 1) in set(map(tuple, pairs.tolist()))
+    without, _ = ranked_candidates(desc, ~known, np.full((2, len(vectors)), np.inf, np.float32))
+    assert (0, 1) not in set(map(tuple, without.tolist()))  # 1's own five nearest are the cluster

@@ -120,9 +120,17 @@ def test_near_duplicates_follow_a_given_split():
     assert (result[2:] == "train").all()
 
 
+def with_pictures(frame: pd.DataFrame, store) -> pd.DataFrame:
+    """`frame` with its image ids replaced by distinct stored pictures: without clean's cache, split
+    searches near-duplicates on the images' aligned copies."""
+    from tests.helpers.images import pattern, store_image
+
+    return frame.assign(image_id=[store_image(store, pattern(seed, size=32)) for seed in range(len(frame))])
+
+
 def test_run_writes_manifest_and_reports(tmp_path):
     paths = tmp_paths(tmp_path)
-    manifest(120).to_parquet(paths.validated, index=False)
+    with_pictures(manifest(120), paths.store).to_parquet(paths.validated, index=False)
     summary = split.run(split.Params(), paths)
     out = pd.read_parquet(paths.split)
     assert len(out) == 120 and set(out["split"]) <= {"train", "val", "test"}
@@ -137,6 +145,7 @@ def write_params(tmp_path, split_section):
     params = tmp_path / "params.yaml"
     params.write_text(
         f"paths:\n  validated: {tmp_path}/validated.parquet\n  split: {tmp_path}/split.parquet\n"
+        f"  store: {tmp_path}/store\n"
         f"  reports: {tmp_path}/reports\nsplit:\n{split_section}"
     )
     return params
@@ -155,7 +164,7 @@ def test_fractions_not_summing_to_one_is_one_line(tmp_path, capsys):
 
 def test_main_runs_from_params_file(tmp_path, capsys):
     params = write_params(tmp_path, "  seed: 3\n")
-    manifest(30).to_parquet(tmp_path / "validated.parquet", index=False)
+    with_pictures(manifest(30), tmp_path / "store").to_parquet(tmp_path / "validated.parquet", index=False)
     assert split.main(["--params", str(params)]) == 0
     assert len(pd.read_parquet(tmp_path / "split.parquet")) == 30
 
