@@ -82,28 +82,32 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, floors: np.ndarray) -> 
     it had when it was searched; floors [2, n], float32, known rows read, new rows written and returned).
 
     A known image's floor is not raised when new images outrank its old neighbours, so a search of new
-    images only checks every pair a search of everything would, and perhaps a few more."""
+    images only checks every pair a search of everything would, and perhaps a few more. The scores are
+    computed a block of new images at a time against all (torch: its matmul and top-k use every core)."""
+    import torch
+
     new = np.asarray(new, dtype=bool)
     floors = np.array(floors, dtype=np.float32, copy=True)
-    new_at, known = np.flatnonzero(new), ~new
-    found: list[np.ndarray] = []
+    new_at, known_at = np.flatnonzero(new), np.flatnonzero(~new)
     k = min(K_NEAREST, len(new) - 1)
     if k < 1 or not len(new_at):
         return np.empty((0, 2), dtype=np.int64), floors
+    found: list[np.ndarray] = []
+    step = max(1, _SCORES_PER_BLOCK // len(new))
     for which in range(len(desc)):
-        step = max(1, _SCORES_PER_BLOCK // len(new))
+        every = torch.from_numpy(np.ascontiguousarray(desc[which], dtype=np.float32))
+        known_floor = torch.from_numpy(np.maximum(floors[which, known_at], DESCRIPTOR_FLOOR))
         for start in range(0, len(new_at), step):
             query = new_at[start : start + step]
-            scores = desc[which, query] @ desc[which].T  # [q, n]
-            scores[np.arange(len(query)), query] = -2.0  # not its own neighbour
-            nearest = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            best = np.take_along_axis(scores, nearest, 1)
-            floors[which, query] = best.min(axis=1)
-            keep = best >= DESCRIPTOR_FLOOR
-            found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], nearest[keep]], axis=1))
-            # known images that now have this query among their K nearest
-            q_at, i_at = np.nonzero(known[None, :] & (scores >= np.maximum(floors[which], DESCRIPTOR_FLOOR)[None, :]))
-            found.append(np.stack([query[q_at], i_at], axis=1))
+            scores = every[query] @ every.T  # [q, n]
+            scores[torch.arange(len(query)), torch.from_numpy(query)] = -2.0  # not its own neighbour
+            best, nearest = scores.topk(k, dim=1)
+            floors[which, query] = best[:, -1].numpy()
+            keep = (best >= DESCRIPTOR_FLOOR).numpy()
+            found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], nearest.numpy()[keep]], axis=1))
+            if len(known_at):  # known images that now have this query among their K nearest
+                q_at, i_at = torch.nonzero(scores[:, known_at] >= known_floor, as_tuple=True)
+                found.append(np.stack([query[q_at.numpy()], known_at[i_at.numpy()]], axis=1))
     pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
     return np.unique(pairs, axis=0).reshape(-1, 2), floors
 
