@@ -1,6 +1,7 @@
 """Near-duplicates made by cropping, rotating or shifting: can candidates from nearest neighbours and a
-verification by affine registration find them without pairing look-alikes? (issue 11; measured, not
-adopted: BENCHMARKS.md, "Crops and rotations: registration tried").
+verification by affine registration find them without pairing look-alikes? (issue 11; BENCHMARKS.md.
+Registration alone was not adopted; the shade rule below is clean's since 2026-11-29, in
+tasks/checks/registration.py with one start and fewer steps.)
 
 On a bench.near_duplicates set (n images + per_kind planted copies of every kind), from the aligned
 copies clean keeps (tasks.checks.phash.aligned_copy):
@@ -27,25 +28,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import affine_transform, gaussian_filter
 
 from bench.common import write_result
 from bench.near_duplicates import Own, digits_arrays, fashion_arrays, make_set
 from tasks.checks.phash import ALIGNED_SIDE as S
 from tasks.checks.phash import radius_pairs
+from tasks.checks.registration import _C, descriptors, register, registered
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, similarity
 
 K_NEAREST, DESCRIPTOR_FLOOR = 5, 0.8
-BOX_SIDE = 28  # the content box is stretched to this many pixels of the copy
-MARGIN = 3  # pixels at the copies' edges left out of the registered correlation
 THRESHOLDS = (0.997, 0.998, 0.9985, 0.999)
 # the shade rule (2026-11-29): registered correlation above a floor AND a small mean absolute
 # grey-level difference of the registered copies (grey levels of 255)
 SHADED_FLOOR = 0.98
 GREY_DIFFERENCES = (2.5, 3.0, 3.5, 4.0)
-_C = (S - 1) / 2
-_GRID_Y = (np.mgrid[0:S, 0:S][0].ravel() - _C)[None, :].astype(np.float32)
-_GRID_X = (np.mgrid[0:S, 0:S][1].ravel() - _C)[None, :].astype(np.float32)
+_BENCH_LEVELS = ((1.5, 6), (0.8, 4))  # what this bench measured with (clean: fewer steps, same recall)
 
 
 def content_box(copy: np.ndarray, share: float = 0.15) -> tuple[float, float, float, float]:
@@ -58,24 +55,6 @@ def content_box(copy: np.ndarray, share: float = 0.15) -> tuple[float, float, fl
         return 0.0, 0.0, float(S), float(S)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     return float(rows[0]), float(cols[0]), float(rows[-1] + 1 - rows[0]), float(cols[-1] + 1 - cols[0])
-
-
-def box_stretched(copy: np.ndarray, box) -> np.ndarray:
-    top, left, height, width = box
-    zoom_y, zoom_x = height / BOX_SIDE, width / BOX_SIDE
-    offset = [top - (S - BOX_SIDE) / 2 * zoom_y, left - (S - BOX_SIDE) / 2 * zoom_x]
-    border = np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])
-    return affine_transform(
-        copy, np.diag([zoom_y, zoom_x]), offset=offset, output_shape=(S, S), order=1, cval=float(np.median(border))
-    )
-
-
-def descriptors(copies: np.ndarray, sigma: float = 1.0, cell: int = 4) -> np.ndarray:
-    """Unit-norm, zero-mean 8x8 block means of the blurred copies: dot products are correlations."""
-    blurred = gaussian_filter(copies.astype(np.float32), (0, sigma, sigma))
-    d = blurred.reshape(len(copies), S // cell, cell, S // cell, cell).mean(axis=(2, 4)).reshape(len(copies), -1)
-    d -= d.mean(1, keepdims=True)
-    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
 
 
 def nearest_pairs(desc: np.ndarray, k: int = K_NEAREST, floor: float = DESCRIPTOR_FLOOR) -> np.ndarray:
@@ -91,26 +70,6 @@ def nearest_pairs(desc: np.ndarray, k: int = K_NEAREST, floor: float = DESCRIPTO
     return np.unique(np.concatenate(out), axis=0)
 
 
-def _sample(flat: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear samples of images [P, S*S] at (y, x) [P, S*S], clamped at the edges."""
-    y, x = np.clip(y, 0, S - 1.001), np.clip(x, 0, S - 1.001)
-    y0, x0 = y.astype(np.int32), x.astype(np.int32)
-    wy, wx = y - y0, x - x0
-    at = y0 * S + x0
-
-    def get(offset):
-        return np.take_along_axis(flat, at + offset, 1)
-
-    return (get(0) * (1 - wx) + get(1) * wx) * (1 - wy) + (get(S) * (1 - wx) + get(S + 1) * wx) * wy
-
-
-def _coords(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """b's coordinates of a's pixels under p [P, 6] = (A row-major, t): b - c = A (a - c) + t."""
-    y = p[:, 0:1] * _GRID_Y + p[:, 1:2] * _GRID_X + p[:, 4:5] + _C
-    x = p[:, 2:3] * _GRID_Y + p[:, 3:4] * _GRID_X + p[:, 5:6] + _C
-    return y, x
-
-
 def box_warp(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     """The warp that maps a's content box onto b's (boxes [P, 4])."""
     sy, sx = box_b[:, 2] / np.maximum(box_a[:, 2], 1), box_b[:, 3] / np.maximum(box_a[:, 3], 1)
@@ -119,53 +78,6 @@ def box_warp(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     p[:, 0], p[:, 3] = sy, sx
     p[:, 4], p[:, 5] = centre(box_b, 0) - sy * centre(box_a, 0), centre(box_b, 1) - sx * centre(box_a, 1)
     return p
-
-
-def register(a: np.ndarray, b: np.ndarray, p: np.ndarray, levels=((1.5, 6), (0.8, 4))) -> np.ndarray:
-    """Gauss-Newton on the warp p [P, 6] (and a gain and offset) minimizing |a - gain * b(warp) - offset|^2."""
-    n, p = len(a), p.copy()
-    for sigma, steps in levels:
-        a_blur = gaussian_filter(a.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
-        b_blur = gaussian_filter(b.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
-        for _ in range(steps):
-            y, x = _coords(p)
-            inside = ((y >= 0) & (y <= S - 1) & (x >= 0) & (x <= S - 1)).astype(np.float32)
-            warped = _sample(b_blur, y, x)
-            gy, gx = np.gradient(warped.reshape(n, S, S), axis=(1, 2))
-            # the warped image's gradient, taken back to b's coordinates through A^-1
-            grad = np.stack([gy.reshape(n, -1), gx.reshape(n, -1)], 2) @ np.linalg.inv(p[:, :4].reshape(n, 2, 2))
-            gby, gbx = grad[..., 0], grad[..., 1]
-            jac = np.stack(
-                [gby * _GRID_Y, gby * _GRID_X, gbx * _GRID_Y, gbx * _GRID_X, gby, gbx, warped, np.ones_like(warped)], 2
-            )
-            jac *= inside[..., None]
-            jt = jac.transpose(0, 2, 1)
-            step = np.linalg.solve(
-                jt @ jac + 1e-2 * np.eye(8, dtype=np.float32), jt @ ((a_blur - warped) * inside)[..., None]
-            )
-            p += np.clip(step[:, :6, 0], -1.0, 1.0)
-    return p
-
-
-def registered_similarity(
-    a: np.ndarray, b: np.ndarray, p: np.ndarray, sigma: float = 0.8
-) -> tuple[np.ndarray, np.ndarray]:
-    """(correlation, mean absolute grey-level difference) of the registered blurred copies inside the
-    margin. The difference is not normalized: a copy moved, cut or turned keeps its shades, while two
-    garments that register onto each other differ in shade somewhere (BENCHMARKS.md)."""
-    n = len(a)
-    a = gaussian_filter(a.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
-    b = gaussian_filter(b.reshape(n, S, S), (0, sigma, sigma)).reshape(n, -1)
-    y, x = _coords(p)
-    warped = _sample(b, y, x)
-    keep = (y >= MARGIN) & (y <= S - 1 - MARGIN) & (x >= MARGIN) & (x <= S - 1 - MARGIN)
-    keep &= (np.abs(_GRID_Y) <= _C - MARGIN) & (np.abs(_GRID_X) <= _C - MARGIN)
-    m = keep.astype(np.float32)
-    count = np.maximum(m.sum(1, keepdims=True), 1)
-    difference = (np.abs(a - warped) * m).sum(1) / count[:, 0]
-    am = (a - (a * m).sum(1, keepdims=True) / count) * m
-    wm = (warped - (warped * m).sum(1, keepdims=True) / count) * m
-    return (am * wm).sum(1) / np.maximum(np.sqrt((am * am).sum(1) * (wm * wm).sum(1)), 1e-9), difference
 
 
 def best_registered(
@@ -178,7 +90,7 @@ def best_registered(
         block = pairs[start : start + chunk]
         a, b = copies[block[:, 0]], copies[block[:, 1]]
         starts = (np.tile(identity, (len(block), 1)), box_warp(boxes[block[:, 0]], boxes[block[:, 1]]))
-        found = [registered_similarity(a, b, register(a, b, p)) for p in starts]
+        found = [registered(a, b, register(a, b, p, levels=_BENCH_LEVELS)) for p in starts]
         better = np.argmax([similarity for similarity, _ in found], axis=0)
         rows = np.arange(len(block))
         similarity_out[start : start + len(block)] = np.stack([f[0] for f in found])[better, rows]
@@ -207,9 +119,8 @@ def candidates(own: Own) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     box-stretched descriptor), sorted and unique."""
     copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
     boxes = np.array([content_box(c) for c in copies], np.float32)
-    stretched = np.stack([box_stretched(c, box) for c, box in zip(copies, boxes)])
     hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
-    nearest = [nearest_pairs(descriptors(copies)), nearest_pairs(descriptors(stretched))]
+    nearest = [nearest_pairs(desc) for desc in descriptors(copies)]  # plain and content-box-stretched
     return copies, boxes, hash_pairs, np.unique(np.concatenate([*nearest, hash_pairs]), axis=0)
 
 

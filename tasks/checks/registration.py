@@ -136,12 +136,12 @@ def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(images.reshape(-1, S, S), (0, sigma, sigma)).reshape(len(images), -1)
 
 
-def register(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The warps p [P, 6] that lay each b [P, S*S] onto its a: Gauss-Newton from no warp, minimizing
-    |a - gain * b(warp) - offset|^2 on blurred copies, coarse to fine."""
+def register(a: np.ndarray, b: np.ndarray, start: np.ndarray | None = None, levels=_LEVELS) -> np.ndarray:
+    """The warps p [P, 6] that lay each b [P, S*S] onto its a: Gauss-Newton from `start` (no warp when
+    None), minimizing |a - gain * b(warp) - offset|^2 on blurred copies, coarse to fine."""
     n = len(a)
-    p = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float32), (n, 1))
-    for sigma, steps in _LEVELS:
+    p = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float32), (n, 1)) if start is None else start.copy()
+    for sigma, steps in levels:
         a_blur, b_blur = _blur(a, sigma), _blur(b, sigma)
         for _ in range(steps):
             y, x = _coords(p)
@@ -163,10 +163,11 @@ def register(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return p
 
 
-def registered(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(correlation, mean absolute grey-level difference) of a and b registered onto it [P, S*S],
-    both blurred (sigma 0.8), inside the margin and where the warp lands inside b."""
-    p = register(a, b)
+def registered(a: np.ndarray, b: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, mean absolute grey-level difference) of a and b registered onto it [P, S*S] by the
+    warps p (register's when None), both blurred (sigma 0.8), inside the margin and where the warp
+    lands inside b."""
+    p = register(a, b) if p is None else p
     a, b = _blur(a, 0.8), _blur(b, 0.8)
     y, x = _coords(p)
     warped = _sample(b, y, x)
