@@ -125,6 +125,30 @@ def test_a_lossy_copy_never_displaces_its_lossless_original(project, copy_name):
     assert original in kept.index and flagged.at[copy, "kept_image_id"] == kept.at[original, "image_id"]
 
 
+def test_a_rotated_and_a_cropped_copy_are_flagged_as_near_duplicates(project):
+    """Copies the hash rule cannot see (turned 4 degrees; 1-2 px cut and resized back) are set aside
+    naming their original, through the registration part of the rule; the other pictures are kept."""
+    from PIL import Image
+
+    from tests.unit.test_similarity import garment, turned_and_cut
+
+    folder = project.root / "src" / "shirt"
+    folder.mkdir(parents=True)
+    for seed in range(12):
+        Image.fromarray(garment(seed)).save(folder / f"m_{seed:03d}.png")
+    turned, cut = turned_and_cut(garment(0))
+    Image.fromarray(turned).save(folder / "z_turned.png")  # after the original in source_path order
+    Image.fromarray(cut).save(folder / "z_cut.png")
+    _ingest(project.root / "src")
+    clean.run(clean.Params(workers=1), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False).set_index("source_path")
+    kept = pd.read_parquet("data/manifests/cleaned.parquet").set_index("source_path")
+    original = kept.at["shirt/m_000.png", "image_id"]
+    for copy in ("shirt/z_turned.png", "shirt/z_cut.png"):
+        assert flagged.at[copy, "reason"] == "near_duplicate" and flagged.at[copy, "kept_image_id"] == original
+    assert len(kept) == 12  # every other picture stays
+
+
 def test_giant_header_is_flagged_without_allocating(project):
     folder = project.root / "src"
     (folder / "a").mkdir(parents=True)
