@@ -195,14 +195,11 @@ def radius_pairs_between(new: np.ndarray, known: np.ndarray, radius: int) -> np.
     return found.result()
 
 
-def near_duplicate_groups(hashes, radius: int, verify=None) -> np.ndarray:
+def near_duplicate_groups(hashes, radius: int) -> np.ndarray:
     """Group id per hash: i and j share a group when a chain of pairs links them, each pair within
-    `radius` bits (radius_pairs) and, when given, kept by `verify` (pairs -> the pairs that really
-    are near-duplicates). The id is the position of the group's first member, so it is deterministic."""
-    pairs = radius_pairs(np.asarray(hashes, dtype=np.int64), radius)
-    if verify is not None and len(pairs):
-        pairs = verify(pairs)
-    return groups_of_pairs(len(hashes), pairs)
+    `radius` bits (radius_pairs; no picture check: tasks.checks.similarity has the whole rule). The id
+    is the position of the group's first member, so it is deterministic."""
+    return groups_of_pairs(len(hashes), radius_pairs(np.asarray(hashes, dtype=np.int64), radius))
 
 
 def groups_of_pairs(n: int, pairs: np.ndarray) -> np.ndarray:

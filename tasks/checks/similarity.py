@@ -83,14 +83,6 @@ def similarity(copies: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
     return out
 
 
-def verified(copies: np.ndarray, pairs: np.ndarray, min_similarity: float, max_shift: int = MAX_SHIFT) -> np.ndarray:
-    """The candidate pairs that are near-duplicates: similarity(...) >= min_similarity."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if not len(pairs):
-        return pairs
-    return pairs[similarity(copies, pairs, max_shift) >= min_similarity]
-
-
 def near_duplicate_pairs(
     hashes: np.ndarray, copies: np.ndarray, radius: int, min_similarity: float, max_shift: int = MAX_SHIFT
 ) -> np.ndarray:
