@@ -78,12 +78,14 @@ def descriptors(copies: np.ndarray, rows: np.ndarray | None = None, block: int =
 def ranked_candidates(desc: np.ndarray, new: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(pairs i < j sorted, floors): the candidate pairs with at least one `new` image, by either
     descriptor of `desc` ([2, n, d], descriptors()): every new image's K_NEAREST nearest among all
-    images, and every known image's new neighbours that score at least its floor (the K-th best score
-    it had when it was searched; floors [2, n], float32, known rows read, new rows written and returned).
+    images, and every known image's new neighbours that score at least its floor (floors [2, n],
+    float32: a known image's is a lower bound of its K-th best score, from its earlier searches).
 
-    A known image's floor is not raised when new images outrank its old neighbours, so a search of new
-    images only checks every pair a search of everything would, and perhaps a few more. The scores are
-    computed a block of new images at a time against all (torch: its matmul and top-k use every core)."""
+    The returned floors are the new images' K-th best scores and, for known images, the larger of the
+    old floor and the K-th best among the new images' scores: both stay at or below the true K-th best
+    over all images, so a search of new images only checks every pair a search of everything would,
+    and perhaps a few more, while the floors rise with the data. The scores are computed a block of new
+    images at a time against all (torch: its matmul and top-k use every core)."""
     import torch
 
     new = np.asarray(new, dtype=bool)
@@ -97,6 +99,7 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, floors: np.ndarray) -> 
     for which in range(len(desc)):
         every = torch.from_numpy(np.ascontiguousarray(desc[which], dtype=np.float32))
         known_floor = torch.from_numpy(np.maximum(floors[which, known_at], DESCRIPTOR_FLOOR))
+        known_best = torch.full((k, len(known_at)), -2.0)  # the K best new scores of each known image
         for start in range(0, len(new_at), step):
             query = new_at[start : start + step]
             scores = every[query] @ every.T  # [q, n]
@@ -106,8 +109,12 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, floors: np.ndarray) -> 
             keep = (best >= DESCRIPTOR_FLOOR).numpy()
             found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], nearest.numpy()[keep]], axis=1))
             if len(known_at):  # known images that now have this query among their K nearest
-                q_at, i_at = torch.nonzero(scores[:, known_at] >= known_floor, as_tuple=True)
+                known_scores = scores[:, known_at]
+                q_at, i_at = torch.nonzero(known_scores >= known_floor, as_tuple=True)
                 found.append(np.stack([query[q_at.numpy()], known_at[i_at.numpy()]], axis=1))
+                known_best = torch.cat([known_best, known_scores]).topk(k, dim=0).values
+        if len(known_at):
+            floors[which, known_at] = np.maximum(floors[which, known_at], known_best[-1].numpy())
     pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
     return np.unique(pairs, axis=0).reshape(-1, 2), floors
 

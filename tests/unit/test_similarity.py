@@ -173,7 +173,10 @@ def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
     _, floors = ranked_candidates(desc[:, known], np.ones(known.sum(), bool), np.full((2, known.sum()), np.inf))
     all_floors = np.full((2, len(vectors)), np.inf, np.float32)
     all_floors[:, known] = floors
-    pairs, _ = ranked_candidates(desc, ~known, all_floors)
+    pairs, raised = ranked_candidates(desc, ~known, all_floors)
     assert (0, 1) in set(map(tuple, pairs.tolist()))
+    # 0's floor rises to its 5th best among the new images, a bound its true 5th best is above
+    scores = desc[0, 0] @ desc[0, 1:7].T
+    assert raised[0, 0] > all_floors[0, 0] and raised[0, 0] == pytest.approx(np.sort(scores)[-5], abs=1e-6)
     without, _ = ranked_candidates(desc, ~known, np.full((2, len(vectors)), np.inf, np.float32))
     assert (0, 1) not in set(map(tuple, without.tolist()))  # 1's own five nearest are the cluster
