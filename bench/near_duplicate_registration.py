@@ -33,7 +33,7 @@ from bench.common import write_result
 from bench.near_duplicates import Own, digits_arrays, fashion_arrays, make_set
 from tasks.checks.phash import ALIGNED_SIDE as S
 from tasks.checks.phash import radius_pairs
-from tasks.checks.registration import _C, descriptors, register, registered
+from tasks.checks.registration import _C, content_box, descriptors, register, registered
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, similarity
 
 K_NEAREST, DESCRIPTOR_FLOOR = 5, 0.8
@@ -43,18 +43,6 @@ THRESHOLDS = (0.997, 0.998, 0.9985, 0.999)
 SHADED_FLOOR = 0.98
 GREY_DIFFERENCES = (2.5, 3.0, 3.5, 4.0)
 _BENCH_LEVELS = ((1.5, 6), (0.8, 4))  # what this bench measured with (clean: fewer steps, same recall)
-
-
-def content_box(copy: np.ndarray, share: float = 0.15) -> tuple[float, float, float, float]:
-    """(top, left, height, width) of the pixels that differ from the border colour by more than `share`
-    of the largest difference."""
-    border = np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])
-    weight = np.abs(copy - np.median(border))
-    mask = weight > share * max(float(weight.max()), 1e-6)
-    if not mask.any():
-        return 0.0, 0.0, float(S), float(S)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return float(rows[0]), float(cols[0]), float(rows[-1] + 1 - rows[0]), float(cols[-1] + 1 - cols[0])
 
 
 def nearest_pairs(desc: np.ndarray, k: int = K_NEAREST, floor: float = DESCRIPTOR_FLOOR) -> np.ndarray:
@@ -118,7 +106,7 @@ def candidates(own: Own) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     every candidate pair: those plus each image's nearest neighbours by the plain and the
     box-stretched descriptor), sorted and unique."""
     copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
-    boxes = np.array([content_box(c) for c in copies], np.float32)
+    boxes = np.array([content_box(c) or (0.0, 0.0, float(S), float(S)) for c in copies], np.float32)
     hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
     nearest = [nearest_pairs(desc) for desc in descriptors(copies)]  # plain and content-box-stretched
     return copies, boxes, hash_pairs, np.unique(np.concatenate([*nearest, hash_pairs]), axis=0)

@@ -17,13 +17,11 @@ part and on digits: BENCHMARKS.md, "registration plus a grey-level difference"."
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
 from tasks.checks.phash import ALIGNED_SIDE as S
+from tasks.common.engine import blocks_in_threads
 
 K_NEAREST = 5  # neighbours per image and descriptor
 DESCRIPTOR_FLOOR = 0.8  # a neighbour must correlate at least this much by descriptor
@@ -40,19 +38,32 @@ _GRID_X = (np.mgrid[0:S, 0:S][1].ravel() - _C)[None, :].astype(np.float32)
 _INNER = (np.abs(_GRID_Y) <= _C - _MARGIN) & (np.abs(_GRID_X) <= _C - _MARGIN)
 
 
-def _content_stretched(copy: np.ndarray) -> np.ndarray:
-    """The copy with the box of pixels that differ from its border colour (by more than 15 % of the
-    largest difference) stretched to _BOX_SIDE pixels in the middle."""
-    border = np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])
-    fill = float(np.median(border))
-    weight = np.abs(copy - fill)
-    mask = weight > 0.15 * max(float(weight.max()), 1e-6)
+def _border_colour(copy: np.ndarray) -> float:
+    return float(np.median(np.concatenate([copy[0], copy[-1], copy[:, 0], copy[:, -1]])))
+
+
+def content_box(copy: np.ndarray, share: float = 0.15) -> tuple[float, float, float, float] | None:
+    """(top, left, height, width) of the pixels that differ from the border colour by more than `share`
+    of the largest difference; None for a flat copy."""
+    weight = np.abs(copy - _border_colour(copy))
+    mask = weight > share * max(float(weight.max()), 1e-6)
     if not mask.any():
-        return copy
+        return None
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    zoom_y, zoom_x = (rows[-1] + 1 - rows[0]) / _BOX_SIDE, (cols[-1] + 1 - cols[0]) / _BOX_SIDE
-    offset = [rows[0] - (S - _BOX_SIDE) / 2 * zoom_y, cols[0] - (S - _BOX_SIDE) / 2 * zoom_x]
-    return affine_transform(copy, np.diag([zoom_y, zoom_x]), offset=offset, output_shape=(S, S), order=1, cval=fill)
+    return float(rows[0]), float(cols[0]), float(rows[-1] + 1 - rows[0]), float(cols[-1] + 1 - cols[0])
+
+
+def _content_stretched(copy: np.ndarray) -> np.ndarray:
+    """The copy with its content box stretched to _BOX_SIDE pixels in the middle (a flat copy as it is)."""
+    box = content_box(copy)
+    if box is None:
+        return copy
+    top, left, height, width = box
+    zoom_y, zoom_x = height / _BOX_SIDE, width / _BOX_SIDE
+    offset = [top - (S - _BOX_SIDE) / 2 * zoom_y, left - (S - _BOX_SIDE) / 2 * zoom_x]
+    return affine_transform(
+        copy, np.diag([zoom_y, zoom_x]), offset=offset, output_shape=(S, S), order=1, cval=_border_colour(copy)
+    )
 
 
 def _block_means(copies: np.ndarray, cell: int = 4) -> np.ndarray:
@@ -201,12 +212,5 @@ def shade_verified(copies: np.ndarray, pairs: np.ndarray, rows: np.ndarray | Non
         correlation, difference = registered(a, b)
         out[start : start + len(block)] = (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
 
-    starts = range(0, len(pairs), _PAIR_BLOCK)
-    if len(starts) < 2:
-        for start in starts:
-            measure(start)
-        return out
-    # numpy's arithmetic lets go of the GIL, as in tasks.checks.similarity
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(measure, starts))
+    blocks_in_threads(measure, len(pairs), _PAIR_BLOCK)
     return out

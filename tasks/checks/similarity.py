@@ -18,14 +18,12 @@ Tuned on Fashion-MNIST's train part only, reported on its test part and on digit
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
 from tasks.checks.phash import radius_pairs, radius_pairs_between
 from tasks.checks.registration import descriptors, ranked_candidates, shade_verified
+from tasks.common.engine import blocks_in_threads
 
 # defaults of clean.near_duplicate_* and split.group_*, tuned on Fashion-MNIST's train part only
 DEFAULT_RADIUS = 6
@@ -71,15 +69,7 @@ def similarity(copies: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
             np.maximum(best, _overlap_correlation(a, b, dy, dx), out=best)
         out[start : start + len(block)] = best
 
-    starts = range(0, len(pairs), _CHUNK)
-    if len(starts) < 2:
-        for start in starts:
-            measure(start)
-        return out
-    # numpy's arithmetic lets go of the GIL: threads use the cores the engine's workers leave idle
-    # while the driver verifies (10.9M pairs at 500k images)
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(measure, starts))
+    blocks_in_threads(measure, len(pairs), _CHUNK)  # 10.9M pairs at 500k images
     return out
 
 

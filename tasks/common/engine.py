@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,6 +110,20 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def blocks_in_threads(measure: Callable[[int], None], total: int, block: int) -> None:
+    """measure(start) for every start in range(0, total, block): here when there is one block, else on
+    a thread per usable CPU. For the driver's numpy work on pairs (tasks.checks.similarity,
+    tasks.checks.registration): numpy's arithmetic lets go of the GIL, so the threads use the cores the
+    engine's workers leave idle."""
+    starts = range(0, total, block)
+    if len(starts) < 2:
+        for start in starts:
+            measure(start)
+        return
+    with ThreadPoolExecutor(usable_cpus()) as pool:
+        list(pool.map(measure, starts))
 
 
 def local_cluster_kwargs(cfg: EngineParams) -> dict[str, Any]:
