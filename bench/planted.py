@@ -109,7 +109,7 @@ AWKWARD: dict[str, Callable[[np.ndarray], bytes]] = {
 }
 
 
-def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shifted(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Moved by (dy, dx) pixels; the uncovered edge takes the colour of the image's border."""
     fill = np.median(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]), axis=0).astype(arr.dtype)
     out = np.empty_like(arr)
@@ -160,8 +160,8 @@ NEAR_DUPLICATE_KINDS: dict[str, tuple[str, NearMaker]] = {
     "resize_down": ("png", lambda a, r: _png(_resized(a, a.shape[1] * 6 // 7))),  # 28 -> 24 px
     "resize_down_up": ("png", lambda a, r: _png(_resized(a, a.shape[1] * 6 // 7, back=True))),  # 28 -> 24 -> 28
     "crop": ("png", lambda a, r: _png(_cropped(a, r))),
-    "shift_1px": ("png", lambda a, r: _png(_shift(a, *[(0, 1), (1, 0), (0, -1), (-1, 0)][int(r.integers(4))]))),
-    "shift_2px": ("png", lambda a, r: _png(_shift(a, int(r.choice([-2, 2])), int(r.integers(-1, 2))))),
+    "shift_1px": ("png", lambda a, r: _png(shifted(a, *[(0, 1), (1, 0), (0, -1), (-1, 0)][int(r.integers(4))]))),
+    "shift_2px": ("png", lambda a, r: _png(shifted(a, int(r.choice([-2, 2])), int(r.integers(-1, 2))))),
     "rotate": ("png", lambda a, r: _png(_rotated(a, r))),
     "brightness": ("png", lambda a, r: _png(_levels(a, 1.0, float(r.choice([-1, 1]) * r.uniform(6, 20))))),
     "contrast": ("png", lambda a, r: _png(_levels(a, float(r.uniform(0.75, 0.9)), float(r.uniform(0, 10))))),
