@@ -77,7 +77,7 @@ class SuspectLabelParams(Strict):
     max_given_probability: float = Field(0.05, gt=0.0, le=1.0)
     # ...and flag any image whose given label gets less than this, even if the rule does not pick it
     # (cleanlab's per-cell counts miss lone uniform flips; 0: off)
-    certain_below: float = Field(0.02, ge=0.0, le=1.0)
+    certain_below: float = Field(0.03, ge=0.0, le=1.0)
     retrain: bool = True  # score again with models fitted without the first round's suspects
     # out-of-fold models: kernel (HOG + pixels, seconds), cnn (small CNN), ensemble (their mean: best)
     model: Literal["ensemble", "kernel", "cnn"] = "ensemble"
