@@ -141,6 +141,7 @@ def measure(
         # recall per planted kind (resize, crop, shift, rotate, levels, re-encoding; containers)
         "near_duplicate_kinds": score_kinds(truth, flagged, "near_duplicate"),
         "duplicate_kinds": score_kinds(truth, flagged, "duplicate"),
+        "flip_kinds": score_kinds(truth, flagged, "suspect_label") if "validate" in names else {},
         "not_run": [r for r in VALIDATE_REASONS if r not in judged],
         "awkward": {"planted": len(awkward), "kept": len(awkward & set(last["source_path"]))},
         "clean_images_set_aside": int(clean_kept_wrongly.sum()),
@@ -172,6 +173,11 @@ def markdown(result: dict) -> str:
         "\nnear_duplicate recall per kind: "
         + ", ".join(f"{k} {v['hits']}/{v['planted']}" for k, v in result["near_duplicate_kinds"].items())
     )
+    if result.get("flip_kinds"):
+        lines.append(
+            "label flips found per kind: "
+            + ", ".join(f"{k} {v['hits']}/{v['planted']}" for k, v in result["flip_kinds"].items())
+        )
     if result["not_run"]:
         lines.append(f"\nnot measured (stage not available): {', '.join(result['not_run'])}")
     lines.append(

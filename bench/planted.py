@@ -356,8 +356,12 @@ def nearest_classes(base: Sequence[tuple[np.ndarray, str]]) -> dict[str, str]:
 
 
 def kind_of(detail: str) -> str:
-    """The planted kind recorded in a truth `detail` ("<kind> of <original>")."""
-    return str(detail).split(" of ")[0]
+    """The planted kind recorded in a truth `detail`: "<kind> of <original>" (near-duplicates and
+    duplicates) or "really <label> (<how>)" (label flips: uniform or confusable)."""
+    text = str(detail)
+    if text.startswith("really ") and text.endswith(")"):
+        return text[text.rindex("(") + 1 : -1]
+    return text.split(" of ")[0]
 
 
 def score_kinds(truth: pd.DataFrame, flagged: pd.DataFrame, reason: str = "near_duplicate") -> dict[str, dict]:

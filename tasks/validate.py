@@ -82,7 +82,7 @@ class SuspectLabelParams(Strict):
     # out-of-fold models: kernel (HOG + pixels, seconds), cnn (small CNN), ensemble (their mean: best)
     model: Literal["ensemble", "kernel", "cnn"] = "ensemble"
     image_size: int = Field(16, ge=4, le=64)  # kernel model: HOG of a 32x32 gray copy + image_size^2 RGB pixels
-    cnn_epochs: int = Field(8, ge=1)
+    cnn_epochs: int = Field(30, ge=1)  # tasks/checks/oof_cnn.py's docstring: why 30
     # training images the CNN sees per fold at most: a large dataset gets fewer epochs, down to one pass
     # over a sample of this size (each class in its share)
     cnn_budget: int = Field(100_000, ge=1)

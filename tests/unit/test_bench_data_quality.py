@@ -40,4 +40,8 @@ def test_quick_bench_scores_every_reason_and_keeps_awkward_files(tmp_path, capsy
     assert result["reasons"]["near_duplicate"]["precision"] >= 0.9
     assert result["duplicate_kinds"] and all(k["recall"] == 1 for k in result["duplicate_kinds"].values())
     assert set(result["seconds"]) == set(result["stages"]) >= {"ingest", "clean"}
+    if "validate" in result["stages"]:  # label flips are scored by how they were made
+        flips = result["flip_kinds"]
+        assert set(flips) <= {"uniform", "confusable"}, flips
+        assert sum(k["planted"] for k in flips.values()) == result["reasons"]["suspect_label"]["planted"]
     assert "| outlier |" in capsys.readouterr().out

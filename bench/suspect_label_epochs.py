@@ -1,0 +1,113 @@
+"""How long validate's out-of-fold CNN should train: flips found against cnn_epochs, on draws of
+Fashion-MNIST's training part only (the tuning part; the test part reports, bench/data_quality.py).
+
+Each draw: `n` images, `flip_fraction` of them relabelled, half to a uniformly chosen other class and half
+to the confusable class (bench.planted.nearest_classes, as the planted benchmark does). The out-of-fold
+models are validate's own (kernel + CNN ensemble, 3 folds, retrain, the params defaults besides
+cnn_epochs) on the same inputs validate builds (tasks.checks.confident_learning.kernel_features and
+32x32 copies). Reported per epochs: accuracy of the out-of-fold probabilities on the true labels, average
+precision of the given-label ranking, flagged / flips found (uniform and confusable), seconds.
+
+    python -m bench.suspect_label_epochs [--seeds 100 101] [--epochs 8 15 20 30] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.data_quality import fashion_base
+from bench.planted import nearest_classes
+
+UNIFORM, CONFUSABLE = 1, 2
+
+
+def flipped_draw(seed: int, n: int, flip_fraction: float) -> dict[str, np.ndarray]:
+    """Kernel features, 32x32 grey CNN inputs, true and given labels and the flip kind (0 none) of a draw."""
+    from PIL import Image
+
+    from tasks.checks.confident_learning import kernel_features
+    from tasks.common.images import to_array
+
+    base = fashion_base(n, seed, "train")
+    names = sorted({label for _, label in base})
+    index = {name: k for k, name in enumerate(names)}
+    confusable = nearest_classes(base)
+    rng = np.random.default_rng(seed + 7)  # which images flip: a stream apart from the image draw's
+    true = np.array([index[label] for _, label in base])
+    given, kind = true.copy(), np.zeros(len(base), dtype=int)
+    for n_flip, i in enumerate(rng.permutation(len(base))[: int(round(flip_fraction * len(base)))]):
+        label = base[i][1]
+        if n_flip % 2 == 0:
+            given[i], kind[i] = index[str(rng.choice([c for c in names if c != label]))], UNIFORM
+        else:
+            given[i], kind[i] = index[confusable[label]], CONFUSABLE
+    images = [Image.fromarray(arr) for arr, _ in base]
+    cnn = np.stack([to_array(image, 32, 3) for image in images])[..., :1].copy()  # grey: one channel
+    return {"kernel": kernel_features(images, 16), "cnn": cnn, "true": true, "given": given, "kind": kind}
+
+
+def measure(draw: dict[str, np.ndarray], epochs: int) -> dict:
+    from sklearn.metrics import average_precision_score
+
+    from tasks.checks.confident_learning import fit_suspect_labels, kernel_model
+    from tasks.checks.oof_cnn import cnn_model
+    from tasks.validate import SuspectLabelParams
+
+    cfg = SuspectLabelParams(cnn_epochs=epochs)
+    start = time.perf_counter()
+    members = [
+        kernel_model(draw["kernel"], cfg.seed, cfg.kernel_budget),
+        cnn_model(draw["cnn"], epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed),
+    ]
+    fit = fit_suspect_labels(
+        members,
+        draw["given"],
+        folds=cfg.folds,
+        seed=cfg.seed,
+        method=cfg.method,
+        max_given_probability=cfg.max_given_probability,
+        certain_below=cfg.certain_below,
+        retrain=cfg.retrain,
+    )
+    seconds = time.perf_counter() - start
+    given, kind = draw["given"], draw["kind"]
+    flip = kind > 0
+    given_probability = fit.probs[np.arange(len(given)), given]
+    return {
+        "epochs": epochs,
+        "accuracy_on_true_labels": round(float((fit.probs.argmax(1) == draw["true"]).mean()), 4),
+        "average_precision": round(float(average_precision_score(flip, -given_probability)), 4),
+        "planted": int(flip.sum()),
+        "flagged": int(fit.issues.sum()),
+        "found": int((fit.issues & flip).sum()),
+        "found_uniform": int((fit.issues & (kind == UNIFORM)).sum()),
+        "found_confusable": int((fit.issues & (kind == CONFUSABLE)).sum()),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[8, 15, 20, 30])
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--flip-fraction", type=float, default=0.03)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/suspect_label_epochs.json"))
+    args = parser.parse_args(argv)
+    rows = []
+    for seed in args.seeds:
+        draw = flipped_draw(seed, args.n, args.flip_fraction)
+        for epochs in args.epochs:
+            rows.append({"seed": seed, **measure(draw, epochs)})
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.write_text(json.dumps({"n": args.n, "flip_fraction": args.flip_fraction, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
