@@ -12,8 +12,8 @@ retrain, ensemble with the kernel model: 8 epochs found 64 and 60 of 90 flips (7
 epochs 76 and 74 (99 flagged each); 15 and 20 epochs lay between. The CNN alone reaches 0.78 accuracy on
 the true labels after 8 epochs and 0.84 after 20. Shift and mirror augmentation, label smoothing and
 mirrored test-time averaging ranked no better than plain 20 epochs, a 2x wider network 0.006 better in
-average precision at 2.3x the time (BENCHMARKS.md, 2026-11-29). On large data cnn_budget caps the images seen per fold, so 30 costs only
-small and medium data sets more.
+average precision at 2.3x the time (BENCHMARKS.md, 2026-11-29). On large data cnn_budget caps the
+images seen per fold, so 30 costs only small and medium data sets more (docs/scaling.md).
 """
 
 from __future__ import annotations
