@@ -28,7 +28,14 @@ def items_after_filling_memory(items, share: float):
     import numpy as np
     import psutil
     from distributed import get_worker
+    from distributed.core import Status
 
-    limit = get_worker().memory_manager.memory_limit
+    worker = get_worker()
+    limit = worker.memory_manager.memory_limit
     _HELD.append(np.ones(max(0, int(share * limit) - psutil.Process().memory_info().rss), dtype=np.uint8))
+    # return only once the monitor has paused the worker: on a loaded machine a task returning at once
+    # let the worker start the next partition before its monitor (every 100 ms) saw the memory
+    deadline = time.monotonic() + 30
+    while worker.status != Status.paused and time.monotonic() < deadline:
+        time.sleep(0.05)
     return list(items)
