@@ -54,26 +54,11 @@ def flipped_draw(seed: int, n: int, flip_fraction: float) -> dict[str, np.ndarra
 def measure(draw: dict[str, np.ndarray], epochs: int) -> dict:
     from sklearn.metrics import average_precision_score
 
-    from tasks.checks.confident_learning import fit_suspect_labels, kernel_model
-    from tasks.checks.oof_cnn import cnn_model
-    from tasks.validate import SuspectLabelParams
+    from tasks.validate import SuspectLabelParams, fit_with_params, out_of_fold_members
 
-    cfg = SuspectLabelParams(cnn_epochs=epochs)
+    cfg = SuspectLabelParams(cnn_epochs=epochs)  # model: ensemble, the default
     start = time.perf_counter()
-    members = [
-        kernel_model(draw["kernel"], cfg.seed, cfg.kernel_budget),
-        cnn_model(draw["cnn"], epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed),
-    ]
-    fit = fit_suspect_labels(
-        members,
-        draw["given"],
-        folds=cfg.folds,
-        seed=cfg.seed,
-        method=cfg.method,
-        max_given_probability=cfg.max_given_probability,
-        certain_below=cfg.certain_below,
-        retrain=cfg.retrain,
-    )
+    fit = fit_with_params(out_of_fold_members(draw, cfg), draw["given"], cfg)
     seconds = time.perf_counter() - start
     given, kind = draw["given"], draw["kind"]
     flip = kind > 0

@@ -46,7 +46,7 @@ from tasks.checks.confident_learning import (
     with_projection,
 )
 from tasks.checks.confident_learning import project as project_features
-from tasks.checks.oof_folds import ClusterFolds, fit_here
+from tasks.checks.oof_folds import ClusterFolds, FoldFitter, fit_here
 from tasks.common import engine
 from tasks.common.atomic import write_json, write_parquet, write_text
 from tasks.common.entry import stage_main
@@ -351,7 +351,7 @@ def _decode_rows(
     return features
 
 
-def _members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMember]:
+def out_of_fold_members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMember]:
     """The out-of-fold models `cfg.model` asks for, over decoded `data` (_decode_for_models)."""
     members: list[OofMember] = []
     for kind in _member_kinds(cfg):
@@ -362,6 +362,23 @@ def _members(data: dict[str, np.ndarray], cfg: SuspectLabelParams) -> list[OofMe
 
             members.append(cnn_model(data["cnn"], epochs=cfg.cnn_epochs, budget=cfg.cnn_budget, seed=cfg.seed))
     return members
+
+
+def fit_with_params(
+    members: list[OofMember], y: np.ndarray, cfg: SuspectLabelParams, fit_folds: FoldFitter = fit_here
+) -> OofFit:
+    """fit_suspect_labels with the folds, seed, rule, floors and retraining `cfg` sets (bench/ calls it too)."""
+    return fit_suspect_labels(
+        members,
+        y,
+        folds=cfg.folds,
+        seed=cfg.seed,
+        method=cfg.method,
+        max_given_probability=cfg.max_given_probability,
+        certain_below=cfg.certain_below,
+        retrain=cfg.retrain,
+        fit_folds=fit_folds,
+    )
 
 
 @dataclass
@@ -424,26 +441,13 @@ def _fit_and_keep(
     its workers share this machine's cores, and on 2 cores two single-threaded workers fitted the CNN's
     folds at 0.45x the speed of this process (bench/fold_tasks.py: 10,000 Fashion-MNIST images, 5 folds)."""
 
-    def fit(fit_folds) -> OofFit:
-        return fit_suspect_labels(
-            members,
-            y,
-            folds=cfg.folds,
-            seed=cfg.seed,
-            method=cfg.method,
-            max_given_probability=cfg.max_given_probability,
-            certain_below=cfg.certain_below,
-            retrain=cfg.retrain,
-            fit_folds=fit_folds,
-        )
-
     with engine.session(len(frame), what="validate") as eng:
         data = _decode_for_models(frame, store, cfg, eng, project=True)
-        members = _members(data, cfg)
+        members = out_of_fold_members(data, cfg)
         on_cluster = eng.running_cluster
-        found = fit(ClusterFolds(eng)) if on_cluster else None
+        found = fit_with_params(members, y, cfg, ClusterFolds(eng)) if on_cluster else None
     if not on_cluster:  # after the embedded cluster is gone: its workers would only hold memory
-        found = fit(fit_here)
+        found = fit_with_params(members, y, cfg)
     fold_models = found.fold_models
     if "projection" in data:  # kept models take full features: later images are scored from those
         at = _member_kinds(cfg).index("kernel")
@@ -479,7 +483,7 @@ def _score_with_last_fit(
             return None
         with engine.session(int(new.sum()), what="validate") as eng:
             data = _decode_for_models(frame[new], store, cfg, eng, project=False)
-        members = _members(data, cfg)
+        members = out_of_fold_members(data, cfg)
         probs[new] = score_unseen(members, fold_models, [data[m.kind] for m in members], len(last.classes))
     # keep what the fit learned from (a relabel must be seen next time) and everything scored now
     present = np.zeros(len(last.image_ids), dtype=bool)
