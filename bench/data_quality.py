@@ -57,9 +57,12 @@ def fashion_base(n: int, seed: int, part: str = "train") -> list[tuple[np.ndarra
     else:
         images, labels = fashion.load(part)
         names = fashion.CLASSES
-    n = min(n, len(labels))
-    picked = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
-    return [(images[i], names[labels[i]]) for i in picked]
+    return [(images[i], names[labels[i]]) for i in drawn_indices(len(labels), n, seed)]
+
+
+def drawn_indices(total: int, n: int, seed: int) -> np.ndarray:
+    """Which of `total` images fashion_base draws for (n, seed), sorted."""
+    return np.sort(np.random.default_rng(seed).choice(total, min(n, total), replace=False))
 
 
 def write_project(

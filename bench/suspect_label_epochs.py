@@ -8,7 +8,7 @@ cnn_epochs) on the same inputs validate builds (tasks.checks.confident_learning.
 32x32 copies). Reported per epochs: accuracy of the out-of-fold probabilities on the true labels, average
 precision of the given-label ranking, flagged / flips found (uniform and confusable), seconds.
 
-    python -m bench.suspect_label_epochs [--seeds 100 101] [--epochs 8 15 20 30] [--out FILE]
+    python -m bench.suspect_label_epochs [--seeds 100 101] [--epochs 8 15 20 30] [--folds 3 5] [--out FILE]
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def flipped_draw(seed: int, n: int, flip_fraction: float) -> dict[str, np.ndarra
     return {"kernel": kernel_features(images, 16), "cnn": cnn, "true": true, "given": given, "kind": kind}
 
 
-def measure(draw: dict[str, np.ndarray], epochs: int) -> dict:
+def measure(draw: dict[str, np.ndarray], epochs: int, folds: int = 3) -> dict:
     from sklearn.metrics import average_precision_score
 
     from tasks.validate import SuspectLabelParams, fit_with_params, out_of_fold_members
 
-    cfg = SuspectLabelParams(cnn_epochs=epochs)  # model: ensemble, the default
+    cfg = SuspectLabelParams(cnn_epochs=epochs, folds=folds)  # model: ensemble, the default
     start = time.perf_counter()
     fit = fit_with_params(out_of_fold_members(draw, cfg), draw["given"], cfg)
     seconds = time.perf_counter() - start
@@ -65,6 +65,7 @@ def measure(draw: dict[str, np.ndarray], epochs: int) -> dict:
     given_probability = fit.probs[np.arange(len(given)), given]
     return {
         "epochs": epochs,
+        "folds": folds,
         "accuracy_on_true_labels": round(float((fit.probs.argmax(1) == draw["true"]).mean()), 4),
         "average_precision": round(float(average_precision_score(flip, -given_probability)), 4),
         "planted": int(flip.sum()),
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     parser.add_argument("--epochs", type=int, nargs="+", default=[8, 15, 20, 30])
+    parser.add_argument("--folds", type=int, nargs="+", default=[3])
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--flip-fraction", type=float, default=0.03)
     parser.add_argument("--out", type=Path, default=Path("bench/results/suspect_label_epochs.json"))
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         draw = flipped_draw(seed, args.n, args.flip_fraction)
-        for epochs in args.epochs:
-            rows.append({"seed": seed, **measure(draw, epochs)})
-            print(json.dumps(rows[-1]), flush=True)
+        for folds in args.folds:
+            for epochs in args.epochs:
+                rows.append({"seed": seed, **measure(draw, epochs, folds)})
+                print(json.dumps(rows[-1]), flush=True)
     args.out.write_text(json.dumps({"n": args.n, "flip_fraction": args.flip_fraction, "rows": rows}, indent=2) + "\n")
     return 0
 

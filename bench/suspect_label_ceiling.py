@@ -1,0 +1,139 @@
+"""How many planted label flips any model could find: validate's out-of-fold ranking against a CNN trained
+on other, correctly labelled Fashion-MNIST images (issue 11's "flips >= 85 %").
+
+validate can only learn from the draw itself: each out-of-fold model trains on two thirds of 3,000 images,
+flips included. A reference CNN trained on 2,000 / 6,000 / 20,000 *other* images of Fashion's training
+part, with their true labels, has more and cleaner data than validate could ever have. If it still
+ranks some flips as plausible, those flips are ambiguous images, not a weakness of validate's models.
+
+Same draws as bench/suspect_label_epochs.py (the tuning part: Fashion's training part, 3 % flips, half
+uniform, half to the confusable class). Reported per model: accuracy on the true labels, average
+precision of the given-label ranking, flips among the `planted` and the 1.1 x `planted` lowest given-label
+probabilities, what validate's rule flags (found / flagged), and flips whose given label still gets
+more than 0.1.
+
+    python -m bench.suspect_label_ceiling [--seeds 100 101] [--references 2000 6000 20000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import fashion
+from bench.data_quality import drawn_indices
+from bench.suspect_label_epochs import flipped_draw
+
+PLAUSIBLE = 0.1  # a flip whose given label still gets this much is one the model finds believable
+
+
+def ranking_row(model: str, probs: np.ndarray, given: np.ndarray, true: np.ndarray, kind: np.ndarray) -> dict:
+    """How well `probs` [N, K] expose the flips (kind > 0) among labels `given`, with validate's rule."""
+    from sklearn.metrics import average_precision_score
+
+    from tasks.checks.confident_learning import find_label_issues
+    from tasks.validate import SuspectLabelParams
+
+    cfg = SuspectLabelParams()
+    flip = kind > 0
+    given_probability = probs[np.arange(len(given)), given]
+    lowest = np.argsort(given_probability, kind="stable")
+    planted = int(flip.sum())
+    issues = find_label_issues(probs, given, cfg.method, cfg.max_given_probability, cfg.certain_below)
+    return {
+        "model": model,
+        "accuracy_on_true_labels": round(float((probs.argmax(1) == true).mean()), 4),
+        "average_precision": round(float(average_precision_score(flip, -given_probability)), 4),
+        "planted": planted,
+        "in_lowest_planted": int(flip[lowest[:planted]].sum()),
+        "in_lowest_1.1x": int(flip[lowest[: int(round(1.1 * planted))]].sum()),
+        "rule_found": int((issues & flip).sum()),
+        "rule_flagged": int(issues.sum()),
+        "flips_still_plausible": int((given_probability[flip] > PLAUSIBLE).sum()),
+    }
+
+
+def reference_pool(seed: int, n_draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion's training images outside the draw of `seed`, as 32x32 one-channel CNN inputs, and their
+    labels as indices into the sorted class names (flipped_draw's numbering)."""
+    images, labels = fashion.load("train")
+    outside = np.setdiff1d(np.arange(len(labels)), drawn_indices(len(labels), n_draw, seed))
+    numbering = np.array([sorted(fashion.CLASSES).index(name) for name in fashion.CLASSES])
+    return images[outside], numbering[labels[outside]]
+
+
+def cnn_inputs(images: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    from tasks.common.images import to_array
+
+    return np.stack([to_array(Image.fromarray(a), 32, 3) for a in images])[..., :1].copy()
+
+
+def reference_probabilities(draw: dict, images: np.ndarray, labels: np.ndarray, epochs: int) -> np.ndarray:
+    """validate's CNN (tasks.checks.oof_cnn) trained on `images` with their true labels, scoring the draw."""
+    from tasks.checks.oof_cnn import cnn_model
+
+    data = np.concatenate([draw["cnn"], cnn_inputs(images)])
+    targets = np.concatenate([draw["given"], labels])  # the draw's rows are never trained on
+    member = cnn_model(data, epochs=epochs, budget=len(images) * epochs, seed=0)
+    k = int(targets.max()) + 1
+    fitted = member.fit(targets, np.arange(len(draw["cnn"]), len(data)), k)
+    return member.predict(fitted, draw["cnn"], k)
+
+
+def measure(seed: int, n: int, flip_fraction: float, references: list[int]) -> list[dict]:
+    from tasks.validate import SuspectLabelParams, fit_with_params, out_of_fold_members
+
+    draw = flipped_draw(seed, n, flip_fraction)
+
+    def row(model: str, probs: np.ndarray) -> dict:
+        return {"seed": seed, **ranking_row(model, probs, draw["given"], draw["true"], draw["kind"])}
+
+    cfg = SuspectLabelParams()
+    start = time.perf_counter()
+    oof = fit_with_params(out_of_fold_members(draw, cfg), draw["given"], cfg).probs
+    rows = [
+        {
+            **row("validate: out-of-fold ensemble (params defaults)", oof),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    ]
+    pool_images, pool_labels = reference_pool(seed, n)
+    rng = np.random.default_rng(seed + 11)
+    for size in references:
+        chosen = rng.choice(len(pool_labels), size, replace=False)
+        epochs = 30 if size <= 6000 else 15  # about the same number of steps as the others at most
+        start = time.perf_counter()
+        probs = reference_probabilities(draw, pool_images[chosen], pool_labels[chosen], epochs)
+        seconds = round(time.perf_counter() - start, 1)
+        rows.append(
+            {**row(f"reference CNN: {size} other images, true labels, {epochs} epochs", probs), "seconds": seconds}
+        )
+        rows.append(row("  the same averaged with validate's ensemble", 0.5 * probs + 0.5 * oof))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    parser.add_argument("--references", type=int, nargs="+", default=[2000, 6000, 20000])
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--flip-fraction", type=float, default=0.03)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/suspect_label_ceiling.json"))
+    args = parser.parse_args(argv)
+    rows = []
+    for seed in args.seeds:
+        for row in measure(seed, args.n, args.flip_fraction, args.references):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.write_text(json.dumps({"n": args.n, "flip_fraction": args.flip_fraction, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
