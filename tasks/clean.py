@@ -282,20 +282,16 @@ def near_pairs_by_id(
     within a few bits; the similarity tells a resized, shifted or re-encoded copy from a look-alike.
 
     The pairs among images a previous run searched (the persisted index, tasks.checks.inspection_cache)
-    are reused and only images new to it are looked up, at the cost of what is new: every pair a search
-    over everything finds, and perhaps a pair it would no longer rank (tasks.checks.registration)."""
+    are reused and only images new to it are looked up (and the nearest of known images whose nearest
+    left the data), at the cost of what is new: every pair a search over everything finds, and perhaps
+    a pair it would no longer rank (tasks.checks.registration)."""
     index_file = cache_dir / inspection_cache.NEAR_INDEX_FILE
     key = inspection_cache.near_index_key(params.near_duplicate_distance, params.near_duplicate_min_similarity)
     index = inspection_cache.load_near_index(index_file, key)
-    member_at = {image_id: k for k, image_id in enumerate(index.members)}
-    new = np.array([image_id not in member_at for image_id in image_ids], dtype=bool)
-    # the known images' rank floors from their own search (tasks.checks.registration)
-    floors = np.full((2, len(image_ids)), np.inf, np.float32)
-    known_rows = np.flatnonzero(~new)
-    floors[:, known_rows] = index.floors[:, [member_at[image_ids[k]] for k in known_rows]]
+    new, ranks, search_again = index.ranks_for(image_ids)
+    position = {image_id: k for k, image_id in enumerate(image_ids)}
     # known pairs whose two images are both still searched (an image may have left the data);
     # plain dicts and sets: pandas' isin on Arrow strings costs seconds at this size
-    position = {image_id: k for k, image_id in enumerate(image_ids)}
     known_at = np.array(
         [
             (position[a], position[b])
@@ -305,19 +301,20 @@ def near_pairs_by_id(
         dtype=np.int64,
     )
     found = inspections.rows(image_ids)
-    added, floors = pairs_with_new(
+    added, ranks = pairs_with_new(
         inspections.phash[found],
         inspections.copies,
         new,
         params.near_duplicate_distance,
         params.near_duplicate_min_similarity,
         rows=found,
-        floors=floors,
+        ranks=ranks,
+        search_again=search_again,
     )
-    at = np.concatenate([known_at.reshape(-1, 2), added]).astype(np.int64)
+    at = np.unique(np.concatenate([known_at.reshape(-1, 2), added]).astype(np.int64), axis=0).reshape(-1, 2)
     ids = np.asarray(image_ids, dtype=object)
     pairs = pd.DataFrame({"a": ids[at[:, 0]], "b": ids[at[:, 1]]}).sort_values(["a", "b"], ignore_index=True)
-    inspection_cache.save_near_index(index_file, key, image_ids, pairs, floors)
+    inspection_cache.save_near_index(index_file, key, image_ids, pairs, ranks)
     return pairs
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from tasks.checks.inspection_table import COPY_DTYPE, InspectionTable
 from tasks.checks.quality import COPY_SIZE, FEATURE_SIZE
+from tasks.checks.registration import K_NEAREST, Ranks
 from tasks.common.atomic import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -150,15 +151,37 @@ def near_index_key(radius: int, min_similarity: float) -> str:
 class NearIndex(NamedTuple):
     members: list[str]  # the images the last run searched for near-duplicates among
     pairs: pd.DataFrame  # every verified near pair between them (columns a < b, image ids)
-    floors: np.ndarray  # float32 [2, len(members)]: each member's rank floors (tasks.checks.registration)
+    ranks: Ranks  # each member's rank floors and nearest (positions in members; tasks.checks.registration)
+
+    def ranks_for(self, image_ids: list[str]) -> tuple[np.ndarray, Ranks, np.ndarray]:
+        """(new, ranks, search_again) for a search among `image_ids`: which images the index does not
+        hold, the known images' floors and nearest renumbered to positions in image_ids, and which known
+        images must search their nearest again because one of them left (removed, or no longer passing
+        the per-image checks): such an image's floor may be above its true K-th best now, so a new image
+        that only takes the freed place would not be seen."""
+        member_at = {image_id: k for k, image_id in enumerate(self.members)}
+        new = np.array([image_id not in member_at for image_id in image_ids], dtype=bool)
+        position = {image_id: k for k, image_id in enumerate(image_ids)}
+        # each member's position now, -1 when it left; the extra last entry keeps an empty place (-1) at -1
+        now_at = np.array([position.get(member, -1) for member in self.members] + [-1], dtype=np.int64)
+        known_rows = np.flatnonzero(~new)
+        kept = [member_at[image_ids[k]] for k in known_rows]
+        remembered = self.ranks.nearest[:, kept]  # [2, known, K] positions among the members
+        ranks = Ranks.unsearched(len(image_ids))
+        ranks.floors[:, known_rows] = self.ranks.floors[:, kept]
+        ranks.nearest[:, known_rows] = now_at[remembered]
+        search_again = np.zeros(len(image_ids), dtype=bool)
+        search_again[known_rows[((remembered >= 0) & (now_at[remembered] < 0)).any(axis=(0, 2))]] = True
+        return new, ranks, search_again
 
 
 _FLOORS = ("floor_plain", "floor_box")
+_NEAREST = ("nearest_plain", "nearest_box")
 
 
 def load_near_index(path: Path, key: str) -> NearIndex:
     """The index the last run saved; an empty one when the key differs."""
-    empty = NearIndex([], pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str)}), np.empty((2, 0)))
+    empty = NearIndex([], pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str)}), Ranks.unsearched(0))
     if not path.is_file():
         return empty
     try:
@@ -167,17 +190,28 @@ def load_near_index(path: Path, key: str) -> NearIndex:
             return empty
         member_rows = frame[frame["b"].isna()]
         floors = member_rows[list(_FLOORS)].to_numpy(np.float32).T
+        nearest = np.stack([_int_lists(member_rows[name]) for name in _NEAREST])
         pairs = frame.loc[frame["b"].notna(), ["a", "b"]].reset_index(drop=True)
-        return NearIndex(member_rows["a"].tolist(), pairs, floors)
+        return NearIndex(member_rows["a"].tolist(), pairs, Ranks(floors, nearest))
     except Exception as exc:  # a damaged or foreign index only costs a fresh search
         log.warning("ignoring the near-duplicate index %s: %s", path, exc)
         return empty
 
 
-def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFrame, floors: np.ndarray) -> None:
-    """One file, so members and pairs can never come from different runs: member rows have b = null
-    and their floors; pair rows have no floors."""
-    member_rows = pd.DataFrame({"a": list(members), "b": None, _FLOORS[0]: floors[0], _FLOORS[1]: floors[1]})
+def _int_lists(column: pd.Series) -> np.ndarray:
+    """[rows, K_NEAREST] int64 of a column of equal-length integer lists."""
+    if column.empty:
+        return np.empty((0, K_NEAREST), np.int64)
+    return np.stack([np.asarray(value, dtype=np.int64) for value in column]).reshape(len(column), K_NEAREST)
+
+
+def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFrame, ranks: Ranks) -> None:
+    """One file, so members and pairs can never come from different runs: member rows have b = null,
+    their floors and nearest (positions in the member rows' order); pair rows have neither."""
+    member_rows = pd.DataFrame({"a": list(members), "b": None})
+    for k in range(2):
+        member_rows[_FLOORS[k]] = ranks.floors[k]
+        member_rows[_NEAREST[k]] = list(ranks.nearest[k])
     frame = pd.concat([member_rows, pairs[["a", "b"]]], ignore_index=True).assign(key=key)
     write_parquet(frame, path)
 

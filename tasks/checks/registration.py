@@ -17,6 +17,8 @@ part and on digits: BENCHMARKS.md, "registration plus a grey-level difference"."
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
@@ -89,48 +91,83 @@ def descriptors(copies: np.ndarray, rows: np.ndarray | None = None, block: int =
     return out
 
 
-def ranked_candidates(desc: np.ndarray, new: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs i < j sorted, floors): the candidate pairs with at least one `new` image, by either
-    descriptor of `desc` ([2, n, d], descriptors()): every new image's K_NEAREST nearest among all
-    images, and every known image's new neighbours that score at least its floor (floors [2, n],
-    float32: a known image's is a lower bound of its K-th best score, from its earlier searches).
+class Ranks(NamedTuple):
+    """What each image keeps of its own nearest-neighbour search, per descriptor (ranked_candidates):
+    floors [2, n] float32, a lower bound of its K_NEAREST-th best score (inf: never searched), and
+    nearest [2, n, K_NEAREST] int64, the images (positions) that scored best, best first, -1 for none.
+    The lists tell which images must search again when images leave the data (tasks.clean)."""
 
-    The returned floors are the new images' K-th best scores and, for known images, the larger of the
-    old floor and the K-th best among the new images' scores: both stay at or below the true K-th best
-    over all images, so a search of new images only checks every pair a search of everything would,
-    and perhaps a few more, while the floors rise with the data. The scores are computed a block of new
+    floors: np.ndarray
+    nearest: np.ndarray
+
+    @classmethod
+    def unsearched(cls, n: int) -> Ranks:
+        return cls(np.full((2, n), np.inf, np.float32), np.full((2, n, K_NEAREST), -1, np.int64))
+
+
+def ranked_candidates(desc: np.ndarray, new: np.ndarray, ranks: Ranks) -> tuple[np.ndarray, Ranks]:
+    """(pairs i < j sorted, ranks): the candidate pairs with at least one `new` image, by either
+    descriptor of `desc` ([2, n, d], descriptors()): every new image's K_NEAREST nearest among all
+    images, and every known image's new neighbours that score at least its floor (`ranks`: what the
+    known images kept of their earlier searches; a known image whose kept neighbours are not all still
+    there must be passed as new, as its floor may then be above its true K-th best).
+
+    The returned ranks hold the new images' own searches and, for known images, their kept nearest
+    merged with the new images' scores: the floors stay at or below the true K-th best over all
+    images, so a search of new images only checks every pair a search of everything would, and
+    perhaps a few more, while the floors rise with the data. The scores are computed a block of new
     images at a time against all (torch: its matmul and top-k use every core)."""
     import torch
 
     new = np.asarray(new, dtype=bool)
-    floors = np.array(floors, dtype=np.float32, copy=True)
+    floors = np.array(ranks.floors, dtype=np.float32, copy=True)
+    nearest = np.array(ranks.nearest, dtype=np.int64, copy=True)
     new_at, known_at = np.flatnonzero(new), np.flatnonzero(~new)
     k = min(K_NEAREST, len(new) - 1)
     if k < 1 or not len(new_at):
-        return np.empty((0, 2), dtype=np.int64), floors
+        return np.empty((0, 2), dtype=np.int64), Ranks(floors, nearest)
     found: list[np.ndarray] = []
     step = max(1, _SCORES_PER_BLOCK // len(new))
+    nearest[:, new_at] = -1
     for which in range(len(desc)):
         every = torch.from_numpy(np.ascontiguousarray(desc[which], dtype=np.float32))
         known_floor = torch.from_numpy(np.maximum(floors[which, known_at], DESCRIPTOR_FLOOR))
-        known_best = torch.full((k, len(known_at)), -2.0)  # the K best new scores of each known image
+        known_best, known_ids = _kept_scores(every, nearest[which, known_at, :k], new, known_at)
         for start in range(0, len(new_at), step):
             query = new_at[start : start + step]
             scores = every[query] @ every.T  # [q, n]
             scores[torch.arange(len(query)), torch.from_numpy(query)] = -2.0  # not its own neighbour
-            best, nearest = scores.topk(k, dim=1)
+            best, closest = scores.topk(k, dim=1)
             floors[which, query] = best[:, -1].numpy()
+            nearest[which, query, :k] = closest.numpy()
             keep = (best >= DESCRIPTOR_FLOOR).numpy()
-            found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], nearest.numpy()[keep]], axis=1))
+            found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], closest.numpy()[keep]], axis=1))
             if len(known_at):  # known images that now have this query among their K nearest
                 known_scores = scores[:, known_at]
                 q_at, i_at = torch.nonzero(known_scores >= known_floor, as_tuple=True)
                 found.append(np.stack([query[q_at.numpy()], known_at[i_at.numpy()]], axis=1))
-                known_best = torch.cat([known_best, known_scores]).topk(k, dim=0).values
+                known_best, at = torch.cat([known_best, known_scores]).topk(k, dim=0)
+                from_query = torch.from_numpy(query)[(at - k).clamp_min(0)]
+                known_ids = torch.where(at < k, known_ids.gather(0, at.clamp_max(k - 1)), from_query)
         if len(known_at):
             floors[which, known_at] = np.maximum(floors[which, known_at], known_best[-1].numpy())
+            nearest[which, known_at, :k] = np.where(known_best.numpy() > -2.0, known_ids.numpy(), -1).T
     pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
-    return np.unique(pairs, axis=0).reshape(-1, 2), floors
+    return np.unique(pairs, axis=0).reshape(-1, 2), Ranks(floors, nearest)
+
+
+def _kept_scores(every, kept: np.ndarray, new: np.ndarray, known_at: np.ndarray):
+    """([k, n_known] scores, [k, n_known] positions) of the known images' kept nearest, -2 for an empty
+    place or a neighbour searched again now (its score comes back with the new images' scores)."""
+    import torch
+
+    ids = torch.from_numpy(np.ascontiguousarray(kept.T))  # [k, n_known]
+    usable = torch.from_numpy(((kept >= 0) & ~new[np.maximum(kept, 0)]).T)
+    partners = every[ids.clamp_min(0)]  # [k, n_known, d]
+    scores = (partners * every[torch.from_numpy(known_at)][None]).sum(-1)
+    scores = torch.where(usable, scores, torch.tensor(-2.0))
+    best, at = scores.topk(len(ids), dim=0)  # best first, as the merge with the new images' scores keeps them
+    return best, torch.where(usable.gather(0, at), ids.gather(0, at), torch.tensor(-1))
 
 
 def _sample(flat: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
 from tasks.checks.phash import radius_pairs, radius_pairs_between
-from tasks.checks.registration import descriptors, ranked_candidates, shade_verified
+from tasks.checks.registration import Ranks, descriptors, ranked_candidates, shade_verified
 from tasks.common.engine import blocks_in_threads
 
 # defaults of clean.near_duplicate_* and split.group_*, tuned on Fashion-MNIST's train part only
@@ -89,9 +89,10 @@ def pairs_with_new(
     min_similarity: float,
     max_shift: int = MAX_SHIFT,
     rows: np.ndarray | None = None,
-    floors: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs, floors): the near pairs (i < j, sorted) that have at least one `new` member (bool per
+    ranks: Ranks | None = None,
+    search_again: np.ndarray | None = None,
+) -> tuple[np.ndarray, Ranks]:
+    """(pairs, ranks): the near pairs (i < j, sorted) that have at least one `new` member (bool per
     image), by both parts of the rule:
     - hash neighbours within `radius` bits with similarity >= min_similarity: new hashes are looked up
       among the known ones and among each other;
@@ -99,22 +100,25 @@ def pairs_with_new(
       registration verifies (shade_verified), among those with similarity >= SHADE_PREFILTER.
     Image i's aligned copy is copies[rows[i]] (rows: the identity when None), so a caller holding many
     images' copies in one matrix (tasks.checks.inspection_table) passes it whole, with no second copy.
-    `floors` [2, n] are the known images' rank floors from their own search (persisted with the pairs,
-    tasks.checks.inspection_cache); the returned floors hold the new images' too. With every image new
-    it is near_duplicate_pairs itself; known-known pairs are what a persisted index already holds."""
+    `ranks` are the known images' floors and nearest from their own search (persisted with the pairs,
+    tasks.checks.inspection_cache); the returned ranks hold the new images' too. `search_again` (bool
+    per image): known images whose nearest must be searched again (one of them left the data); their
+    pairs with known images may come back too. With every image new it is near_duplicate_pairs
+    itself; known-known pairs are what a persisted index already holds."""
     hashes = np.asarray(hashes).astype(np.uint64)
     new = np.asarray(new, dtype=bool)
     rows = np.arange(len(hashes)) if rows is None else np.asarray(rows, dtype=np.int64)
     copies = np.asarray(copies)
-    floors = np.full((2, len(hashes)), np.inf, np.float32) if floors is None else floors
+    ranks = Ranks.unsearched(len(hashes)) if ranks is None else ranks
+    searched = new if search_again is None else new | np.asarray(search_again, dtype=bool)
     hash_pairs = _hash_candidates(hashes, new, radius)
     by_hash = hash_pairs[similarity(copies, rows[hash_pairs], max_shift) >= min_similarity]
-    ranked, floors = ranked_candidates(descriptors(copies, rows), new, floors)
+    ranked, ranks = ranked_candidates(descriptors(copies, rows), searched, ranks)
     ranked = _without(ranked, by_hash)
     ranked = ranked[similarity(copies, rows[ranked], max_shift) >= SHADE_PREFILTER]
     by_shade = ranked[shade_verified(copies, ranked, rows)]
-    pairs = np.concatenate([by_hash, by_shade])
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))], floors
+    pairs = np.unique(np.concatenate([by_hash, by_shade]), axis=0).reshape(-1, 2)
+    return pairs, ranks
 
 
 def _hash_candidates(hashes: np.ndarray, new: np.ndarray, radius: int) -> np.ndarray:

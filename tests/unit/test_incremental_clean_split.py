@@ -14,6 +14,7 @@ from bench.planted import plant
 from tasks import clean, ingest, split
 from tasks.checks import inspection_cache
 from tasks.checks.phash import radius_pairs
+from tasks.checks.registration import Ranks
 from tasks.common.manifest import VALIDATE_COLUMNS
 from tasks.common.params import Paths
 from tests.helpers.images import digit_pictures
@@ -143,12 +144,15 @@ def test_cold_run_equals_run_then_new_images(planted_source, tmp_path, monkeypat
 def test_near_index_of_other_settings_is_not_used(tmp_path):
     index = tmp_path / inspection_cache.NEAR_INDEX_FILE
     pairs = pd.DataFrame({"a": ["1" * 64], "b": ["2" * 64]})
-    floors = np.array([[0.9, 0.8], [0.95, 0.85]], np.float32)
+    ranks = Ranks.unsearched(2)
+    ranks.floors[:] = [[0.9, 0.8], [0.95, 0.85]]
+    ranks.nearest[:, 0, 0], ranks.nearest[:, 1, 0] = 1, 0  # each other's nearest, nothing else
     key = inspection_cache.near_index_key(6, 0.9875)
-    inspection_cache.save_near_index(index, key, ["1" * 64, "2" * 64], pairs, floors)
-    members, found, found_floors = inspection_cache.load_near_index(index, key)
+    inspection_cache.save_near_index(index, key, ["1" * 64, "2" * 64], pairs, ranks)
+    members, found, found_ranks = inspection_cache.load_near_index(index, key)
     assert members == ["1" * 64, "2" * 64] and found.equals(pairs)
-    np.testing.assert_array_equal(found_floors, floors)
+    np.testing.assert_array_equal(found_ranks.floors, ranks.floors)
+    np.testing.assert_array_equal(found_ranks.nearest, ranks.nearest)
     for other in (inspection_cache.near_index_key(5, 0.9875), inspection_cache.near_index_key(6, 0.99)):
         members, found, _ = inspection_cache.load_near_index(index, other)
         assert members == [] and found.empty

@@ -4,14 +4,22 @@ near-duplicates, two different pictures of one kind are not, and clean and split
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from bench.planted import NEAR_DUPLICATE_KINDS, encode, near_duplicate, shifted
-from tasks.checks import registration
+from tasks.checks import inspection_cache, registration
 from tasks.checks.phash import aligned_copy, aligned_hash, hamming
-from tasks.checks.registration import MAX_GREY_DIFFERENCE, MIN_REGISTERED, ranked_candidates, registered, shade_verified
+from tasks.checks.registration import (
+    MAX_GREY_DIFFERENCE,
+    MIN_REGISTERED,
+    Ranks,
+    ranked_candidates,
+    registered,
+    shade_verified,
+)
 from tasks.checks.similarity import (
     DEFAULT_MIN_SIMILARITY,
     DEFAULT_RADIUS,
@@ -167,12 +175,13 @@ def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds():
     # the first run knew every other image; the second searches the rest, with the first run's floors
     first = np.arange(len(items)) % 2 == 0
     rows = np.flatnonzero(first)
-    known_pairs, first_floors = pairs_with_new(
+    known_pairs, first_ranks = pairs_with_new(
         hashes[rows], copies[rows], np.ones(len(rows), bool), DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY
     )
-    floors = np.full((2, len(items)), np.inf, np.float32)
-    floors[:, rows] = first_floors
-    added, _ = pairs_with_new(hashes, copies, ~first, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY, floors=floors)
+    ranks = Ranks.unsearched(len(items))
+    ranks.floors[:, rows] = first_ranks.floors
+    ranks.nearest[:, rows] = np.where(first_ranks.nearest >= 0, rows[first_ranks.nearest], -1)
+    added, _ = pairs_with_new(hashes, copies, ~first, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY, ranks=ranks)
     incremental = set(map(tuple, rows[known_pairs].tolist())) | set(map(tuple, added.tolist()))
     assert full <= incremental
 
@@ -191,13 +200,58 @@ def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
     desc = np.stack([vectors, vectors]).astype(np.float32)
     known = np.zeros(len(vectors), bool)
     known[[0, *range(7, 13)]] = True  # 0 and the far ones were searched first
-    _, floors = ranked_candidates(desc[:, known], np.ones(known.sum(), bool), np.full((2, known.sum()), np.inf))
-    all_floors = np.full((2, len(vectors)), np.inf, np.float32)
-    all_floors[:, known] = floors
-    pairs, raised = ranked_candidates(desc, ~known, all_floors)
+    rows = np.flatnonzero(known)
+    _, first = ranked_candidates(desc[:, known], np.ones(known.sum(), bool), Ranks.unsearched(known.sum()))
+    ranks = Ranks.unsearched(len(vectors))
+    ranks.floors[:, known] = first.floors
+    ranks.nearest[:, known] = rows[first.nearest]
+    pairs, raised = ranked_candidates(desc, ~known, ranks)
     assert (0, 1) in set(map(tuple, pairs.tolist()))
-    # 0's floor rises to its 5th best among the new images, a bound its true 5th best is above
+    # 0's floor rises to its 5th best, now among the new images, and its nearest are those five
     scores = desc[0, 0] @ desc[0, 1:7].T
-    assert raised[0, 0] > all_floors[0, 0] and raised[0, 0] == pytest.approx(np.sort(scores)[-5], abs=1e-6)
-    without, _ = ranked_candidates(desc, ~known, np.full((2, len(vectors)), np.inf, np.float32))
+    assert raised.floors[0, 0] > ranks.floors[0, 0]
+    assert raised.floors[0, 0] == pytest.approx(np.sort(scores)[-5], abs=1e-6)
+    assert set(raised.nearest[0, 0]) == set(1 + np.argsort(scores)[-5:])
+    without, _ = ranked_candidates(desc, ~known, Ranks.unsearched(len(vectors)))
     assert (0, 1) not in set(map(tuple, without.tolist()))  # 1's own five nearest are the cluster
+
+
+def test_a_known_image_whose_neighbour_left_searches_again_and_sees_a_new_image_take_the_place(tmp_path):
+    """Image 0's five nearest score 0.95..0.91; the one at 0.93 leaves the data and a new image at 0.90
+    arrives whose own five nearest are a closer cluster. A search of everything now pairs 0 with it;
+    0's kept floor (0.91) would not, so 0 searches again. The ranks survive the index file."""
+    d = 16
+    e = np.eye(d)
+    scores_to_0 = [0.95, 0.94, 0.93, 0.92, 0.91]
+    neighbours = [c * e[0] + np.sqrt(1 - c * c) * e[1 + i] for i, c in enumerate(scores_to_0)]
+    arriving = 0.9 * e[0] + np.sqrt(1 - 0.81) * e[6]
+    cluster = [arriving + 0.3 * e[7 + j] for j in range(5)]  # 0.96 from the arriving image, 0.86 from 0
+    vectors = np.stack([e[0], *neighbours, *cluster, arriving])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    desc = np.stack([vectors, vectors]).astype(np.float32)
+    names = ["zero", *[f"near{i}" for i in range(5)], *[f"cluster{j}" for j in range(5)], "arriving"]
+
+    first_ids = names[:-1]
+    _, first = ranked_candidates(desc[:, :-1], np.ones(len(first_ids), bool), Ranks.unsearched(len(first_ids)))
+    path = tmp_path / "index.parquet"
+    inspection_cache.save_near_index(path, "k", first_ids, pd.DataFrame({"a": [], "b": []}, dtype=str), first)
+    index = inspection_cache.load_near_index(path, "k")
+    assert np.array_equal(index.ranks.nearest, first.nearest) and np.allclose(index.ranks.floors, first.floors)
+    assert set(index.ranks.nearest[0, 0]) == {1, 2, 3, 4, 5}
+
+    now = [name for name in names if name != "near2"]  # the 0.93 neighbour left, one image arrived
+    at = np.array([names.index(name) for name in now])
+    new, ranks, search_again = index.ranks_for(now)
+    assert list(np.flatnonzero(new)) == [now.index("arriving")]
+    kept_near2 = {name for i, name in enumerate(first_ids) if 3 in first.nearest[:, i] and name != "near2"}
+    assert "zero" in kept_near2 and "cluster0" not in kept_near2
+    assert {now[k] for k in np.flatnonzero(search_again)} == kept_near2  # exactly those that kept near2
+    wanted = (now.index("zero"), now.index("arriving"))
+
+    full, _ = ranked_candidates(desc[:, at], np.ones(len(now), bool), Ranks.unsearched(len(now)))
+    assert wanted in set(map(tuple, full.tolist()))
+    stale, _ = ranked_candidates(desc[:, at], new, ranks)
+    assert wanted not in set(map(tuple, stale.tolist()))  # the kept floor alone misses it
+    pairs, searched = ranked_candidates(desc[:, at], new | search_again, ranks)
+    assert wanted in set(map(tuple, pairs.tolist()))
+    assert now.index("arriving") in searched.nearest[0, now.index("zero")]
