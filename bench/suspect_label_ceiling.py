@@ -6,13 +6,14 @@ flips included. A reference CNN trained on 2,000 / 6,000 / 20,000 *other* images
 part, with their true labels, has more and cleaner data than validate could ever have. If it still
 ranks some flips as plausible, those flips are ambiguous images, not a weakness of validate's models.
 
-Same draws as bench/suspect_label_epochs.py (the tuning part: Fashion's training part, 3 % flips, half
-uniform, half to the confusable class). Reported per model: accuracy on the true labels, average
+Same draws as bench/suspect_label_epochs.py: 3 % flips, half uniform, half to the confusable class, from
+Fashion's training part (the tuning part; the reference images are the rest of it) or, with `--part
+test`, from its test part (the reference images are then drawn from the whole training part). Reported per model: accuracy on the true labels, average
 precision of the given-label ranking, flips among the `planted` and the 1.1 x `planted` lowest given-label
 probabilities, what validate's rule flags (found / flagged), and flips whose given label still gets
 more than 0.1.
 
-    python -m bench.suspect_label_ceiling [--seeds 100 101] [--references 2000 6000 20000] [--out FILE]
+    python -m bench.suspect_label_ceiling [--part train|test] [--seeds 100 101] [--references 2000 6000 20000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -57,11 +58,26 @@ def ranking_row(model: str, probs: np.ndarray, given: np.ndarray, true: np.ndarr
     }
 
 
-def reference_pool(seed: int, n_draw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion's training images outside the draw of `seed`, as 32x32 one-channel CNN inputs, and their
-    labels as indices into the sorted class names (flipped_draw's numbering)."""
+def false_flags_doubted(oof: np.ndarray, reference: np.ndarray, draw: dict) -> dict:
+    """Of the images validate's rule flags that were not planted flips, how many the reference model
+    also doubts (gives their given label less than PLAUSIBLE): Fashion-MNIST's own doubtful labels."""
+    from tasks.checks.confident_learning import find_label_issues
+    from tasks.validate import SuspectLabelParams
+
+    cfg = SuspectLabelParams()
+    given = draw["given"]
+    issues = find_label_issues(oof, given, cfg.method, cfg.max_given_probability, cfg.certain_below)
+    false_flags = issues & (draw["kind"] == 0)
+    doubted = reference[np.arange(len(given)), given] < PLAUSIBLE
+    return {"validate_false_flags": int(false_flags.sum()), "of_them_doubted": int((false_flags & doubted).sum())}
+
+
+def reference_pool(seed: int, n_draw: int, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion's training images outside the draw of `seed` (all of them when the draw is from the test
+    part), and their labels as indices into the sorted class names (flipped_draw's numbering)."""
     images, labels = fashion.load("train")
-    outside = np.setdiff1d(np.arange(len(labels)), drawn_indices(len(labels), n_draw, seed))
+    drawn = drawn_indices(len(labels), n_draw, seed) if part == "train" else []
+    outside = np.setdiff1d(np.arange(len(labels)), drawn)
     numbering = np.array([sorted(fashion.CLASSES).index(name) for name in fashion.CLASSES])
     return images[outside], numbering[labels[outside]]
 
@@ -86,13 +102,13 @@ def reference_probabilities(draw: dict, images: np.ndarray, labels: np.ndarray, 
     return member.predict(fitted, draw["cnn"], k)
 
 
-def measure(seed: int, n: int, flip_fraction: float, references: list[int]) -> list[dict]:
+def measure(seed: int, n: int, flip_fraction: float, references: list[int], part: str = "train") -> list[dict]:
     from tasks.validate import SuspectLabelParams, fit_with_params, out_of_fold_members
 
-    draw = flipped_draw(seed, n, flip_fraction)
+    draw = flipped_draw(seed, n, flip_fraction, part)
 
     def row(model: str, probs: np.ndarray) -> dict:
-        return {"seed": seed, **ranking_row(model, probs, draw["given"], draw["true"], draw["kind"])}
+        return {"part": part, "seed": seed, **ranking_row(model, probs, draw["given"], draw["true"], draw["kind"])}
 
     cfg = SuspectLabelParams()
     start = time.perf_counter()
@@ -103,7 +119,7 @@ def measure(seed: int, n: int, flip_fraction: float, references: list[int]) -> l
             "seconds": round(time.perf_counter() - start, 1),
         }
     ]
-    pool_images, pool_labels = reference_pool(seed, n)
+    pool_images, pool_labels = reference_pool(seed, n, part)
     rng = np.random.default_rng(seed + 11)
     for size in references:
         chosen = rng.choice(len(pool_labels), size, replace=False)
@@ -111,15 +127,15 @@ def measure(seed: int, n: int, flip_fraction: float, references: list[int]) -> l
         start = time.perf_counter()
         probs = reference_probabilities(draw, pool_images[chosen], pool_labels[chosen], epochs)
         seconds = round(time.perf_counter() - start, 1)
-        rows.append(
-            {**row(f"reference CNN: {size} other images, true labels, {epochs} epochs", probs), "seconds": seconds}
-        )
+        name = f"reference CNN: {size} other images, true labels, {epochs} epochs"
+        rows.append({**row(name, probs), **false_flags_doubted(oof, probs, draw), "seconds": seconds})
         rows.append(row("  the same averaged with validate's ensemble", 0.5 * probs + 0.5 * oof))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["train", "test"], default="train")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     parser.add_argument("--references", type=int, nargs="+", default=[2000, 6000, 20000])
     parser.add_argument("--n", type=int, default=3000)
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for seed in args.seeds:
-        for row in measure(seed, args.n, args.flip_fraction, args.references):
+        for row in measure(seed, args.n, args.flip_fraction, args.references, args.part):
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps({"n": args.n, "flip_fraction": args.flip_fraction, "rows": rows}, indent=2) + "\n")

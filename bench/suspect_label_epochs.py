@@ -26,14 +26,15 @@ from bench.planted import nearest_classes
 UNIFORM, CONFUSABLE = 1, 2
 
 
-def flipped_draw(seed: int, n: int, flip_fraction: float) -> dict[str, np.ndarray]:
-    """Kernel features, 32x32 grey CNN inputs, true and given labels and the flip kind (0 none) of a draw."""
+def flipped_draw(seed: int, n: int, flip_fraction: float, part: str = "train") -> dict[str, np.ndarray]:
+    """Kernel features, 32x32 grey CNN inputs, true and given labels and the flip kind (0 none) of a draw
+    from Fashion's `part` (train: the tuning part)."""
     from PIL import Image
 
     from tasks.checks.confident_learning import kernel_features
     from tasks.common.images import to_array
 
-    base = fashion_base(n, seed, "train")
+    base = fashion_base(n, seed, part)
     names = sorted({label for _, label in base})
     index = {name: k for k, name in enumerate(names)}
     confusable = nearest_classes(base)
