@@ -164,7 +164,7 @@ def test_look_alikes_that_register_onto_each_other_are_told_apart_by_their_shade
     assert not shade_verified(copies, pairs).any()
 
 
-def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds():
+def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds(tmp_path):
     originals = [garment(seed) for seed in range(12)]
     items = [*originals, *[copy for arr in originals[:4] for copy in turned_and_cut(arr)]]
     copies = copies_of(*items)
@@ -181,9 +181,35 @@ def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds():
     ranks = Ranks.unsearched(len(items))
     ranks.floors[:, rows] = first_ranks.floors
     ranks.nearest[:, rows] = np.where(first_ranks.nearest >= 0, rows[first_ranks.nearest], -1)
-    added, _ = pairs_with_new(hashes, copies, ~first, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY, ranks=ranks)
+    added, second = pairs_with_new(hashes, copies, ~first, DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY, ranks=ranks)
     incremental = set(map(tuple, rows[known_pairs].tolist())) | set(map(tuple, added.tolist()))
     assert full <= incremental
+    # a third run after four originals left, through the index file as clean runs it: nothing new
+    # arrives, the images that kept one of them search again, and the pairs equal a full search's
+    index_file = tmp_path / "index.parquet"
+    names = [f"image{k:02d}" for k in range(len(items))]
+    by_name = pd.DataFrame([(names[a], names[b]) for a, b in sorted(incremental)], columns=["a", "b"])
+    inspection_cache.save_near_index(index_file, "k", names, by_name, second)
+    stay = np.array([k for k in range(len(items)) if k not in (4, 6, 8, 10)])
+    new, third_ranks, search_again = inspection_cache.load_near_index(index_file, "k").ranks_for(
+        [names[k] for k in stay]
+    )
+    assert not new.any() and search_again.any()
+    position = {k: at for at, k in enumerate(stay)}
+    kept = {(position[a], position[b]) for a, b in incremental if a in position and b in position}
+    again, _ = pairs_with_new(
+        hashes[stay],
+        copies[stay],
+        new,
+        DEFAULT_RADIUS,
+        DEFAULT_MIN_SIMILARITY,
+        ranks=third_ranks,
+        search_again=search_again,
+    )
+    full_now = set(
+        map(tuple, near_duplicate_pairs(hashes[stay], copies[stay], DEFAULT_RADIUS, DEFAULT_MIN_SIMILARITY).tolist())
+    )
+    assert full_now <= kept | set(map(tuple, again.tolist()))
 
 
 def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
