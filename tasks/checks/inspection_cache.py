@@ -190,7 +190,7 @@ def load_near_index(path: Path, key: str) -> NearIndex:
             return empty
         member_rows = frame[frame["b"].isna()]
         floors = member_rows[list(_FLOORS)].to_numpy(np.float32).T
-        nearest = np.stack([_int_lists(member_rows[name]) for name in _NEAREST])
+        nearest = np.stack([member_rows[list(_nearest_columns(name))].to_numpy(np.int64) for name in _NEAREST])
         pairs = frame.loc[frame["b"].notna(), ["a", "b"]].reset_index(drop=True)
         return NearIndex(member_rows["a"].tolist(), pairs, Ranks(floors, nearest))
     except Exception as exc:  # a damaged or foreign index only costs a fresh search
@@ -198,11 +198,9 @@ def load_near_index(path: Path, key: str) -> NearIndex:
         return empty
 
 
-def _int_lists(column: pd.Series) -> np.ndarray:
-    """[rows, K_NEAREST] int64 of a column of equal-length integer lists."""
-    if column.empty:
-        return np.empty((0, K_NEAREST), np.int64)
-    return np.stack([np.asarray(value, dtype=np.int64) for value in column]).reshape(len(column), K_NEAREST)
+def _nearest_columns(name: str) -> list[str]:
+    """One integer column per place (plain columns: no Python object per image at 500k images)."""
+    return [f"{name}_{place}" for place in range(K_NEAREST)]
 
 
 def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFrame, ranks: Ranks) -> None:
@@ -211,7 +209,8 @@ def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFram
     member_rows = pd.DataFrame({"a": list(members), "b": None})
     for k in range(2):
         member_rows[_FLOORS[k]] = ranks.floors[k]
-        member_rows[_NEAREST[k]] = list(ranks.nearest[k])
+        for place, column in enumerate(_nearest_columns(_NEAREST[k])):
+            member_rows[column] = ranks.nearest[k, :, place]
     frame = pd.concat([member_rows, pairs[["a", "b"]]], ignore_index=True).assign(key=key)
     write_parquet(frame, path)
 

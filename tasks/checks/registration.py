@@ -37,6 +37,7 @@ _MARGIN = 3  # pixels at the copies' edges left out of the comparison (aligned_c
 _LEVELS = ((1.5, 3), (0.8, 2))  # Gauss-Newton (blur sigma, steps): more steps or starts found nothing more
 _SCORES_PER_BLOCK = 2**24  # descriptor scores computed at once (64 MB): query images per block = this / n
 _PAIR_BLOCK = 2048  # pairs registered at once
+_KEPT_BLOCK = 16384  # known images whose kept nearest are scored at once (about 20 MB)
 _C = (S - 1) / 2
 _GRID_Y = (np.mgrid[0:S, 0:S][0].ravel() - _C)[None, :].astype(np.float32)
 _GRID_X = (np.mgrid[0:S, 0:S][1].ravel() - _C)[None, :].astype(np.float32)
@@ -163,8 +164,11 @@ def _kept_scores(every, kept: np.ndarray, new: np.ndarray, known_at: np.ndarray)
 
     ids = torch.from_numpy(np.ascontiguousarray(kept.T))  # [k, n_known]
     usable = torch.from_numpy(((kept >= 0) & ~new[np.maximum(kept, 0)]).T)
-    partners = every[ids.clamp_min(0)]  # [k, n_known, d]
-    scores = (partners * every[torch.from_numpy(known_at)][None]).sum(-1)
+    scores = torch.empty(ids.shape)
+    for start in range(0, len(known_at), _KEPT_BLOCK):  # a block of known images at a time: bounded memory
+        part = slice(start, start + _KEPT_BLOCK)
+        partners = every[ids[:, part].clamp_min(0)]  # [k, block, d]
+        scores[:, part] = (partners * every[torch.from_numpy(known_at[part])][None]).sum(-1)
     scores = torch.where(usable, scores, torch.tensor(-2.0))
     best, at = scores.topk(len(ids), dim=0)  # best first, as the merge with the new images' scores keeps them
     return best, torch.where(usable.gather(0, at), ids.gather(0, at), torch.tensor(-1))
