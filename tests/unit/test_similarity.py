@@ -281,3 +281,18 @@ def test_a_known_image_whose_neighbour_left_searches_again_and_sees_a_new_image_
     pairs, searched = ranked_candidates(desc[:, at], new | search_again, ranks)
     assert wanted in set(map(tuple, pairs.tolist()))
     assert now.index("arriving") in searched.nearest[0, now.index("zero")]
+
+
+def test_kept_nearest_after_new_images_arrive_equal_a_full_search(monkeypatch):
+    monkeypatch.setattr(registration, "_KEPT_BLOCK", 7)  # several blocks of known images
+    rng = np.random.default_rng(0)
+    desc = rng.normal(size=(2, 300, 16)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=2, keepdims=True)
+    known = np.arange(300) < 240
+    _, first = ranked_candidates(desc[:, known], np.ones(240, bool), Ranks.unsearched(240))
+    ranks = Ranks.unsearched(300)
+    ranks.floors[:, known], ranks.nearest[:, known] = first.floors, first.nearest
+    _, incremental = ranked_candidates(desc, ~known, ranks)
+    _, full = ranked_candidates(desc, np.ones(300, bool), Ranks.unsearched(300))
+    np.testing.assert_array_equal(np.sort(incremental.nearest, axis=2), np.sort(full.nearest, axis=2))
+    np.testing.assert_allclose(incremental.floors, full.floors, atol=1e-6)
