@@ -58,16 +58,12 @@ def ranking_row(model: str, probs: np.ndarray, given: np.ndarray, true: np.ndarr
     }
 
 
-def false_flags_doubted(oof: np.ndarray, reference: np.ndarray, draw: dict) -> dict:
-    """Of the images validate's rule flags that were not planted flips, how many the reference model
-    also doubts (gives their given label less than PLAUSIBLE): Fashion-MNIST's own doubtful labels."""
-    from tasks.checks.confident_learning import find_label_issues
-    from tasks.validate import SuspectLabelParams
-
-    cfg = SuspectLabelParams()
+def false_flags_doubted(flagged: np.ndarray, reference: np.ndarray, draw: dict) -> dict:
+    """Of the images validate flagged (`flagged`, its fit's issues) that were not planted flips, how many
+    the reference model also doubts (gives their given label less than PLAUSIBLE): Fashion-MNIST's own
+    doubtful labels."""
     given = draw["given"]
-    issues = find_label_issues(oof, given, cfg.method, cfg.max_given_probability, cfg.certain_below)
-    false_flags = issues & (draw["kind"] == 0)
+    false_flags = flagged & (draw["kind"] == 0)
     doubted = reference[np.arange(len(given)), given] < PLAUSIBLE
     return {"validate_false_flags": int(false_flags.sum()), "of_them_doubted": int((false_flags & doubted).sum())}
 
@@ -112,7 +108,8 @@ def measure(seed: int, n: int, flip_fraction: float, references: list[int], part
 
     cfg = SuspectLabelParams()
     start = time.perf_counter()
-    oof = fit_with_params(out_of_fold_members(draw, cfg), draw["given"], cfg).probs
+    fit = fit_with_params(out_of_fold_members(draw, cfg), draw["given"], cfg)
+    oof = fit.probs
     rows = [
         {
             **row("validate: out-of-fold ensemble (params defaults)", oof),
@@ -128,7 +125,7 @@ def measure(seed: int, n: int, flip_fraction: float, references: list[int], part
         probs = reference_probabilities(draw, pool_images[chosen], pool_labels[chosen], epochs)
         seconds = round(time.perf_counter() - start, 1)
         name = f"reference CNN: {size} other images, true labels, {epochs} epochs"
-        rows.append({**row(name, probs), **false_flags_doubted(oof, probs, draw), "seconds": seconds})
+        rows.append({**row(name, probs), **false_flags_doubted(fit.issues, probs, draw), "seconds": seconds})
         rows.append(row("  the same averaged with validate's ensemble", 0.5 * probs + 0.5 * oof))
     return rows
 

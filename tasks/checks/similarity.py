@@ -113,15 +113,14 @@ def pairs_with_new(
     searched = new if search_again is None else new | np.asarray(search_again, dtype=bool)
     hash_pairs = _hash_candidates(hashes, new, radius)
     by_hash = hash_pairs[similarity(copies, rows[hash_pairs], max_shift) >= min_similarity]
-    ranked, searched_ranks = ranked_candidates(descriptors(copies, rows), searched, ranks)
+    ranked, new_ranks = ranked_candidates(descriptors(copies, rows), searched, ranks)
     if search_again is not None:  # a pair a known image kept was registered when it was ranked
         ranked = ranked[~_kept_before(ranked, new, ranks.nearest)]
-    ranks = searched_ranks
     ranked = _without(ranked, by_hash)
     ranked = ranked[similarity(copies, rows[ranked], max_shift) >= SHADE_PREFILTER]
     by_shade = ranked[shade_verified(copies, ranked, rows)]
     pairs = np.unique(np.concatenate([by_hash, by_shade]), axis=0).reshape(-1, 2)
-    return pairs, ranks
+    return pairs, new_ranks
 
 
 def _kept_before(pairs: np.ndarray, new: np.ndarray, nearest: np.ndarray) -> np.ndarray:
