@@ -209,6 +209,13 @@ def device_setup(accelerator: str) -> tuple:
     )
 
 
+def with_batch_resolved(tp, prepared: Path):
+    """Train params with batch_size "auto" resolved for `prepared` the way the train stage does."""
+    from tasks.train import device_settings, prepared_data
+
+    return prepared_data(tp, Path(prepared), device_settings(tp)[0])[0]
+
+
 def synchronized_clock(device) -> float:
     """perf_counter after the device has finished its queued work (CUDA runs asynchronously)."""
     import torch

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_prepared, device_setup, ratio, synchronized_clock, table, write_result
+from bench.common import (
+    build_prepared,
+    device_setup,
+    ratio,
+    synchronized_clock,
+    table,
+    with_batch_resolved,
+    write_result,
+)
 
 
 def loader_rate(prepared: Path, tp, batches: int) -> dict:
@@ -192,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         default="cpu",
         help="where the training step runs (gpu: bf16 autocast, channels_last)",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: train.batch_size, resolved as train does"
+    )
     parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
     parser.add_argument("--network", default=None, help="default: train.network")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     tp = TrainParams(accelerator=args.accelerator, **{k: v for k, v in overrides.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="data_path_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
+        tp = with_batch_resolved(tp, prepared)
         loader, step = loader_rate(prepared, tp, args.batches), step_rate(prepared, tp, args.steps)
         augment = augment_rates(prepared, args.images)
     result = {

@@ -34,6 +34,7 @@ from bench.common import (
     ratio,
     synchronized_clock,
     table,
+    with_batch_resolved,
     write_result,
 )
 
@@ -267,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timed window")
     parser.add_argument("--val-batches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating order")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: train.batch_size, resolved as train does"
+    )
     parser.add_argument("--num-workers", type=int, default=None, help="default: train.num_workers")
     parser.add_argument(
         "--accelerator",
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="loop_overhead_") as tmp:
         prepared = args.prepared or build_prepared(Path(tmp) / "data", args.n, workers=1 if args.quick else 2)
+        tp = with_batch_resolved(tp, prepared)
         result = measure(prepared, tp, args.steps, args.warmup, args.val_batches, args.repeats, Path(tmp) / "runs")
     result["settings"]["n"] = None if args.prepared else args.n
     write_result(result, args.out)

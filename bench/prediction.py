@@ -35,9 +35,10 @@ def train_briefly(prepared: Path, steps: int, target: Path) -> str:
     from models.networks import build_network
     from models.predictor import save_model_files
     from models.pyfunc import save_pyfunc
+    from tasks.train import CPU_BATCH
     from tasks.train import Params as TrainParams
 
-    tp = TrainParams()
+    tp = TrainParams(batch_size=CPU_BATCH)
     L.seed_everything(tp.seed, verbose=False)
     data = PreparedDataModule(prepared, min(tp.batch_size, len_train(prepared)), 0, tp.seed)
     network = build_network(tp.network, len(data.classes), int(data.stats["channels"]))

@@ -72,7 +72,6 @@ def run_trial(trial, ctx: TrialContext) -> float:
     from lightning.pytorch.callbacks import ProgressBar
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from models.data import PreparedDataModule
     from tasks import train as train_stage
     from tasks.tuning.space import suggest, trial_params
 
@@ -87,9 +86,9 @@ def run_trial(trial, ctx: TrialContext) -> float:
     mlflow.start_run(run_id=run_id)  # this thread's active run: what train's fluent logging writes to
     status, state = "FAILED", "FAIL"
     try:
-        mlflow.log_params(train_stage.flatten("train", params.model_dump()))
         gpu, precision, channels_last = train_stage.device_settings(params)
-        data = PreparedDataModule(ctx.prepared, params.batch_size, params.num_workers, params.seed, pin_memory=gpu)
+        params, data = train_stage.prepared_data(params, Path(ctx.prepared), gpu)
+        mlflow.log_params(train_stage.flatten("train", params.model_dump()))
         L.seed_everything(params.seed, workers=True, verbose=False)
         module, _ = train_stage.build_module(params, data, channels_last, fresh=True)
         with tempfile.TemporaryDirectory(prefix=f"imgcls-trial-{trial.number}-") as trial_dir:

@@ -28,6 +28,8 @@ from tasks.train import (
     device_settings,
     loss_weights,
     make_callbacks,
+    prepared_data,
+    resolved_for_data,
     resume_point,
     run,
 )
@@ -217,6 +219,32 @@ def test_balanced_class_weights_and_cpu_resolution():
         "32-true",
         False,
     )
+
+
+@pytest.mark.parametrize(
+    "gpu, settings, rows, batch",
+    [
+        (False, {}, 54_000, 128),  # CPU: 128 whatever the data
+        (True, {}, 54_000, 512),  # Fashion-MNIST's train split: 105 steps an epoch at 512
+        (True, {}, 30_000, 256),  # 58 steps at 512 would be too few; 117 at 256
+        (True, {}, 1_437, 128),  # digits: too small for a larger batch
+        (True, {"devices": 2}, 54_000, 256),  # each of 2 processes gets 27,000 rows
+        (True, {"batch_size": 64}, 54_000, 64),  # a number is used as it is, lr too
+    ],
+)
+def test_an_auto_batch_fills_a_gpu_only_where_the_data_gives_enough_steps(gpu, settings, rows, batch):
+    params = Params(lr=0.003, **settings)
+    resolved = resolved_for_data(params, gpu, rows)
+    assert resolved.batch_size == batch
+    scaled = params.batch_size == "auto"
+    assert resolved.lr == pytest.approx(0.003 * (batch / 128) ** 0.5 if scaled else 0.003)
+    assert resolved.model_dump(exclude={"batch_size", "lr"}) == params.model_dump(exclude={"batch_size", "lr"})
+
+
+def test_the_data_module_takes_the_resolved_batch(tmp_path):
+    paths = make_project(tmp_path)
+    params, data = prepared_data(Params(), Path(paths.prepared), gpu=True)  # a small store: 128 even on a GPU
+    assert params.batch_size == data.batch_size == 128 and params.lr == Params().lr
 
 
 @pytest.mark.parametrize(
