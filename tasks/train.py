@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from tasks.common import prepared as prepared_store
@@ -106,19 +106,13 @@ class Params(Strict):
         return name
 
     # "before" validators: one clear message instead of one per member of the union type
-    @field_validator("devices", mode="before")
+    @field_validator("devices", "batch_size", mode="before")
     @classmethod
-    def _device_count(cls, value):
+    def _count_or_auto(cls, value, info: ValidationInfo):
         if value == "auto" or _is_int(value) and value >= 1:
             return value
-        raise PydanticCustomError("devices", "must be a device count >= 1 or 'auto'")
-
-    @field_validator("batch_size", mode="before")
-    @classmethod
-    def _batch_size(cls, value):
-        if value == "auto" or _is_int(value) and value >= 1:
-            return value
-        raise PydanticCustomError("batch_size", "must be a batch size >= 1 or 'auto'")
+        noun = {"devices": "a device count", "batch_size": "a batch size"}[info.field_name]
+        raise PydanticCustomError(info.field_name, f"must be {noun} >= 1 or 'auto'")
 
     @field_validator("limit_train_batches", "limit_val_batches", mode="before")
     @classmethod
