@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from tasks.checks import suspect_cache
+from tasks.checks.champion_scores import champion_probabilities
 from tasks.checks.confident_learning import (
     PROJECTION_SAMPLE,
     OofFit,
@@ -97,10 +98,13 @@ class SuspectLabelParams(Strict):
     # are scored by its fold models instead of fitting every model again (0: always fit again, unless
     # nothing changed). A relabelled fitted image, a new class or other settings always fit again.
     refit_growth: float = Field(0.1, ge=0.0)
+    # Images new since the last fit are also scored by this registered model's champion, averaged with
+    # the fold models (tasks/checks/champion_scores.py); keep equal to promote.model_name. null: off
+    champion: str | None = Field("imgcls", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # settings that act after the out-of-fold models: changing them does not need a new fit
-_AFTER_THE_MODELS = {"enabled", "refit_growth", "max_fraction", "action"}
+_AFTER_THE_MODELS = {"enabled", "refit_growth", "max_fraction", "action", "champion"}
 
 
 class Params(Strict):
@@ -470,21 +474,31 @@ def _fit_and_keep(
 
 def _score_with_last_fit(
     last: suspect_cache.LastFit, rows: np.ndarray, frame: pd.DataFrame, y: np.ndarray, store: str, cache_dir: str, cfg
-) -> np.ndarray | None:
-    """Probabilities [N, K]: the kept ones for images the last fit scored, the mean of its fold
-    models for the new ones (decoded here, and only they). The new scores are kept with the fit, so
-    the next run decodes only what is new to it. None when its fold models cannot be read."""
+) -> tuple[np.ndarray | None, str]:
+    """(probabilities [N, K], what scored the new images): the kept ones for images the last fit
+    scored, the mean of its fold models for the new ones (decoded here, and only they), averaged with
+    the champion's where there is one (cfg.champion). The new scores are kept with the fit, so the next
+    run decodes only what is new to it. None when its fold models cannot be read."""
     new = rows < 0
     probs = np.empty((len(rows), len(last.classes)))
     probs[~new] = last.probs[rows[~new]]
+    second = ""
     if new.any():
         fold_models = suspect_cache.load_fold_models(last, _member_kinds(cfg))
         if fold_models is None:
-            return None
+            return None, second
         with engine.session(int(new.sum()), what="validate") as eng:
             data = _decode_for_models(frame[new], store, cfg, eng, project=False)
         members = out_of_fold_members(data, cfg)
         probs[new] = score_unseen(members, fold_models, [data[m.kind] for m in members], len(last.classes))
+        if cfg.champion:
+            ids = frame["image_id"].to_numpy(dtype=str)[new]
+            champion, second = champion_probabilities(cfg.champion, ids, store, last.classes)
+            if champion is not None:
+                probs[new] = (probs[new] + champion) / 2
+                second = f"; the new ones also by {second} (averaged)"
+            elif second:
+                second = f"; {second}"
     # keep what the fit learned from (a relabel must be seen next time) and everything scored now
     present = np.zeros(len(last.image_ids), dtype=bool)
     present[rows[~new]] = True
@@ -495,7 +509,7 @@ def _score_with_last_fit(
         last.fitted = np.concatenate([last.fitted[old], np.zeros(int(new.sum()), dtype=bool)])
         last.probs = np.concatenate([last.probs[old], probs[new]])
         suspect_cache.save_scores(cache_dir, last)
-    return probs
+    return probs, second
 
 
 def _suspect_probabilities(
@@ -514,7 +528,7 @@ def _suspect_probabilities(
         n_fitted = int(last.fitted.sum())
         n_new = int((plan.rows < 0).sum())
         growth = f"refit above {cfg.refit_growth:.0%} new"
-        probs = _score_with_last_fit(last, plan.rows, frame, y, store, cache_dir, cfg)
+        probs, second = _score_with_last_fit(last, plan.rows, frame, y, store, cache_dir, cfg)
         if probs is not None and n_new == 0:
             return probs, (
                 f"suspect-label scores reused: no new images since the last run; the last fit ({n_fitted} images, "
@@ -523,7 +537,7 @@ def _suspect_probabilities(
         if probs is not None:
             return probs, (
                 f"suspect labels: scored {n_new} new images with the {last.folds} fold models of the last fit "
-                f"({n_fitted} images); {growth}"
+                f"({n_fitted} images){second}; {growth}"
             )
         plan = _ReusePlan("the last fit's models are missing or unreadable")
     probs = _fit_and_keep(frame, y, classes, store, cache_dir, key, cfg)

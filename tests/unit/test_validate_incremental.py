@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tasks import validate
 from tasks.checks import suspect_cache
@@ -14,6 +15,7 @@ from tasks.common.params import Paths
 from tests.helpers.images import cleaned_row, store_image
 
 FOLDS = 5
+pytestmark = pytest.mark.usefixtures("tracking")  # a store of its own: no champion unless a test registers one
 
 
 CLASSES = 5
@@ -240,3 +242,62 @@ def test_above_the_projection_sample_new_images_are_scored_through_the_kept_proj
     after = last_fit(paths)
     new_probs = after.probs[400:]
     assert (new_probs.argmax(axis=1) == generated[1][400:420]).mean() >= 0.9
+
+
+def register_champion(tmp_path, classes: list[str], name: str = "imgcls") -> object:
+    """A real imgcls pyfunc (resnet_tiny, random weights, 16 px grey) registered as `name` with the
+    champion alias in the tracking store; its Predictor."""
+    import mlflow
+    import torch
+
+    from models.networks import build_network
+    from models.predictor import load_predictor, save_model_files
+    from models.pyfunc import log_pyfunc
+
+    torch.manual_seed(0)
+    network = build_network("resnet_tiny", len(classes), 1)
+    stats = {"image_size": 16, "channels": 1, "mean": [0.3], "std": [0.3]}
+    files = save_model_files(tmp_path / "champion_files", "resnet_tiny", network, classes, stats)
+    with mlflow.start_run():
+        info = log_pyfunc(files, np.zeros((16, 16, 1), np.uint8))
+    version = mlflow.register_model(info.model_uri, name).version
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    return load_predictor(tmp_path / "champion_files")
+
+
+def test_new_images_are_also_scored_by_a_champion_that_knows_their_classes(tmp_path, generated, tracking):
+    """Two workspaces on the same images: without a champion, and with one registered. The new images'
+    scores are the mean of the fold models' and the champion's; the images the fit learned keep theirs.
+    A champion that lacks one of the classes is not used, and says so."""
+    plain, with_champion = workspace(tmp_path, "plain"), workspace(tmp_path, "champion")
+    old = true_labels(generated, range(300))
+    grown = {**old, **true_labels(generated, range(300, 320))}
+    for paths in (plain, with_champion):
+        write_cleaned(paths, generated, old)
+        validate.run(params(), paths)
+    ids = write_cleaned(plain, generated, grown)
+    write_cleaned(with_champion, generated, grown)
+
+    validate.run(params(), plain)  # nothing registered yet: the fold models alone, nothing said about it
+    assert "(300 images); refit above 10% new" in summary(plain) and "champion" not in summary(plain)
+    predictor = register_champion(tmp_path, [str(c) for c in range(CLASSES)])
+    validate.run(params(), with_champion)
+    assert "(300 images); the new ones also by champion imgcls v1 (averaged); refit" in summary(with_champion)
+
+    from tasks.common.store import ImageStore
+
+    fold_only, averaged = last_fit(plain), last_fit(with_champion)
+    np.testing.assert_array_equal(averaged.probs[:300], fold_only.probs[:300])
+    pictures = np.stack([np.asarray(Image.open(ImageStore(plain.store).path(i))) for i in ids[300:]])[..., None]
+    champion = predictor.predict_proba(pictures)
+    np.testing.assert_allclose(averaged.probs[300:], (fold_only.probs[300:] + champion) / 2, atol=1e-5)
+
+    # a champion of other classes: not used, in one line
+    register_champion(tmp_path, ["a", "b"], name="other")
+    other = workspace(tmp_path, "other")
+    write_cleaned(other, generated, old)
+    validate.run(params(champion="other"), other)
+    write_cleaned(other, generated, grown)
+    validate.run(params(champion="other"), other)
+    assert "champion not used: other v1 does not know '0', '1', '2', '3', '4'" in summary(other)
+    np.testing.assert_array_equal(last_fit(other).probs, fold_only.probs)
