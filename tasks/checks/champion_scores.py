@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from tasks.common import tracking
+from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
 from tasks.common.store import ImageStore
+from tasks.judging.registry import CHAMPION, aliases
 
 log = logging.getLogger(__name__)
-CHAMPION_ALIAS = "champion"  # tasks.judging.registry.CHAMPION; not imported: that module imports promote's MLflow side
 
 
 def _store_missing(uri: str) -> bool:
@@ -45,12 +46,10 @@ def champion_probabilities(
     try:
         import mlflow
         import mlflow.pyfunc
-        from mlflow.exceptions import MlflowException
 
-        client = mlflow.MlflowClient(uri)
         try:
-            version = client.get_registered_model(model_name).aliases.get(CHAMPION_ALIAS)
-        except MlflowException:
+            version = aliases(mlflow.MlflowClient(uri), model_name).get(CHAMPION)
+        except UserError:
             return None, ""  # not registered yet
         if version is None:
             return None, ""  # registered, but nothing promoted yet
