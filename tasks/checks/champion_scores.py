@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from tasks.common import tracking
-from tasks.common.errors import UserError
 from tasks.common.images import DecodeError, decode, to_array
 from tasks.common.store import ImageStore
-from tasks.judging.registry import CHAMPION, aliases
 
 log = logging.getLogger(__name__)
+# tasks.judging.registry.CHAMPION, not imported: validate's DVC deps would then take in tasks/judging, and
+# every change to promotion's code would run the costly validate stage again
+CHAMPION = "champion"
 
 
 def _store_missing(uri: str) -> bool:
@@ -46,10 +47,13 @@ def champion_probabilities(
     try:
         import mlflow
         import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
 
         try:
-            version = aliases(mlflow.MlflowClient(uri), model_name).get(CHAMPION)
-        except UserError:
+            version = mlflow.MlflowClient(uri).get_registered_model(model_name).aliases.get(CHAMPION)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             return None, ""  # not registered yet
         if version is None:
             return None, ""  # registered, but nothing promoted yet
