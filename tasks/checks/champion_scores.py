@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -28,13 +27,6 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 
 
-def _store_missing(uri: str) -> bool:
-    """A sqlite store that does not exist yet: opening it would create it (and an empty registry)."""
-    if not uri.startswith("sqlite:///"):
-        return False
-    return not Path(uri.removeprefix("sqlite:///")).is_file()
-
-
 def champion_probabilities(
     model_name: str, image_ids: Sequence[str], store: str, classes: Sequence[str]
 ) -> tuple[np.ndarray | None, str]:
@@ -42,8 +34,9 @@ def champion_probabilities(
     probabilities [n, len(classes)] in `classes` order, renormalised over them; or None) and one line
     saying which model scored them, or why a registered champion could not ("" when there is none)."""
     uri = tracking.tracking_uri()
-    if _store_missing(uri):
-        return None, ""  # a first run: nothing registered yet, nothing to say
+    db = tracking.sqlite_file(uri)
+    if db is not None and not db.is_file():  # opening it would create it: a first run, nothing to say
+        return None, ""
     try:
         import mlflow
         import mlflow.pyfunc

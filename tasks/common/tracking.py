@@ -30,6 +30,13 @@ def tracking_uri() -> str:
     return os.environ.get(ENV) or DEFAULT
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (query string dropped), None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
 def use(uri: str | None = None) -> str:
     """Point MLflow's fluent API (start_run, log_*, register_model) at `uri`, else at tracking_uri();
     returns the URI used."""

@@ -35,9 +35,8 @@ def connect():
 def lock_path(cache: str | Path, uri: str | None = None) -> Path:
     """Beside the sqlite DB when there is one (every project sharing that DB then shares the lock),
     else in the project's cache folder."""
-    uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    db = tracking.sqlite_file(uri or tracking_uri())
+    if db is not None:
         return db.with_name(db.name + ".promote.lock")
     return Path(cache) / "promote.lock"
 
