@@ -2,7 +2,7 @@
 the images new since its last fit find more of their flipped labels? (tasks/checks/champion_scores.py)
 
 A real project on a draw of Fashion-MNIST's `part`: `base` images with 3 % of their labels flipped (half to
-a uniformly chosen other class, half to the confusable class, as bench.suspect_label_epochs) go through
+a uniformly chosen other class, half to the confusable class: bench.suspect_label_epochs.flipped_labels) go through
 every stage, ingest to promote (a first model: the champion; promote.floor 0.5 so a 4,000-image model
 can be one). Then `new` images arrive with `new_flips` of their labels flipped the same way, and ingest,
 clean and validate run again: validate scores them with its last fit's fold models, once averaged with
@@ -27,18 +27,9 @@ from PIL import Image
 from bench import fashion
 from bench.common import project_paths, run_stages, write_params, write_result
 from bench.planted import nearest_classes
+from bench.suspect_label_epochs import flipped_labels
 
 BASE_STAGES = ["ingest", "clean", "validate", "split", "augment", "train", "evaluate", "promote"]
-
-
-def given_labels(true: np.ndarray, fraction: float, rng: np.random.Generator, confusable: dict[int, int]) -> np.ndarray:
-    """true labels with `fraction` of them flipped: every other flip to a uniformly chosen other class,
-    the rest to the confusable class."""
-    given = true.copy()
-    for k, i in enumerate(rng.permutation(len(true))[: int(round(fraction * len(true)))]):
-        others = [c for c in range(len(fashion.CLASSES)) if c != true[i]]
-        given[i] = int(rng.choice(others)) if k % 2 == 0 else confusable[int(true[i])]
-    return given
 
 
 def write_images(source: Path, images: np.ndarray, indices: np.ndarray, given: np.ndarray) -> None:
@@ -73,8 +64,9 @@ def measure(part: str, seed: int, base: int, new: int, new_flips: float, root: P
     names = {k: name for k, name in enumerate(fashion.CLASSES)}
     by_name = nearest_classes([(images[i], names[labels[i]]) for i in base_at])
     confusable = {k: fashion.CLASSES.index(by_name[name]) for k, name in names.items()}
-    base_given = given_labels(labels[base_at], 0.03, rng, confusable)
-    new_given = given_labels(labels[new_at], new_flips, rng, confusable)
+    n_classes = len(fashion.CLASSES)
+    base_given = flipped_labels(labels[base_at], 0.03, rng, confusable, n_classes)[0]
+    new_given = flipped_labels(labels[new_at], new_flips, rng, confusable, n_classes)[0]
 
     source = root / "source"
     write_images(source, images, base_at, base_given)

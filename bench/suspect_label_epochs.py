@@ -26,6 +26,20 @@ from bench.planted import nearest_classes
 UNIFORM, CONFUSABLE = 1, 2
 
 
+def flipped_labels(
+    true: np.ndarray, fraction: float, rng: np.random.Generator, confusable: dict[int, int], n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(given labels, flip kind: 0 none, UNIFORM or CONFUSABLE): `fraction` of `true` flipped, every other
+    flip to a uniformly chosen other class, the rest to the confusable class."""
+    given, kind = true.copy(), np.zeros(len(true), dtype=int)
+    for n_flip, i in enumerate(rng.permutation(len(true))[: int(round(fraction * len(true)))]):
+        if n_flip % 2 == 0:
+            given[i], kind[i] = int(rng.choice([c for c in range(n_classes) if c != true[i]])), UNIFORM
+        else:
+            given[i], kind[i] = confusable[int(true[i])], CONFUSABLE
+    return given, kind
+
+
 def flipped_draw(seed: int, n: int, flip_fraction: float, part: str = "train") -> dict[str, np.ndarray]:
     """Kernel features, 32x32 grey CNN inputs, true and given labels and the flip kind (0 none) of a draw
     from Fashion's `part` (train: the tuning part)."""
@@ -37,16 +51,10 @@ def flipped_draw(seed: int, n: int, flip_fraction: float, part: str = "train") -
     base = fashion_base(n, seed, part)
     names = sorted({label for _, label in base})
     index = {name: k for k, name in enumerate(names)}
-    confusable = nearest_classes(base)
+    confusable = {index[name]: index[other] for name, other in nearest_classes(base).items()}
     rng = np.random.default_rng(seed + 7)  # which images flip: a stream apart from the image draw's
     true = np.array([index[label] for _, label in base])
-    given, kind = true.copy(), np.zeros(len(base), dtype=int)
-    for n_flip, i in enumerate(rng.permutation(len(base))[: int(round(flip_fraction * len(base)))]):
-        label = base[i][1]
-        if n_flip % 2 == 0:
-            given[i], kind[i] = index[str(rng.choice([c for c in names if c != label]))], UNIFORM
-        else:
-            given[i], kind[i] = index[confusable[label]], CONFUSABLE
+    given, kind = flipped_labels(true, flip_fraction, rng, confusable, len(names))
     images = [Image.fromarray(arr) for arr, _ in base]
     cnn = np.stack([to_array(image, 32, 3) for image in images])[..., :1].copy()  # grey: one channel
     return {"kernel": kernel_features(images, 16), "cnn": cnn, "true": true, "given": given, "kind": kind}
