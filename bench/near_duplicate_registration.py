@@ -7,7 +7,8 @@ On a bench.near_duplicates set (n images + per_kind planted copies of every kind
 copies clean keeps (tasks.checks.phash.aligned_copy):
 - candidates: the clean rule's hash neighbours (radius 6) plus the k nearest neighbours of every image by
   the correlation of an 8x8 blurred descriptor, of the aligned copy and of a copy whose content box is
-  stretched to a fixed size (a crop is a zoom of the content box);
+  stretched to a fixed size (a crop is a zoom of the content box), and (since 2026-11-29's third change)
+  of the copy zoomed in by tasks.checks.registration.ZOOMS against the others' plain descriptor;
 - verification: the clean rule's similarity (tasks.checks.similarity), and a registered similarity:
   an affine warp (6 parameters, plus gain and offset) fitted by Gauss-Newton on blurred copies
   (sigma 1.5, then 0.8), started from no warp and from the warp between the content boxes, the better
@@ -34,7 +35,15 @@ from bench.common import write_result
 from bench.near_duplicates import Own, digits_arrays, fashion_arrays, make_set
 from tasks.checks.phash import ALIGNED_SIDE as S
 from tasks.checks.phash import radius_pairs
-from tasks.checks.registration import _C, content_box, descriptors, register, registered, shade_verified
+from tasks.checks.registration import (
+    _C,
+    MATCHED_AGAINST,
+    content_box,
+    descriptors,
+    register,
+    registered,
+    shade_verified,
+)
 from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, similarity
 
 K_NEAREST, DESCRIPTOR_FLOOR = 5, 0.8
@@ -46,10 +55,14 @@ GREY_DIFFERENCES = (2.5, 3.0, 3.5, 4.0)
 _BENCH_LEVELS = ((1.5, 6), (0.8, 4))  # what this bench measured with (clean: fewer steps, same recall)
 
 
-def nearest_pairs(desc: np.ndarray, k: int = K_NEAREST, floor: float = DESCRIPTOR_FLOOR) -> np.ndarray:
+def nearest_pairs(
+    desc: np.ndarray, against: np.ndarray | None = None, k: int = K_NEAREST, floor: float = DESCRIPTOR_FLOOR
+) -> np.ndarray:
+    """Each image's k nearest by its `desc` row against the others' `against` rows (desc when None)."""
+    against = desc if against is None else against
     out = []
     for start in range(0, len(desc), 2048):
-        sims = desc[start : start + 2048] @ desc.T
+        sims = desc[start : start + 2048] @ against.T
         rows = np.arange(start, start + len(sims))
         sims[np.arange(len(rows)), rows] = -2
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -109,7 +122,8 @@ def candidates(own: Own) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     copies = own.copies.reshape(len(own.copies), S, S).astype(np.float32)
     boxes = np.array([content_box(c) or (0.0, 0.0, float(S), float(S)) for c in copies], np.float32)
     hash_pairs = radius_pairs(own.hashes, DEFAULT_RADIUS)
-    nearest = [nearest_pairs(desc) for desc in descriptors(copies)]  # plain and content-box-stretched
+    desc = descriptors(copies)  # plain, content-box-stretched and zoomed-in (against the plain)
+    nearest = [nearest_pairs(desc[w], desc[MATCHED_AGAINST[w]]) for w in range(len(desc))]
     return copies, boxes, hash_pairs, np.unique(np.concatenate([*nearest, hash_pairs]), axis=0)
 
 

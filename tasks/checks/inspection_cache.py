@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from tasks.checks.inspection_table import COPY_DTYPE, InspectionTable
 from tasks.checks.quality import COPY_SIZE, FEATURE_SIZE
-from tasks.checks.registration import K_NEAREST, Ranks
+from tasks.checks.registration import DESCRIPTOR_NAMES, K_NEAREST, Ranks
 from tasks.common.atomic import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class NearIndex(NamedTuple):
         now_at = np.array([position.get(member, -1) for member in self.members] + [-1], dtype=np.int64)
         known_rows = np.flatnonzero(~new)
         kept = [member_at[image_ids[k]] for k in known_rows]
-        remembered = self.ranks.nearest[:, kept]  # [2, known, K] positions among the members
+        remembered = self.ranks.nearest[:, kept]  # [D, known, K] positions among the members
         ranks = Ranks.unsearched(len(image_ids))
         ranks.floors[:, known_rows] = self.ranks.floors[:, kept]
         ranks.nearest[:, known_rows] = now_at[remembered]
@@ -175,8 +175,8 @@ class NearIndex(NamedTuple):
         return new, ranks, search_again
 
 
-_FLOORS = ("floor_plain", "floor_box")
-_NEAREST = ("nearest_plain", "nearest_box")
+_FLOORS = tuple(f"floor_{name}" for name in DESCRIPTOR_NAMES)
+_NEAREST = tuple(f"nearest_{name}" for name in DESCRIPTOR_NAMES)
 
 
 def load_near_index(path: Path, key: str) -> NearIndex:
@@ -207,7 +207,7 @@ def save_near_index(path: Path, key: str, members: list[str], pairs: pd.DataFram
     """One file, so members and pairs can never come from different runs: member rows have b = null,
     their floors and nearest (positions in the member rows' order); pair rows have neither."""
     member_rows = pd.DataFrame({"a": list(members), "b": None})
-    for k in range(2):
+    for k in range(len(DESCRIPTOR_NAMES)):
         member_rows[_FLOORS[k]] = ranks.floors[k]
         for place, column in enumerate(_nearest_columns(_NEAREST[k])):
             member_rows[column] = ranks.nearest[k, :, place]

@@ -1,9 +1,11 @@
 """Near-duplicates a perceptual hash cannot find: copies cut at the edges (crop), turned by a few
 degrees or moved by a pixel or two, whose aligned hashes land 4-26 bits from their original's.
 
-Candidates (ranked_candidates): each image's K_NEAREST nearest images by two descriptors of its
-aligned copy (tasks.checks.phash.aligned_copy): the 8x8 block means of the blurred copy, and the same
-of the copy with its content box stretched to a fixed size (a crop is a zoom of the content box).
+Candidates (ranked_candidates): each image's K_NEAREST nearest images by descriptors of its aligned
+copy (tasks.checks.phash.aligned_copy): the 8x8 block means of the blurred copy; the same of the copy
+with its content box stretched to a fixed size (a crop is a zoom of the content box); and the copy
+zoomed in about its centre by each of ZOOMS, matched against the others' plain descriptor (a crop of a
+garment that fills its frame is such a zoom, and its content box cannot show it).
 Ranks, not a threshold: on Fashion-MNIST a descriptor threshold that holds the crops gives dozens of
 pairs an image, and more as the data grows; K neighbours stay K.
 
@@ -13,7 +15,13 @@ AND differ by at most MAX_GREY_DIFFERENCE grey levels (of 255) on average. Regis
 lays different garments of one kind onto each other (plain trousers at 0.998); what tells them apart
 is the shade: a copy that was moved, cut or turned keeps its grey levels, a look-alike does not.
 Tuned on Fashion-MNIST's train part only (the highest recall with no wrong pair), reported on its test
-part and on digits: BENCHMARKS.md, "registration plus a grey-level difference"."""
+part and on digits: BENCHMARKS.md, "registration plus a grey-level difference".
+
+Two things make the verdict independent of the pair's order and of aligned_copy's padding (BENCHMARKS.md,
+"2026-11-29: padding left out, both frames"): rows and columns that aligned_copy filled by repeating a
+garment's cut edge (padding_runs) are left out of the fit and of the comparison, and the pair is
+compared in both images' frames with the one warp (its inverse for the second): a crop compares
+well only in its original's frame, where nothing of the original lies outside the copy."""
 
 from __future__ import annotations
 
@@ -26,6 +34,12 @@ from tasks.checks.phash import ALIGNED_SIDE as S
 from tasks.common.engine import blocks_in_threads
 
 K_NEAREST = 5  # neighbours per image and descriptor
+# the zoomed-in queries: a crop of 1-4 px of 28 is a zoom of 1.04-1.17 (tuned on the train part: they
+# make 19 of its 20 planted crops candidates, the other descriptors 17)
+ZOOMS = (1.07, 1.14)
+# per descriptor: its name (clean's near index columns) and the descriptor it is matched against
+DESCRIPTOR_NAMES = ("plain", "box", *(f"zoom{round(z * 100)}" for z in ZOOMS))
+MATCHED_AGAINST = (0, 1, *(0 for _ in ZOOMS))
 DESCRIPTOR_FLOOR = 0.8  # a neighbour must correlate at least this much by descriptor
 MIN_REGISTERED = 0.98  # correlation of the registered copies
 MAX_GREY_DIFFERENCE = 3.0  # mean absolute grey-level difference of the registered copies (of 255)
@@ -34,6 +48,9 @@ MAX_GREY_DIFFERENCE = 3.0  # mean absolute grey-level difference of the register
 ROBUST_SCALE = 40.0
 _BOX_SIDE = 28  # the content box is stretched to this many pixels of the copy
 _MARGIN = 3  # pixels at the copies' edges left out of the comparison (aligned_copy repeats edge pixels)
+# an edge run of repeated rows is padding only when the repeated row is not flat: a repeated flat
+# background row may be real background, and the other image's content there is a real difference
+_FLAT_RANGE = 2.0
 _LEVELS = ((1.5, 3), (0.8, 2))  # Gauss-Newton (blur sigma, steps): more steps or starts found nothing more
 _SCORES_PER_BLOCK = 2**24  # descriptor scores computed at once (64 MB): query images per block = this / n
 _PAIR_BLOCK = 2048  # pairs registered at once
@@ -80,22 +97,33 @@ def _block_means(copies: np.ndarray, cell: int = 4) -> np.ndarray:
     return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
 
 
+def _zoomed_in(copies: np.ndarray, zoom: float) -> np.ndarray:
+    """The copies [m, S, S] magnified by `zoom` about their centre (edges repeated)."""
+    p = np.tile(np.array([1 / zoom, 0, 0, 1 / zoom, 0, 0], np.float32), (len(copies), 1))
+    y, x = _coords(p)
+    return _sample(copies.reshape(len(copies), -1), y, x).reshape(copies.shape)
+
+
 def descriptors(copies: np.ndarray, rows: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
-    """float32 [2, n, 64]: the plain and the content-box descriptor of copies[rows] (aligned copies,
-    [m, S*S] or [m, S, S]; rows: the identity when None), a block at a time."""
+    """float32 [len(DESCRIPTOR_NAMES), n, 64]: the plain, the content-box and the zoomed-in descriptors
+    of copies[rows] (aligned copies, [m, S*S] or [m, S, S]; rows: the identity when None), a block at
+    a time."""
     rows = np.arange(len(copies)) if rows is None else np.asarray(rows, dtype=np.int64)
-    out = np.empty((2, len(rows), (S // 4) ** 2), dtype=np.float32)
+    out = np.empty((len(DESCRIPTOR_NAMES), len(rows), (S // 4) ** 2), dtype=np.float32)
     for start in range(0, len(rows), block):
         part = np.asarray(copies[rows[start : start + block]], dtype=np.float32).reshape(-1, S, S)
         out[0, start : start + len(part)] = _block_means(part)
         out[1, start : start + len(part)] = _block_means(np.stack([_content_stretched(c) for c in part]))
+        for at, zoom in enumerate(ZOOMS, start=2):
+            out[at, start : start + len(part)] = _block_means(_zoomed_in(part, zoom))
     return out
 
 
 class Ranks(NamedTuple):
     """What each image keeps of its own nearest-neighbour search, per descriptor (ranked_candidates):
-    floors [2, n] float32, a lower bound of its K_NEAREST-th best score (inf: never searched), and
-    nearest [2, n, K_NEAREST] int64, the images (positions) that scored best, best first, -1 for none.
+    floors [D, n] float32, a lower bound of its K_NEAREST-th best score (inf: never searched), and
+    nearest [D, n, K_NEAREST] int64, the images (positions) that scored best, best first, -1 for none
+    (D = len(DESCRIPTOR_NAMES)).
     The lists tell which images must search again when images leave the data (tasks.clean)."""
 
     floors: np.ndarray
@@ -103,12 +131,14 @@ class Ranks(NamedTuple):
 
     @classmethod
     def unsearched(cls, n: int) -> Ranks:
-        return cls(np.full((2, n), np.inf, np.float32), np.full((2, n, K_NEAREST), -1, np.int64))
+        d = len(DESCRIPTOR_NAMES)
+        return cls(np.full((d, n), np.inf, np.float32), np.full((d, n, K_NEAREST), -1, np.int64))
 
 
 def ranked_candidates(desc: np.ndarray, new: np.ndarray, ranks: Ranks) -> tuple[np.ndarray, Ranks]:
-    """(pairs i < j sorted, ranks): the candidate pairs with at least one `new` image, by either
-    descriptor of `desc` ([2, n, d], descriptors()): every new image's K_NEAREST nearest among all
+    """(pairs i < j sorted, ranks): the candidate pairs with at least one `new` image, by any
+    descriptor of `desc` ([D, n, d], descriptors(); descriptor w's queries are matched against
+    descriptor MATCHED_AGAINST[w] of the others): every new image's K_NEAREST nearest among all
     images, and every known image's new neighbours that score at least its floor (`ranks`: what the
     known images kept of their earlier searches; a known image whose kept neighbours are not all still
     there must be passed as new, as its floor may then be above its true K-th best).
@@ -131,12 +161,14 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, ranks: Ranks) -> tuple[
     step = max(1, _SCORES_PER_BLOCK // len(new))
     nearest[:, new_at] = -1
     for which in range(len(desc)):
-        every = torch.from_numpy(np.ascontiguousarray(desc[which], dtype=np.float32))
+        queries = torch.from_numpy(np.ascontiguousarray(desc[which], dtype=np.float32))
+        every = torch.from_numpy(np.ascontiguousarray(desc[MATCHED_AGAINST[which]], dtype=np.float32))
+        symmetric = MATCHED_AGAINST[which] == which
         known_floor = torch.from_numpy(np.maximum(floors[which, known_at], DESCRIPTOR_FLOOR))
-        known_best, known_ids = _kept_scores(every, nearest[which, known_at, :k], new, known_at)
+        known_best, known_ids = _kept_scores(queries, every, nearest[which, known_at, :k], new, known_at)
         for start in range(0, len(new_at), step):
             query = new_at[start : start + step]
-            scores = every[query] @ every.T  # [q, n]
+            scores = queries[query] @ every.T  # [q, n]
             scores[torch.arange(len(query)), torch.from_numpy(query)] = -2.0  # not its own neighbour
             best, closest = scores.topk(k, dim=1)
             floors[which, query] = best[:, -1].numpy()
@@ -144,7 +176,7 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, ranks: Ranks) -> tuple[
             keep = (best >= DESCRIPTOR_FLOOR).numpy()
             found.append(np.stack([np.repeat(query, k).reshape(-1, k)[keep], closest.numpy()[keep]], axis=1))
             if len(known_at):  # known images that now have this query among their K nearest
-                known_scores = scores[:, known_at]
+                known_scores = scores[:, known_at] if symmetric else every[query] @ queries[known_at].T
                 q_at, i_at = torch.nonzero(known_scores >= known_floor, as_tuple=True)
                 found.append(np.stack([query[q_at.numpy()], known_at[i_at.numpy()]], axis=1))
                 known_best, at = torch.cat([known_best, known_scores]).topk(k, dim=0)
@@ -157,9 +189,10 @@ def ranked_candidates(desc: np.ndarray, new: np.ndarray, ranks: Ranks) -> tuple[
     return np.unique(pairs, axis=0).reshape(-1, 2), Ranks(floors, nearest)
 
 
-def _kept_scores(every, kept: np.ndarray, new: np.ndarray, known_at: np.ndarray):
-    """([k, n_known] scores, [k, n_known] positions) of the known images' kept nearest, -2 for an empty
-    place or a neighbour searched again now (its score comes back with the new images' scores)."""
+def _kept_scores(queries, every, kept: np.ndarray, new: np.ndarray, known_at: np.ndarray):
+    """([k, n_known] scores, [k, n_known] positions) of the known images' kept nearest (their `queries`
+    against the kept ones' `every`), -2 for an empty place or a neighbour searched again now (its score
+    comes back with the new images' scores)."""
     import torch
 
     ids = torch.from_numpy(np.ascontiguousarray(kept.T))  # [k, n_known]
@@ -168,7 +201,7 @@ def _kept_scores(every, kept: np.ndarray, new: np.ndarray, known_at: np.ndarray)
     for start in range(0, len(known_at), _KEPT_BLOCK):  # a block of known images at a time: bounded memory
         part = slice(start, start + _KEPT_BLOCK)
         partners = every[ids[:, part].clamp_min(0)]  # [k, block, d]
-        scores[:, part] = (partners * every[torch.from_numpy(known_at[part])][None]).sum(-1)
+        scores[:, part] = (partners * queries[torch.from_numpy(known_at[part])][None]).sum(-1)
     scores = torch.where(usable, scores, torch.tensor(-2.0))
     best, at = scores.topk(len(ids), dim=0)  # best first, as the merge with the new images' scores keeps them
     return best, torch.where(usable.gather(0, at), ids.gather(0, at), torch.tensor(-1))
@@ -198,11 +231,56 @@ def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(images.reshape(-1, S, S), (0, sigma, sigma)).reshape(len(images), -1)
 
 
-def register(a: np.ndarray, b: np.ndarray, start: np.ndarray | None = None, levels=_LEVELS) -> np.ndarray:
+def padding_runs(copies: np.ndarray) -> np.ndarray:
+    """int [P, 4] (top, bottom, left, right): how many rows / columns at each edge of the aligned copies
+    [P, S*S] repeat the edge exactly, i.e. aligned_copy's padding where centring moved a picture whose
+    content reaches its frame; 0 where the edge is flat or not repeated."""
+    images = np.asarray(copies, dtype=np.float32).reshape(-1, S, S)
+    runs = np.zeros((len(images), 4), dtype=np.int64)
+    for side, view in enumerate(
+        (images, images[:, ::-1], images.transpose(0, 2, 1), images.transpose(0, 2, 1)[:, ::-1])
+    ):
+        half = view[:, : S // 2]
+        repeats = np.all(half == half[:, :1], axis=2).cumprod(axis=1).sum(axis=1)  # the edge row counts itself
+        not_flat = np.ptp(half[:, 0], axis=1) > _FLAT_RANGE
+        runs[:, side] = np.where((repeats >= 2) & not_flat, repeats, 0)
+    return runs
+
+
+def _within(y: np.ndarray, x: np.ndarray, runs: np.ndarray | None, margin: float = 0) -> np.ndarray:
+    """Where (y, x) [P, S*S] lies inside the copy's frame less its padding runs [P, 4] and `margin`."""
+    runs = np.zeros((len(y), 4)) if runs is None else runs
+    top, bottom, left, right = (np.maximum(runs[:, i : i + 1], margin) for i in range(4))
+    return (y >= top) & (y <= S - 1 - bottom) & (x >= left) & (x <= S - 1 - right)
+
+
+def _grid_within(runs: np.ndarray | None, n: int) -> np.ndarray:
+    return _within(np.broadcast_to(_GRID_Y + _C, (n, S * S)), np.broadcast_to(_GRID_X + _C, (n, S * S)), runs)
+
+
+def inverse(p: np.ndarray) -> np.ndarray:
+    """The warps [P, 6] that undo p: a's coordinates of b's pixels."""
+    a_inv = np.linalg.inv(p[:, :4].reshape(-1, 2, 2).astype(np.float64))
+    out = np.empty_like(p)
+    out[:, :4] = a_inv.reshape(-1, 4)
+    out[:, 4:] = -(a_inv @ p[:, 4:, None].astype(np.float64))[..., 0]
+    return out
+
+
+def register(
+    a: np.ndarray,
+    b: np.ndarray,
+    start: np.ndarray | None = None,
+    levels=_LEVELS,
+    runs_a: np.ndarray | None = None,
+    runs_b: np.ndarray | None = None,
+) -> np.ndarray:
     """The warps p [P, 6] that lay each b [P, S*S] onto its a: Gauss-Newton from `start` (no warp when
     None), minimizing |a - gain * b(warp) - offset|^2 on blurred copies, coarse to fine, each pixel
-    weighted by 1 / (1 + (residual / ROBUST_SCALE)^2) (iteratively reweighted least squares)."""
+    weighted by 1 / (1 + (residual / ROBUST_SCALE)^2) (iteratively reweighted least squares). Pixels in
+    a's padding runs, or landing in b's (padding_runs; none when None), do not count."""
     n = len(a)
+    a_valid = _grid_within(runs_a, n)
     p = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float32), (n, 1)) if start is None else start.copy()
     jac = np.empty((n, 8, S * S), np.float32)  # parameter by pixel: each parameter's row written in one go
     jac[:, 7] = 1.0  # offset
@@ -210,7 +288,7 @@ def register(a: np.ndarray, b: np.ndarray, start: np.ndarray | None = None, leve
         a_blur, b_blur = _blur(a, sigma), _blur(b, sigma)
         for _ in range(steps):
             y, x = _coords(p)
-            inside = ((y >= 0) & (y <= S - 1) & (x >= 0) & (x <= S - 1)).astype(np.float32)
+            inside = (a_valid & _within(y, x, runs_b)).astype(np.float32)
             warped = _sample(b_blur, y, x)
             gy, gx = (g.reshape(n, -1) for g in np.gradient(warped.reshape(n, S, S), axis=(1, 2)))
             # the warped image's gradient, taken back to b's coordinates through A^-1
@@ -227,15 +305,21 @@ def register(a: np.ndarray, b: np.ndarray, start: np.ndarray | None = None, leve
     return p
 
 
-def registered(a: np.ndarray, b: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def registered(
+    a: np.ndarray,
+    b: np.ndarray,
+    p: np.ndarray | None = None,
+    runs_a: np.ndarray | None = None,
+    runs_b: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(correlation, mean absolute grey-level difference) of a and b registered onto it [P, S*S] by the
-    warps p (register's when None), both blurred (sigma 0.8), inside the margin and where the warp
-    lands inside b."""
-    p = register(a, b) if p is None else p
+    warps p (register's when None), both blurred (sigma 0.8), inside the margin, outside a's padding
+    runs and where the warp lands inside b less its margin and padding runs (none when None)."""
+    p = register(a, b, runs_a=runs_a, runs_b=runs_b) if p is None else p
     a, b = _blur(a, 0.8), _blur(b, 0.8)
     y, x = _coords(p)
     warped = _sample(b, y, x)
-    m = (_INNER & (y >= _MARGIN) & (y <= S - 1 - _MARGIN) & (x >= _MARGIN) & (x <= S - 1 - _MARGIN)).astype(np.float32)
+    m = (_INNER & _grid_within(runs_a, len(a)) & _within(y, x, runs_b, _MARGIN)).astype(np.float32)
     count = np.maximum(m.sum(1), 1)
     difference = (np.abs(a - warped) * m).sum(1) / count
     am = (a - (a * m).sum(1, keepdims=True) / count[:, None]) * m
@@ -255,8 +339,17 @@ def shade_verified(copies: np.ndarray, pairs: np.ndarray, rows: np.ndarray | Non
         block = rows[pairs[start : start + _PAIR_BLOCK]]
         a = np.asarray(copies[block[:, 0]], dtype=np.float32).reshape(len(block), -1)
         b = np.asarray(copies[block[:, 1]], dtype=np.float32).reshape(len(block), -1)
-        correlation, difference = registered(a, b)
-        out[start : start + len(block)] = (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
+        runs_a, runs_b = padding_runs(a), padding_runs(b)
+        p = register(a, b, runs_a=runs_a, runs_b=runs_b)
+        verdict = np.zeros(len(block), dtype=bool)
+        # in a's frame, then in b's with the inverse warp: whichever image lost nothing at its edges
+        for first, second, warp, first_runs, second_runs in (
+            (a, b, p, runs_a, runs_b),
+            (b, a, inverse(p), runs_b, runs_a),
+        ):
+            correlation, difference = registered(first, second, warp, first_runs, second_runs)
+            verdict |= (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
+        out[start : start + len(block)] = verdict
 
     blocks_in_threads(measure, len(pairs), _PAIR_BLOCK)
     return out

@@ -124,7 +124,7 @@ def pairs_with_new(
 
 
 def _kept_before(pairs: np.ndarray, new: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """Per pair: both images known and one among the other's kept nearest ([2, n, K])."""
+    """Per pair: both images known and one among the other's kept nearest ([D, n, K])."""
     a, b = pairs[:, 0], pairs[:, 1]
     kept = (nearest[:, a] == b[None, :, None]).any(axis=(0, 2)) | (nearest[:, b] == a[None, :, None]).any(axis=(0, 2))
     return ~new[a] & ~new[b] & kept

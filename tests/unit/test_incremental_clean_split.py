@@ -145,7 +145,7 @@ def test_near_index_of_other_settings_is_not_used(tmp_path):
     index = tmp_path / inspection_cache.NEAR_INDEX_FILE
     pairs = pd.DataFrame({"a": ["1" * 64], "b": ["2" * 64]})
     ranks = Ranks.unsearched(2)
-    ranks.floors[:] = [[0.9, 0.8], [0.95, 0.85]]
+    ranks.floors[:] = [[0.9 - d / 100, 0.8 - d / 100] for d in range(len(ranks.floors))]  # one row per descriptor
     ranks.nearest[:, 0, 0], ranks.nearest[:, 1, 0] = 1, 0  # each other's nearest, nothing else
     key = inspection_cache.near_index_key(6, 0.9875)
     inspection_cache.save_near_index(index, key, ["1" * 64, "2" * 64], pairs, ranks)

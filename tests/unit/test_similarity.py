@@ -150,9 +150,35 @@ def test_a_copy_moved_2px_is_registered_despite_the_strip_it_uncovered(monkeypat
     copies = copies_of(*originals, *moved)
     pairs = np.array([[0, 2], [1, 3], [0, 1], [0, 3], [1, 2]])
     assert shade_verified(copies, pairs).tolist() == [True, True, False, False, False]
-    # why the fit weights its residuals: unweighted, the uncovered strip pulls the warp into a zoom
+    # why the fit weights its residuals: unweighted (and blind to aligned_copy's padding, which hides
+    # part of the strip in one of the two), the uncovered strip pulls the warp into a zoom
     monkeypatch.setattr(registration, "ROBUST_SCALE", np.inf)
+    monkeypatch.setattr(registration, "padding_runs", lambda copies: np.zeros((len(copies), 4), np.int64))
     assert not shade_verified(copies, pairs[:2]).any()
+
+
+def cropped(arr: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    h, w = arr.shape
+    part = Image.fromarray(arr[top : h - bottom, left : w - right])
+    return np.asarray(part.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def test_padding_runs_mark_the_repeated_cut_edge_and_not_a_flat_background():
+    touching = copies_of(frame_filling_garment(14))  # centring moved it down: its cut top edge repeats
+    assert registration.padding_runs(touching)[0, 0] >= 2
+    assert registration.padding_runs(copies_of(garment(0))).tolist() == [[0, 0, 0, 0]]  # black all round
+
+
+def test_a_crop_of_a_garment_that_fills_its_frame_is_verified_in_either_order(monkeypatch):
+    originals = [frame_filling_garment(seed) for seed in (14, 16, 18)]
+    copies = copies_of(*originals, *[cropped(arr, 2, 1, 1, 2) for arr in originals], frame_filling_garment(15))
+    copy_first = np.array([[3, 0], [4, 1], [5, 2]])
+    assert shade_verified(copies, copy_first).all()
+    assert shade_verified(copies, copy_first[:, ::-1]).all()
+    assert not shade_verified(copies, np.array([[0, 6], [3, 6]])).any()  # a look-alike stays apart
+    # without the padding runs the repeated edge counts as a difference, and these crops fail
+    monkeypatch.setattr(registration, "padding_runs", lambda copies: np.zeros((len(copies), 4), np.int64))
+    assert not shade_verified(copies, copy_first).any()
 
 
 def test_look_alikes_that_register_onto_each_other_are_told_apart_by_their_shade():
