@@ -29,9 +29,10 @@ from tasks.common.engine import blocks_in_threads
 DEFAULT_RADIUS = 6
 DEFAULT_MIN_SIMILARITY = 0.9875  # the highest recall with no wrong pair there (bench/near_duplicates.py)
 MAX_SHIFT = 1  # pixels (of SIDE) the aligned copies may still be moved against each other
-# ranked candidates are registered only from this similarity up: it keeps every copy the registration
-# finds on the tuning part and a third fewer pairs to register (BENCHMARKS.md)
-SHADE_PREFILTER = 0.85
+# ranked candidates are registered only from this similarity up: the highest that keeps every copy the
+# registration finds on the tuning part (lowest 0.811 there, since the zoomed-in candidates; 0.85 until
+# then), a quarter fewer pairs to register than none (BENCHMARKS.md, "padding left out, both frames")
+SHADE_PREFILTER = 0.8
 _CHUNK = 4096  # pairs per vectorized block
 
 

@@ -322,3 +322,18 @@ def test_kept_nearest_after_new_images_arrive_equal_a_full_search(monkeypatch):
     _, full = ranked_candidates(desc, np.ones(300, bool), Ranks.unsearched(300))
     np.testing.assert_array_equal(np.sort(incremental.nearest, axis=2), np.sort(full.nearest, axis=2))
     np.testing.assert_allclose(incremental.floors, full.floors, atol=1e-6)
+
+
+def test_a_crop_matches_its_originals_zoomed_in_descriptor_better_than_the_plain_ones():
+    originals = [frame_filling_garment(seed) for seed in range(10, 16)]
+    crops = [cropped(arr, 2, 2, 2, 1) for arr in originals]  # about a 1.14 zoom
+    desc = registration.descriptors(copies_of(*originals, *crops))
+    n = len(originals)
+    zoomed = registration.DESCRIPTOR_NAMES.index("zoom114")
+    assert registration.MATCHED_AGAINST[zoomed] == 0  # the original zoomed in, against the others' plain
+    for k in range(n):
+        by_zoom = desc[zoomed, k] @ desc[0, n + k]
+        assert by_zoom > desc[0, k] @ desc[0, n + k] and by_zoom > desc[1, k] @ desc[1, n + k]
+    # and ranked_candidates holds every (original, crop) pair, matched from the zoomed side
+    pairs, _ = ranked_candidates(desc, np.ones(2 * n, dtype=bool), Ranks.unsearched(2 * n))
+    assert {(k, n + k) for k in range(n)} <= set(map(tuple, pairs.tolist()))
