@@ -52,6 +52,12 @@ _MARGIN = 3  # pixels at the copies' edges left out of the comparison (aligned_c
 # an edge run of repeated rows is padding only when the repeated row is not flat: a repeated flat
 # background row may be real background, and the other image's content there is a real difference
 _FLAT_RANGE = 2.0
+_MAX_PADDING = S // 4  # a longer run of equal rows is the picture's own (a flat gradient), not centring's
+# a near-duplicate's warp is small: the planted kinds turn by at most 5 degrees and zoom by at most 1.17
+# (a crop); twice that turn and a zoom of 1.3 bound it. Without a bound, two flat gradients at 36 degrees
+# "register" onto each other by a turn, or by a warp that squashes one axis to nothing.
+MAX_TURN_DEGREES = 10.0
+MAX_ZOOM = 1.3
 _LEVELS = ((1.5, 3), (0.8, 2))  # Gauss-Newton (blur sigma, steps): more steps or starts found nothing more
 _SCORES_PER_BLOCK = 2**24  # descriptor scores computed at once (64 MB): query images per block = this / n
 _PAIR_BLOCK = 2048  # pairs registered at once
@@ -244,8 +250,17 @@ def padding_runs(copies: np.ndarray) -> np.ndarray:
         half = view[:, : S // 2]
         repeats = np.all(half == half[:, :1], axis=2).cumprod(axis=1).sum(axis=1)  # the edge row counts itself
         not_flat = np.ptp(half[:, 0], axis=1) > _FLAT_RANGE
-        runs[:, side] = np.where((repeats >= 2) & not_flat, repeats, 0)
+        runs[:, side] = np.where((repeats >= 2) & (repeats <= _MAX_PADDING) & not_flat, repeats, 0)
     return runs
+
+
+def small_warp(p: np.ndarray) -> np.ndarray:
+    """Per warp [P, 6]: turns by at most MAX_TURN_DEGREES and stretches no axis beyond MAX_ZOOM either way
+    (the same verdict for its inverse)."""
+    linear = p[:, :4].reshape(-1, 2, 2).astype(np.float64)
+    turn = np.degrees(np.arctan2(linear[:, 1, 0] - linear[:, 0, 1], linear[:, 0, 0] + linear[:, 1, 1]))
+    stretch = np.linalg.svd(linear, compute_uv=False)  # [P, 2], largest first
+    return (np.abs(turn) <= MAX_TURN_DEGREES) & (stretch[:, 0] <= MAX_ZOOM) & (stretch[:, 1] >= 1 / MAX_ZOOM)
 
 
 def _within(y: np.ndarray, x: np.ndarray, runs: np.ndarray | None, margin: float = 0) -> np.ndarray:
@@ -343,13 +358,14 @@ def shade_verified(copies: np.ndarray, pairs: np.ndarray, rows: np.ndarray | Non
         runs_a, runs_b = padding_runs(a), padding_runs(b)
         p = register(a, b, runs_a=runs_a, runs_b=runs_b)
         verdict = np.zeros(len(block), dtype=bool)
+        small = small_warp(p)
         # in a's frame, then in b's with the inverse warp: whichever image lost nothing at its edges
         for first, second, warp, first_runs, second_runs in (
             (a, b, p, runs_a, runs_b),
             (b, a, inverse(p), runs_b, runs_a),
         ):
             correlation, difference = registered(first, second, warp, first_runs, second_runs)
-            verdict |= (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
+            verdict |= small & (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
         out[start : start + len(block)] = verdict
 
     blocks_in_threads(measure, len(pairs), _PAIR_BLOCK)

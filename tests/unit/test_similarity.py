@@ -337,3 +337,20 @@ def test_a_crop_matches_its_originals_zoomed_in_descriptor_better_than_the_plain
     # and ranked_candidates holds every (original, crop) pair, matched from the zoomed side
     pairs, _ = ranked_candidates(desc, np.ones(2 * n, dtype=bool), Ranks.unsearched(2 * n))
     assert {(k, n + k) for k in range(n)} <= set(map(tuple, pairs.tolist()))
+
+
+def test_flat_gradients_at_other_angles_are_not_near_duplicates(monkeypatch):
+    """An affine warp lays one linear ramp exactly onto another by turning it, or by squashing the axis
+    along which it is flat: only a small warp makes a near-duplicate (the planted outliers' case)."""
+    yy, xx = np.mgrid[0:28, 0:28] - 13.5
+    ramps = [
+        np.clip(128 + 9 * (np.cos(angle) * xx + np.sin(angle) * yy), 0, 255).astype(np.uint8)
+        for angle in np.radians(np.arange(0, 360, 36))
+    ]
+    copies = copies_of(*ramps)
+    pairs = np.array([(i, j) for i in range(len(ramps)) for j in range(i + 1, len(ramps))])
+    assert not shade_verified(copies, pairs).any()
+    assert not registration.padding_runs(copies).any()  # equal rows all the way are the picture's own
+    # the unbounded rule would pair some of them
+    monkeypatch.setattr(registration, "small_warp", lambda p: np.ones(len(p), dtype=bool))
+    assert shade_verified(copies, pairs).any()
