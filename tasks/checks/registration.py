@@ -275,8 +275,12 @@ def _grid_within(runs: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def inverse(p: np.ndarray) -> np.ndarray:
-    """The warps [P, 6] that undo p: a's coordinates of b's pixels."""
-    a_inv = np.linalg.inv(p[:, :4].reshape(-1, 2, 2).astype(np.float64))
+    """The warps [P, 6] that undo p: a's coordinates of b's pixels. A singular warp (never a small one,
+    small_warp) gets the identity's linear part instead of an error."""
+    linear = p[:, :4].reshape(-1, 2, 2).astype(np.float64)
+    singular = np.abs(np.linalg.det(linear)) < 1e-9
+    linear[singular] = np.eye(2)
+    a_inv = np.linalg.inv(linear)
     out = np.empty_like(p)
     out[:, :4] = a_inv.reshape(-1, 4)
     out[:, 4:] = -(a_inv @ p[:, 4:, None].astype(np.float64))[..., 0]

@@ -354,3 +354,11 @@ def test_flat_gradients_at_other_angles_are_not_near_duplicates(monkeypatch):
     # the unbounded rule would pair some of them
     monkeypatch.setattr(registration, "small_warp", lambda p: np.ones(len(p), dtype=bool))
     assert shade_verified(copies, pairs).any()
+
+
+def test_inverse_undoes_a_warp_and_a_singular_warp_raises_nothing():
+    p = np.array([[1.1, 0.05, -0.02, 0.95, 1.5, -0.7], [1, 1, 1, 1, 0, 0]], np.float32)
+    q = registration.inverse(p)
+    np.testing.assert_allclose(q[0, :4].reshape(2, 2) @ p[0, :4].reshape(2, 2), np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(q[0, :4].reshape(2, 2) @ p[0, 4:] + q[0, 4:], 0, atol=1e-5)
+    assert not registration.small_warp(p[1:]).any()  # the singular one is never a near-duplicate's
