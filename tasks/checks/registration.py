@@ -48,6 +48,7 @@ MAX_GREY_DIFFERENCE = 3.0  # mean absolute grey-level difference of the register
 # no longer pulls the warp into a wrong zoom (tuned on the train part: 20/30/40/60/100 and unweighted)
 ROBUST_SCALE = 40.0
 _BOX_SIDE = 28  # the content box is stretched to this many pixels of the copy
+_COMPARE_SIGMA = 0.8  # blur of both copies before they are compared (registered)
 _MARGIN = 3  # pixels at the copies' edges left out of the comparison (aligned_copy repeats edge pixels)
 # an edge run of repeated rows is padding only when the repeated row is not flat: a repeated flat
 # background row may be real background, and the other image's content there is a real difference
@@ -333,10 +334,14 @@ def registered(
     runs_b: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(correlation, mean absolute grey-level difference) of a and b registered onto it [P, S*S] by the
-    warps p (register's when None), both blurred (sigma 0.8), inside the margin, outside a's padding
+    warps p (register's when None), both blurred (_COMPARE_SIGMA), inside the margin, outside a's padding
     runs and where the warp lands inside b less its margin and padding runs (none when None)."""
     p = register(a, b, runs_a=runs_a, runs_b=runs_b) if p is None else p
-    a, b = _blur(a, 0.8), _blur(b, 0.8)
+    return _compared(_blur(a, _COMPARE_SIGMA), _blur(b, _COMPARE_SIGMA), p, runs_a, runs_b)
+
+
+def _compared(a, b, p, runs_a, runs_b) -> tuple[np.ndarray, np.ndarray]:
+    """registered()'s measure on copies already blurred by _COMPARE_SIGMA."""
     y, x = _coords(p)
     warped = _sample(b, y, x)
     m = (_INNER & _grid_within(runs_a, len(a)) & _within(y, x, runs_b, _MARGIN)).astype(np.float32)
@@ -361,14 +366,15 @@ def shade_verified(copies: np.ndarray, pairs: np.ndarray, rows: np.ndarray | Non
         b = np.asarray(copies[block[:, 1]], dtype=np.float32).reshape(len(block), -1)
         runs_a, runs_b = padding_runs(a), padding_runs(b)
         p = register(a, b, runs_a=runs_a, runs_b=runs_b)
+        a_blur, b_blur = _blur(a, _COMPARE_SIGMA), _blur(b, _COMPARE_SIGMA)  # once for both frames
         verdict = np.zeros(len(block), dtype=bool)
         small = small_warp(p)
         # in a's frame, then in b's with the inverse warp: whichever image lost nothing at its edges
         for first, second, warp, first_runs, second_runs in (
-            (a, b, p, runs_a, runs_b),
-            (b, a, inverse(p), runs_b, runs_a),
+            (a_blur, b_blur, p, runs_a, runs_b),
+            (b_blur, a_blur, inverse(p), runs_b, runs_a),
         ):
-            correlation, difference = registered(first, second, warp, first_runs, second_runs)
+            correlation, difference = _compared(first, second, warp, first_runs, second_runs)
             verdict |= small & (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
         out[start : start + len(block)] = verdict
 
