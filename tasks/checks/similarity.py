@@ -22,16 +22,17 @@ import numpy as np
 
 from tasks.checks.phash import ALIGNED_SIDE as SIDE
 from tasks.checks.phash import radius_pairs, radius_pairs_between
-from tasks.checks.registration import Ranks, descriptors, ranked_candidates, shade_verified
+from tasks.checks.registration import ZOOMS, Ranks, descriptors, ranked_candidates, shade_verified, zoomed_in
 from tasks.common.engine import blocks_in_threads
 
 # defaults of clean.near_duplicate_* and split.group_*, tuned on Fashion-MNIST's train part only
 DEFAULT_RADIUS = 6
 DEFAULT_MIN_SIMILARITY = 0.9875  # the highest recall with no wrong pair there (bench/near_duplicates.py)
 MAX_SHIFT = 1  # pixels (of SIDE) the aligned copies may still be moved against each other
-# ranked candidates are registered only from this similarity up: the highest that keeps every copy the
-# registration finds on the tuning part (lowest 0.811 there, since the zoomed-in candidates; 0.85 until
-# then), a quarter fewer pairs to register than none (BENCHMARKS.md, "padding left out, both frames")
+# ranked candidates are registered only from this zoom_similarity up (a crop's plain similarity to its
+# original can be 0.7). Tuned on a train-part draw with 100 copies of each kind (seed 101), with 8
+# nearest: 0.8 holds 0.95 of the crops, 0.85 0.94; the plain similarity's 0.8 held 0.83 with 5 nearest
+# (BENCHMARKS.md, "zoom-aware pre-filter, 8 nearest")
 SHADE_PREFILTER = 0.8
 _CHUNK = 4096  # pairs per vectorized block
 
@@ -65,13 +66,48 @@ def similarity(copies: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
         block = pairs[start : start + _CHUNK]
         a = copies[block[:, 0]].astype(np.float32)
         b = copies[block[:, 1]].astype(np.float32)
-        best = np.full(len(block), -1.0)
-        for dy, dx in _shifts(max_shift):
-            np.maximum(best, _overlap_correlation(a, b, dy, dx), out=best)
-        out[start : start + len(block)] = best
+        out[start : start + len(block)] = _best_overlap(a, b, max_shift)
 
     blocks_in_threads(measure, len(pairs), _CHUNK)  # 10.9M pairs at 500k images
     return out
+
+
+def zoom_similarity(
+    copies: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT, enough: float = np.inf
+) -> np.ndarray:
+    """The largest similarity of each pair with either copy as it is or zoomed in by one of ZOOMS: a
+    crop is its original zoomed in, so it keeps a high similarity this way and a low one plainly
+    (registration's pre-filter: BENCHMARKS.md, "zoom-aware pre-filter"). A pair whose plain similarity
+    reaches `enough` keeps that: the zooms are only tried on the others (a threshold's caller needs no
+    more)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    copies = np.asarray(copies).reshape(len(copies), SIDE, SIDE)
+    out = np.empty(len(pairs), dtype=np.float64)
+
+    def measure(start: int) -> None:
+        block = pairs[start : start + _CHUNK]
+        a = copies[block[:, 0]].astype(np.float32)
+        b = copies[block[:, 1]].astype(np.float32)
+        best = _best_overlap(a, b, max_shift)
+        low = best < enough
+        a, b = a[low], b[low]
+        for zoom in ZOOMS:
+            best[low] = np.maximum(best[low], _best_overlap(zoomed_in(a, zoom), b, max_shift))
+            best[low] = np.maximum(best[low], _best_overlap(a, zoomed_in(b, zoom), max_shift))
+        out[start : start + len(block)] = best
+
+    blocks_in_threads(measure, len(pairs), _CHUNK)
+    return out
+
+
+def _best_overlap(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
+    """Per row of a and b [k, S, S]: the best overlap correlation over the shifts up to max_shift."""
+    best = np.full(len(a), -1.0)
+    if not len(a):  # (a block whose every pair was already similar enough)
+        return best
+    for dy, dx in _shifts(max_shift):
+        np.maximum(best, _overlap_correlation(a, b, dy, dx), out=best)
+    return best
 
 
 def near_duplicate_pairs(
@@ -98,7 +134,7 @@ def pairs_with_new(
     - hash neighbours within `radius` bits with similarity >= min_similarity: new hashes are looked up
       among the known ones and among each other;
     - the nearest neighbours by descriptor (tasks.checks.registration.ranked_candidates) that the
-      registration verifies (shade_verified), among those with similarity >= SHADE_PREFILTER.
+      registration verifies (shade_verified), among those with zoom_similarity >= SHADE_PREFILTER.
     Image i's aligned copy is copies[rows[i]] (rows: the identity when None), so a caller holding many
     images' copies in one matrix (tasks.checks.inspection_table) passes it whole, with no second copy.
     `ranks` are the known images' floors and nearest from their own search (persisted with the pairs,
@@ -118,7 +154,7 @@ def pairs_with_new(
     if search_again is not None:  # a pair a known image kept was registered when it was ranked
         ranked = ranked[~_kept_before(ranked, new, ranks.nearest)]
     ranked = _without(ranked, by_hash)
-    ranked = ranked[similarity(copies, rows[ranked], max_shift) >= SHADE_PREFILTER]
+    ranked = ranked[zoom_similarity(copies, rows[ranked], max_shift, enough=SHADE_PREFILTER) >= SHADE_PREFILTER]
     by_shade = ranked[shade_verified(copies, ranked, rows)]
     pairs = np.unique(np.concatenate([by_hash, by_shade]), axis=0).reshape(-1, 2)
     return pairs, new_ranks

@@ -23,9 +23,11 @@ from tasks.checks.registration import (
 from tasks.checks.similarity import (
     DEFAULT_MIN_SIMILARITY,
     DEFAULT_RADIUS,
+    SHADE_PREFILTER,
     near_duplicate_pairs,
     pairs_with_new,
     similarity,
+    zoom_similarity,
 )
 from tasks.common.images import decode
 
@@ -238,7 +240,14 @@ def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds(tmp_pa
     assert full_now <= kept | set(map(tuple, again.tolist()))
 
 
-def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
+@pytest.fixture
+def five_nearest(monkeypatch):
+    """The geometry of the two tests below is built for five nearest per image."""
+    monkeypatch.setattr(registration, "K_NEAREST", 5)
+    monkeypatch.setattr(inspection_cache, "K_NEAREST", 5)
+
+
+def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor(five_nearest):
     """Image 0 was searched alone with far images (its floor is low); the new image 1 is its nearest
     (0.9) but has five closer neighbours of its own, so only 0's floor can pair them."""
     rng = np.random.default_rng(0)
@@ -268,7 +277,7 @@ def test_a_known_image_sees_a_new_image_enter_its_nearest_through_its_floor():
     assert (0, 1) not in set(map(tuple, without.tolist()))  # 1's own five nearest are the cluster
 
 
-def test_a_known_image_whose_neighbour_left_searches_again_and_sees_a_new_image_take_the_place(tmp_path):
+def test_a_known_image_whose_neighbour_left_searches_again_and_sees_a_new_image_take_the_place(tmp_path, five_nearest):
     """Image 0's five nearest score 0.95..0.91; the one at 0.93 leaves the data and a new image at 0.90
     arrives whose own five nearest are a closer cluster. A search of everything now pairs 0 with it;
     0's kept floor (0.91) would not, so 0 searches again. The ranks survive the index file."""
@@ -337,6 +346,33 @@ def test_a_crop_matches_its_originals_zoomed_in_descriptor_better_than_the_plain
     # and ranked_candidates holds every (original, crop) pair, matched from the zoomed side
     pairs, _ = ranked_candidates(desc, np.ones(2 * n, dtype=bool), Ranks.unsearched(2 * n))
     assert {(k, n + k) for k in range(n)} <= set(map(tuple, pairs.tolist()))
+
+
+def test_zoomed_in_is_the_registrations_bilinear_sampling_of_a_zoom():
+    copies = copies_of(*[frame_filling_garment(seed) for seed in range(3)]).reshape(3, 32, 32)
+    for zoom in registration.ZOOMS:
+        warp = np.tile(np.array([1 / zoom, 0, 0, 1 / zoom, 0, 0], np.float32), (3, 1))
+        y, x = registration._coords(warp)
+        sampled = registration._sample(copies.reshape(3, -1).astype(np.float32), y, x).reshape(copies.shape)
+        np.testing.assert_allclose(registration.zoomed_in(copies, zoom), sampled, atol=1e-2)
+
+
+def test_zoom_similarity_lifts_crops_over_the_prefilter_and_not_look_alikes():
+    originals = [frame_filling_garment(seed) for seed in range(10, 16)]
+    crops = [cropped(arr, 3, 3, 3, 2) for arr in originals]  # about a 1.2 zoom
+    copies = copies_of(*originals, *crops)
+    n = len(originals)
+    crop_pairs = np.array([[k, n + k] for k in range(n)])
+    plain, zoomed = similarity(copies, crop_pairs), zoom_similarity(copies, crop_pairs)
+    assert (zoomed >= SHADE_PREFILTER).all()
+    assert (plain < SHADE_PREFILTER).all()  # the plain similarity would have kept them from registration
+    # a pair whose plain similarity is enough is not zoomed: the plain value comes back
+    np.testing.assert_allclose(zoom_similarity(copies, crop_pairs, enough=0.5), plain)
+    # either order: the zoom is tried on both copies
+    np.testing.assert_allclose(zoom_similarity(copies, crop_pairs[:, ::-1]), zoomed, atol=1e-6)
+    # two different garments stay below what a crop reaches
+    others = np.array([[k, (k + 1) % n] for k in range(n)])
+    assert zoom_similarity(copies, others).max() < zoomed.min()
 
 
 def test_flat_gradients_at_other_angles_are_not_near_duplicates(monkeypatch):
