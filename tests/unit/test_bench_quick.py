@@ -172,3 +172,19 @@ def test_cpu_precision_compares_every_arm_with_fp32_in_the_same_run(tmp_path):
         assert cell["images_per_s"] > 0
         assert abs(cell["vs_32_true"] - cell["images_per_s"] / baseline) < 1e-4  # rounded to 4 places
     assert result["auto"]["precision"] == ("bf16-mixed" if result["amx"] else "32-true")
+
+
+def test_near_duplicate_knobs_measures_each_setting_and_restores_the_rule(tmp_path):
+    from bench import near_duplicate_knobs
+    from tasks.checks import registration, similarity
+
+    before = registration.K_NEAREST, similarity.SHADE_PREFILTER, similarity.zoom_similarity
+    out = tmp_path / "knobs.json"
+    argv = ["--part", "digits", "--n", "200", "--per-kind", "2", "--settings", "3:0.8:plain,8:0.5:zoom"]
+    assert near_duplicate_knobs.main([*argv, "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    fewer, more = settings["3:0.8:plain"], settings["8:0.5:zoom"]
+    # more nearest and a lower pre-filter register more pairs, and find at least as many copies
+    assert more["registered_pairs"] > fewer["registered_pairs"] > 0
+    assert more["recall"] >= fewer["recall"] > 0.5
+    assert (registration.K_NEAREST, similarity.SHADE_PREFILTER, similarity.zoom_similarity) == before
