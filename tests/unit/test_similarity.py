@@ -192,6 +192,39 @@ def test_look_alikes_that_register_onto_each_other_are_told_apart_by_their_shade
     assert not shade_verified(copies, pairs).any()
 
 
+def test_the_fine_level_runs_only_for_pairs_still_near_after_the_coarse_one(monkeypatch):
+    originals = [frame_filling_garment(seed) for seed in range(20, 24)]
+    copies = copies_of(
+        *originals,
+        *[cropped(arr, 2, 1, 1, 2) for arr in originals],
+        *[shifted(arr, 2, 0) for arr in originals],
+        plain_shape(150, 5.0, 22),
+        plain_shape(190, 5.6, 21),
+    )
+    copy_pairs = [[k, 4 + k] for k in range(4)] + [[k, 8 + k] for k in range(4)]
+    pairs = np.array(copy_pairs + [[0, 1], [2, 3], [5, 6], [12, 13]])  # then look-alikes
+    # what shade_verified found before the coarse check: the full registration for every pair
+    a, b = copies[pairs[:, 0]].astype(np.float32), copies[pairs[:, 1]].astype(np.float32)
+    runs_a, runs_b = registration.padding_runs(a), registration.padding_runs(b)
+    p = registration.register(a, b, runs_a=runs_a, runs_b=runs_b)
+    blurred = [registration._blur(x, registration._COMPARE_SIGMA) for x in (a, b)]
+    full = np.zeros(len(pairs), dtype=bool)
+    for correlation, difference in registration._both_frames(*blurred, p, runs_a, runs_b):
+        full |= registration.small_warp(p) & (correlation >= MIN_REGISTERED) & (difference <= MAX_GREY_DIFFERENCE)
+    sizes = []
+    real_register = registration.register
+
+    def counting(a, b, *args, **kwargs):
+        sizes.append(len(a))
+        return real_register(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(registration, "register", counting)
+    verdict = shade_verified(copies, pairs)
+    np.testing.assert_array_equal(verdict, full)
+    assert verdict[: len(copy_pairs)].sum() >= 7 and not verdict[len(copy_pairs) :].any()  # one 2 px shift fails
+    assert sizes[0] == len(pairs) and len(copy_pairs) <= sizes[1] < len(pairs)  # look-alikes stop early
+
+
 def test_a_search_of_new_images_only_finds_every_pair_a_full_search_finds(tmp_path):
     originals = [garment(seed) for seed in range(12)]
     items = [*originals, *[copy for arr in originals[:4] for copy in turned_and_cut(arr)]]
