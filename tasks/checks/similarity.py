@@ -58,18 +58,7 @@ def similarity(copies: np.ndarray, pairs: np.ndarray, max_shift: int = MAX_SHIFT
     """Shift-tolerant similarity in [-1, 1] of each pair (rows of indices into `copies`, [n, SIDE, SIDE]
     or [n, SIDE*SIDE] aligned copies, tasks.checks.phash.aligned_copy): the best overlap correlation over all shifts up to
     `max_shift` pixels. A flat copy correlates 0 with everything (no structure to match)."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    copies = np.asarray(copies).reshape(len(copies), SIDE, SIDE)
-    out = np.empty(len(pairs), dtype=np.float64)
-
-    def measure(start: int) -> None:
-        block = pairs[start : start + _CHUNK]
-        a = copies[block[:, 0]].astype(np.float32)
-        b = copies[block[:, 1]].astype(np.float32)
-        out[start : start + len(block)] = _best_overlap(a, b, max_shift)
-
-    blocks_in_threads(measure, len(pairs), _CHUNK)  # 10.9M pairs at 500k images
-    return out
+    return _per_pair(copies, pairs, lambda a, b: _best_overlap(a, b, max_shift))  # 10.9M pairs at 500k images
 
 
 def zoom_similarity(
@@ -80,21 +69,31 @@ def zoom_similarity(
     (registration's pre-filter: BENCHMARKS.md, "zoom-aware pre-filter"). A pair whose plain similarity
     reaches `enough` keeps that: the zooms are only tried on the others (a threshold's caller needs no
     more)."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    copies = np.asarray(copies).reshape(len(copies), SIDE, SIDE)
-    out = np.empty(len(pairs), dtype=np.float64)
 
-    def measure(start: int) -> None:
-        block = pairs[start : start + _CHUNK]
-        a = copies[block[:, 0]].astype(np.float32)
-        b = copies[block[:, 1]].astype(np.float32)
+    def zoomed_best(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         best = _best_overlap(a, b, max_shift)
         low = best < enough
         a, b = a[low], b[low]
         for zoom in ZOOMS:
             best[low] = np.maximum(best[low], _best_overlap(zoomed_in(a, zoom), b, max_shift))
             best[low] = np.maximum(best[low], _best_overlap(a, zoomed_in(b, zoom), max_shift))
-        out[start : start + len(block)] = best
+        return best
+
+    return _per_pair(copies, pairs, zoomed_best)
+
+
+def _per_pair(copies: np.ndarray, pairs: np.ndarray, score) -> np.ndarray:
+    """score(a, b) -> [k] of every pair (rows of indices into the aligned copies [n, SIDE, SIDE] or
+    [n, SIDE*SIDE]), a block of _CHUNK pairs at a time on the engine's threads."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    copies = np.asarray(copies).reshape(len(copies), SIDE, SIDE)
+    out = np.empty(len(pairs), dtype=np.float64)
+
+    def measure(start: int) -> None:
+        block = pairs[start : start + _CHUNK]
+        out[start : start + len(block)] = score(
+            copies[block[:, 0]].astype(np.float32), copies[block[:, 1]].astype(np.float32)
+        )
 
     blocks_in_threads(measure, len(pairs), _CHUNK)
     return out
