@@ -4,8 +4,9 @@
 #
 #   bash bench/gpu.sh OUTDIR loops      # loop overhead + data path on one 20k Fashion-MNIST store
 #   bash bench/gpu.sh OUTDIR accuracy   # the whole pipeline on Fashion-MNIST (official test set), then digits
-#   bash bench/gpu.sh OUTDIR fashion60  # train + evaluate on all of Fashion-MNIST in 60 s of training (the GPU
-#                                       # default batch, auto = 512, and 256), then the loop ratio at 512 and 128
+#   bash bench/gpu.sh OUTDIR fashion60  # train + evaluate on all of Fashion-MNIST in 60 s of training at the GPU
+#                                       # default batch (auto = 512), resnet_wide and resnet_small, then the
+#                                       # loop ratio at 512 for both
 #
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
 # Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
@@ -14,6 +15,8 @@ out=${1:?OUTDIR}; part=${2:?loops or accuracy}
 mkdir -p "$out"
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:////tmp/gpu_bench_mlflow.db}
+# one line of a result file, for the command's output: summary FILE "PYTHON-EXPR-AFTER-d"
+summary() { python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d$2)" "$1" 2>&1 | cut -c1-600; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 case $part in
@@ -36,21 +39,23 @@ accuracy)
     python3 -m bench.accuracy --dataset digits --set "train.num_workers=$workers" --out "$out/accuracy_digits_gpu.json"
     ;;
 fashion60)
-    # each step bounded, so one slow step cannot eat the device time of the others
+    # each step bounded, so one slow step cannot eat the device time of the others; epochs 40 and the
+    # 60 s budget: train.fit_schedule_to_time picks the epochs that fit and ends the LR schedule with them
     store=/tmp/gpu_fashion/prepared
-    # train.batch_size auto (the default) resolves to 512 and lr 0.006 on this 54k-row train split
-    timeout 170 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
-        --set train.epochs=25 --set train.num_workers=$workers --out "$out/gpu_fashion_b512.json" \
-        > "$out/gpu_fashion_b512.log" 2>&1; echo "fashion default batch rc=$?"
-    for batch in 512 128; do
-        timeout 120 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size $batch --steps 70 \
-            --warmup 15 --repeats 2 --num-workers "$workers" --threads 0 --out "$out/loop_overhead_gpu_b$batch.json" \
-            > "$out/loop_overhead_b$batch.log" 2>&1; echo "loop b$batch rc=$?"
+    for network in resnet_wide resnet_small; do
+        rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
+        # train.batch_size auto (the default) resolves to 512 and lr 0.006 on this 54k-row train split
+        timeout 150 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
+            --set train.network=$network --set train.epochs=40 --set train.num_workers=$workers \
+            --out "$out/gpu_fashion_$network.json" > "$out/gpu_fashion_$network.log" 2>&1
+        echo "fashion $network rc=$?"; summary "$out/gpu_fashion_$network.json" "['train']['epochs'], d['train']['seconds'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"
     done
-    rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
-    timeout 170 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 --set train.batch_size=256 \
-        --set train.lr=0.004 --set train.epochs=15 --set train.num_workers=$workers --out "$out/gpu_fashion_b256.json" \
-        > "$out/gpu_fashion_b256.log" 2>&1; echo "fashion b256 rc=$?"
+    for network in resnet_small resnet_wide; do
+        timeout 110 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
+            --warmup 15 --repeats 3 --network $network --num-workers "$workers" --threads 0 \
+            --out "$out/loop_overhead_gpu_b512_$network.json" > "$out/loop_overhead_b512_$network.log" 2>&1
+        echo "loop b512 $network rc=$?"; summary "$out/loop_overhead_gpu_b512_$network.json" "['ratio'], d['pair_ratios']"
+    done
     ;;
 *) echo "unknown part: $part (loops | accuracy | fashion60)"; exit 2 ;;
 esac

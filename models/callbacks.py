@@ -91,7 +91,9 @@ class FitScheduleToTime(L.Callback):
         self._epoch_ended = time.perf_counter()
         planned = trainer.max_epochs if self.epochs is None else self.epochs
         done = trainer.current_epoch + 1  # the epoch ending now is not counted in current_epoch yet
-        fit = done + int(self.SAFETY * (timer.time_remaining() or 0.0) // per_epoch)
+        # negative once the Timer has cut an epoch short: no more epochs then, but never fewer than done
+        remaining = max(0.0, timer.time_remaining() or 0.0)
+        fit = done + int(self.SAFETY * remaining // per_epoch)
         self.epochs = min(planned, trainer.strategy.broadcast(fit, src=0))
         if self.epochs >= planned:
             return

@@ -90,6 +90,17 @@ def resnet_tiny(
     return ResNetSmall(widths=(16, 32, 64), **kwargs)
 
 
+@register_model
+def resnet_wide(
+    pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
+) -> ResNetSmall:
+    """resnet_small at twice the width (64, 128, 256): about 4x the FLOPs, for GPUs, where the small
+    one is bound by kernel launches and the data loader rather than by arithmetic."""
+    if pretrained:
+        raise UserError("resnet_wide has no published weights: give train.pretrained_path (a local .safetensors file)")
+    return ResNetSmall(widths=(64, 128, 256), **kwargs)
+
+
 def build_network(
     name: str, num_classes: int, in_chans: int, pretrained: bool = False, pretrained_path: str | Path | None = None
 ) -> nn.Module:

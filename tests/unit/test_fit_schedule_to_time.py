@@ -40,7 +40,9 @@ class SlowBatches(L.Callback):
         time.sleep(BATCH_SECONDS)
 
 
-def fit(scheduler: str, callbacks: list, ckpt_dir=None, ckpt_path=None) -> tuple[L.Trainer, SlowBatches]:
+def fit(
+    scheduler: str, callbacks: list, ckpt_dir=None, ckpt_path=None, budget: float = BUDGET_SECONDS
+) -> tuple[L.Trainer, SlowBatches]:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(4 * BATCHES, 1, 8, 8), torch.randint(0, 2, (4 * BATCHES,)))
     module = ImageClassifier("resnet_tiny", ["a", "b"], STATS, scheduler=scheduler, lr=0.01)
@@ -48,7 +50,7 @@ def fit(scheduler: str, callbacks: list, ckpt_dir=None, ckpt_path=None) -> tuple
     checkpoints = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)] if ckpt_dir else []
     trainer = L.Trainer(
         max_epochs=MAX_EPOCHS,
-        max_time={"seconds": BUDGET_SECONDS},
+        max_time={"seconds": budget},
         accelerator="cpu",
         logger=False,
         enable_checkpointing=bool(ckpt_dir),
@@ -86,3 +88,11 @@ def test_a_resumed_run_keeps_the_shortened_schedule(tmp_path):
     assert resumed.epochs == fitted.epochs
     assert trainer.current_epoch == fitted.epochs and slow.lrs == []  # nothing left to train
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == fitted.epochs * BATCHES
+
+
+def test_a_budget_spent_inside_the_first_epoch_ends_the_run_cleanly():
+    # the Timer stops the first epoch half-way; the time left is then negative, which once planned 0 epochs
+    fitted = FitScheduleToTime()
+    trainer, slow = fit("onecycle", [fitted], budget=BATCHES * BATCH_SECONDS / 2)
+    assert fitted.epochs == 1 and trainer.current_epoch == 1
+    assert 0 < len(slow.lrs) < BATCHES

@@ -11,7 +11,7 @@ from models.networks import ResNetSmall, build_network, load_pretrained
 from tasks.common.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny"])
+@pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny", "resnet_wide"])
 @pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32), (3, 16)])
 def test_our_nets_are_in_timms_registry_and_fit_small_images(name, in_chans, size):
     net = timm.create_model(name, num_classes=7, in_chans=in_chans)
@@ -23,6 +23,12 @@ def test_resnet_tiny_is_half_as_wide():
     small, tiny = build_network("resnet_small", 10, 1), build_network("resnet_tiny", 10, 1)
     assert (small.num_features, tiny.num_features) == (128, 64)
     assert sum(p.numel() for p in tiny.parameters()) < sum(p.numel() for p in small.parameters()) / 3
+
+
+def test_resnet_wide_is_twice_as_wide():
+    small, wide = build_network("resnet_small", 10, 1), build_network("resnet_wide", 10, 1)
+    assert (small.num_features, wide.num_features) == (128, 256)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in small.parameters()) * 3
 
 
 def test_timm_architectures_come_from_the_same_factory():
