@@ -7,6 +7,7 @@
 #   bash bench/gpu.sh OUTDIR fashion60  # train + evaluate on all of Fashion-MNIST in 60 s of training at the GPU
 #                                       # default batch (auto = 512), resnet_wide and resnet_small, then the
 #                                       # loop ratio at 512 for both
+#   bash bench/gpu.sh OUTDIR loader     # OpenCV threads in the loader workers, then fashion60 again with one
 #
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
 # Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
@@ -57,5 +58,26 @@ fashion60)
         echo "loop b512 $network rc=$?"; summary "$out/loop_overhead_gpu_b512_$network.json" "['ratio'], d['pair_ratios']"
     done
     ;;
-*) echo "unknown part: $part (loops | accuracy | fashion60)"; exit 2 ;;
+loader)
+    # OpenCV's threads in the loader workers (default pool vs one), then Fashion in 60 s with one
+    # (models/data.py's default now) for both networks, then the loop ratio at 512; needs fashion60's store
+    store=/tmp/gpu_fashion/prepared
+    [ -d "$store" ] || python3 -c "from pathlib import Path; from bench.gpu_fashion import write_store
+write_store(Path('/tmp/gpu_fashion'))"
+    timeout 90 python3 -m bench.loader_threads --prepared "$store" --num-workers "$workers" --batch-size 512 \
+        --batches 60 --repeats 3 --out "$out/loader_threads_gpu.json" > "$out/loader_threads_gpu.log" 2>&1
+    echo "loader threads rc=$?"; summary "$out/loader_threads_gpu.json" "['median_images_per_s'], d['one_thread_over_default']"
+    for network in resnet_small resnet_wide; do
+        rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
+        timeout 120 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
+            --set train.network=$network --set train.epochs=40 --set train.num_workers=$workers \
+            --out "$out/gpu_fashion_${network}_cv1.json" > "$out/gpu_fashion_${network}_cv1.log" 2>&1
+        echo "fashion $network rc=$?"; summary "$out/gpu_fashion_${network}_cv1.json" "['train']['epochs'], d['train']['seconds'], d['train']['seconds_per_epoch'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"
+    done
+    timeout 80 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
+        --warmup 15 --repeats 3 --network resnet_small --num-workers "$workers" --threads 0 \
+        --out "$out/loop_overhead_gpu_b512_cv1.json" > "$out/loop_overhead_b512_cv1.log" 2>&1
+    echo "loop b512 rc=$?"; summary "$out/loop_overhead_gpu_b512_cv1.json" "['ratio'], d['pair_ratios'], d['lightning']['images_per_s'], d['plain']['images_per_s']"
+    ;;
+*) echo "unknown part: $part (loops | accuracy | fashion60 | loader)"; exit 2 ;;
 esac

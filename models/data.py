@@ -38,10 +38,18 @@ class PreparedImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)), int(self.labels[i])
 
 
+# OpenCV (albumentations' warps) gives every process a pool of one thread per core: a dozen loader
+# workers on a 16-core GPU host would be ~200 threads contending over 28 px images. One per worker.
+WORKER_OPENCV_THREADS = 1
+
+
 def seed_worker(worker_id: int) -> None:
     """albumentations keeps its own generator, untouched by torch/numpy seeding: without this, every
     worker would replay the same augmentations. torch.initial_seed() differs per worker and derives
     from the loader's seeded generator, so runs stay reproducible."""
+    import cv2
+
+    cv2.setNumThreads(WORKER_OPENCV_THREADS)
     info = get_worker_info()
     info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
