@@ -45,3 +45,33 @@ def test_a_store_without_val_images_is_refused(tmp_path):
     paths = make_project(tmp_path, per_split={"train": 4, "test": 1})
     with pytest.raises(UserError, match="no val images"):
         PreparedDataModule(paths.prepared, batch_size=4, num_workers=0, seed=0)
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    """Reports the OpenCV thread count of the process that loads it (a loader worker)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        import cv2
+
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_run_opencv_on_one_thread(tmp_path):
+    # OpenCV's default is a thread per core in every worker: on a 16-core GPU host a dozen workers made
+    # the loader half as fast (BENCHMARKS.md, GPU); the main process keeps its own setting
+    import cv2
+
+    from models.data import seed_worker
+
+    cv2.setNumThreads(2)
+    loader = torch.utils.data.DataLoader(
+        _OpenCVThreads(A.Compose([])), batch_size=1, num_workers=1, worker_init_fn=seed_worker
+    )
+    assert [int(x) for x in loader] == [1, 1]
+    assert cv2.getNumThreads() == 2
