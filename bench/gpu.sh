@@ -69,7 +69,7 @@ write_store(Path('/tmp/gpu_fashion'))"
     echo "loader threads rc=$?"; summary "$out/loader_threads_gpu.json" "['median_images_per_s'], d['one_thread_over_default']"
     for network in resnet_small resnet_wide; do
         rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
-        timeout 120 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
+        timeout 150 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
             --set train.network=$network --set train.epochs=40 --set train.num_workers=$workers \
             --out "$out/gpu_fashion_${network}_cv1.json" > "$out/gpu_fashion_${network}_cv1.log" 2>&1
         echo "fashion $network rc=$?"; summary "$out/gpu_fashion_${network}_cv1.json" "['train']['epochs'], d['train']['seconds'], d['train']['seconds_per_epoch'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"

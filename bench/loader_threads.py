@@ -33,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tp = train.Params(batch_size=args.batch_size, num_workers=args.num_workers, accelerator=args.accelerator)
     runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.repeats):
-        for name, threads in VARIANTS.items():
-            models.data.WORKER_OPENCV_THREADS = threads  # read by seed_worker in each (forked) worker
-            runs[name].append(loader_rate(args.prepared, tp, args.batches)["images_per_s"])
-            print(name, runs[name][-1], flush=True)
+    default = models.data.WORKER_OPENCV_THREADS
+    try:
+        for _ in range(args.repeats):
+            for name, threads in VARIANTS.items():
+                models.data.WORKER_OPENCV_THREADS = threads  # read by seed_worker in each (forked) worker
+                runs[name].append(loader_rate(args.prepared, tp, args.batches)["images_per_s"])
+                print(name, runs[name][-1], flush=True)
+    finally:
+        models.data.WORKER_OPENCV_THREADS = default
     medians = {name: statistics.median(rates) for name, rates in runs.items()}
     result = {
         "machine": machine(),

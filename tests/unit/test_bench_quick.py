@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import accuracy, clean_scaling, cpu_precision, data_path, fashion, loop_overhead, prediction
+from bench import accuracy, clean_scaling, cpu_precision, data_path, fashion, loader_threads, loop_overhead, prediction
 from bench.common import write_array_store
 from bench.fashion import IDX_DIR
 
@@ -68,6 +68,20 @@ def test_data_path_measures_supply_demand_and_both_augmenters(prepared, tmp_path
     assert close(feed["ratio"], feed["loader"]["images_per_s"] / feed["step"]["images_per_s"])
     assert augment["images"] == 100
     assert close(augment["ratio"], augment["albumentations_images_per_s"] / augment["torchvision_images_per_s"])
+
+
+def test_loader_threads_times_both_opencv_settings_and_restores_the_default(prepared, tmp_path):
+    import models.data
+
+    out = tmp_path / "result.json"
+    args = ["--prepared", str(prepared), "--batch-size", "8", "--batches", "2", "--repeats", "2", "--out", str(out)]
+    assert loader_threads.main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["images_per_s"]) == {"opencv_default", "opencv_one"}
+    assert all(len(rates) == 2 and min(rates) > 0 for rates in result["images_per_s"].values())
+    medians = result["median_images_per_s"]
+    assert close(result["one_thread_over_default"], medians["opencv_one"] / medians["opencv_default"])
+    assert models.data.WORKER_OPENCV_THREADS == 1
 
 
 def test_torchvision_twin_matches_the_albumentations_spec_without_augmentation(prepared):
