@@ -8,6 +8,7 @@
 #                                       # default batch (auto = 512), resnet_wide and resnet_small, then the
 #                                       # loop ratio at 512 for both
 #   bash bench/gpu.sh OUTDIR loader     # OpenCV threads in the loader workers, then fashion60 again with one
+#   bash bench/gpu.sh OUTDIR lightning512  # the loop pair at 512 with CUDA's sync probe, then under cProfile
 #
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
 # Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
@@ -79,5 +80,20 @@ write_store(Path('/tmp/gpu_fashion'))"
         --out "$out/loop_overhead_gpu_b512_cv1.json" > "$out/loop_overhead_b512_cv1.log" 2>&1
     echo "loop b512 rc=$?"; summary "$out/loop_overhead_gpu_b512_cv1.json" "['ratio'], d['pair_ratios'], d['lightning']['images_per_s'], d['plain']['images_per_s']"
     ;;
-*) echo "unknown part: $part (loops | accuracy | fashion60 | loader)"; exit 2 ;;
+lightning512)
+    # why the Lightning step is slower than the plain one at batch 512 once the loader keeps up (0.654 on
+    # 2026-11-30): one pair with CUDA's sync debug mode (syncs per source line), one pair under cProfile
+    store=/tmp/gpu_fashion/prepared
+    [ -d "$store" ] || python3 -c "from pathlib import Path; from bench.gpu_fashion import write_store
+write_store(Path('/tmp/gpu_fashion'))"
+    timeout 100 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
+        --warmup 15 --repeats 1 --num-workers "$workers" --threads 0 --sync-probe \
+        --out "$out/loop_overhead_gpu_b512_syncs.json" > "$out/loop_overhead_syncs.log" 2>&1
+    echo "sync probe rc=$?"; summary "$out/loop_overhead_gpu_b512_syncs.json" "['runs']"
+    timeout 100 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
+        --warmup 15 --repeats 1 --num-workers "$workers" --threads 0 --profile "$out/profile" \
+        --out "$out/loop_overhead_gpu_b512_profiled.json" > "$out/loop_overhead_profiled.log" 2>&1
+    echo "profiled rc=$?"
+    ;;
+*) echo "unknown part: $part (loops | accuracy | fashion60 | loader | lightning512)"; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ Runs alternate (Lightning, plain, plain, Lightning, ...) so warm-up and machine 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import cProfile
 import io
@@ -40,6 +41,45 @@ from bench.common import (
 
 GOAL = 0.97  # Lightning images/s over plain-loop images/s
 PROFILE_DIR: Path | None = None  # --profile: cProfile of each run's training, top functions as text
+SYNC_PROBE = False  # --sync-probe: count the device syncs of the timed steps by the line that caused them
+
+
+class SyncProbe:
+    """Between start() and stop(), under torch.cuda.set_sync_debug_mode("warn"), every implicit device
+    sync (a tensor read back to Python, a copy into pageable memory) raises a warning; they are counted by
+    the Python line it came from. A loop that syncs every step loses the CPU/GPU overlap, which is what
+    a Lightning step slower than the plain one on the GPU would look like. Off unless --sync-probe."""
+
+    def __init__(self):
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._catching = None
+
+    def start(self) -> None:
+        if not SYNC_PROBE:
+            return
+        import torch
+
+        self._catching = warnings.catch_warnings(record=True)
+        self._log = self._catching.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        if self._catching is None:
+            return
+        import torch
+
+        torch.cuda.set_sync_debug_mode("default")
+        self._catching.__exit__(None, None, None)
+        self._catching = None
+        for caught in self._log:
+            if "synchroniz" in str(caught.message):
+                self.counts[f"{caught.filename}:{caught.lineno}"] += 1
+
+    def report(self, run: dict) -> dict:
+        if SYNC_PROBE:
+            run["syncs"] = dict(self.counts.most_common(12))
+        return run
 
 
 @contextlib.contextmanager
@@ -65,14 +105,19 @@ def step_timer(warmup: int, steps: int):
 
     class StepTimer(L.Callback):
         """Wall clock at the end of step `warmup` and of step `steps` (after the optimizer step, the
-        device synchronized)."""
+        device synchronized); the sync probe watches the steps in between."""
 
         def __init__(self):
             self.marks: dict[int, float] = {}
+            self.probe = SyncProbe()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 == steps:
+                self.probe.stop()
             if batch_idx + 1 in (warmup, steps):
                 self.marks[batch_idx + 1] = synchronized_clock(pl_module.device)
+            if batch_idx + 1 == warmup:
+                self.probe.start()
 
     return StepTimer()
 
@@ -124,7 +169,7 @@ def lightning_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int,
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         with profiled(f"lightning_{workdir.name}"):
             trainer.fit(module, datamodule=data)
-    return _rates(timer.marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
+    return timer.probe.report(_rates(timer.marks, warmup, steps, tp.batch_size, time.perf_counter() - started))
 
 
 def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, name: str = "plain") -> dict:
@@ -149,6 +194,7 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
         optimizer, max_lr=tp.lr, total_steps=steps, pct_start=min(0.5, max(warmup_steps / steps, 2.0 / steps))
     )
     marks: dict[int, float] = {}
+    probe = SyncProbe()
     with profiled(name):
         for step in plain_training_steps(
             network,
@@ -161,15 +207,19 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
             amp_dtype,
             channels_last,
         ):
+            if step == steps:
+                probe.stop()
             if step in (warmup, steps):
                 marks[step] = synchronized_clock(device)
+            if step == warmup:
+                probe.start()
     network.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for batch, (x, y) in enumerate(data.val_dataloader()):
             if batch == val_batches:
                 break
             (network(x.to(device)).argmax(1) == y.to(device)).float().mean().item()
-    return _rates(marks, warmup, steps, tp.batch_size, time.perf_counter() - started)
+    return probe.report(_rates(marks, warmup, steps, tp.batch_size, time.perf_counter() - started))
 
 
 def _rates(marks: dict[int, float], warmup: int, steps: int, batch_size: int, total: float) -> dict:
@@ -283,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, default=None, help="write cProfile top-30 text per run into this folder"
     )
+    parser.add_argument(
+        "--sync-probe", action="store_true", help="GPU: count each run's device syncs in the timed steps by source line"
+    )
     parser.add_argument("--quick", action="store_true", help="n=300, batch 16, 6 steps, 1 run each")
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead.json"))
     args = parser.parse_args(argv)
-    global PROFILE_DIR
-    PROFILE_DIR = args.profile
+    global PROFILE_DIR, SYNC_PROBE
+    PROFILE_DIR, SYNC_PROBE = args.profile, args.sync_probe
+    if args.sync_probe and args.accelerator != "gpu":
+        parser.error("--sync-probe needs --accelerator gpu (CUDA's sync debug mode)")
     if args.quick:
         args.n, args.steps, args.warmup, args.val_batches, args.repeats = 300, 6, 2, 1, 1
         args.batch_size = args.batch_size or 16

@@ -60,6 +60,31 @@ def test_loop_overhead_compares_lightning_with_the_plain_loop(prepared, tmp_path
     assert "ratio Lightning/plain" in capsys.readouterr().out
 
 
+def test_sync_probe_needs_a_gpu_and_counts_sync_warnings_by_line(tmp_path, monkeypatch):
+    import warnings
+
+    import torch
+
+    with pytest.raises(SystemExit) as refused:
+        loop_overhead.main(["--quick", "--sync-probe", "--out", str(tmp_path / "r.json")])
+    assert refused.value.code == 2
+    # CUDA's sync debug mode itself needs a GPU: here only the counting between start and stop is checked
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(loop_overhead, "SYNC_PROBE", True)
+    probe = loop_overhead.SyncProbe()
+    warnings.warn("called a synchronizing CUDA operation")  # before start: not counted
+    probe.start()
+    for _ in range(3):
+        warnings.warn("called a synchronizing CUDA operation")
+    warnings.warn("something else")
+    probe.stop()
+    assert modes == ["warn", "default"]
+    ((where, count),) = probe.counts.items()
+    assert count == 3 and where.rsplit(":", 1)[0] == __file__  # the line that caused them
+    assert probe.report({})["syncs"] == {where: 3}
+
+
 def test_data_path_measures_supply_demand_and_both_augmenters(prepared, tmp_path):
     result = run(data_path, tmp_path, "--prepared", str(prepared))
     feed, augment = result["feed"], result["augment"]
