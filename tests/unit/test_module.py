@@ -47,3 +47,35 @@ def test_onecycle_warms_up_then_anneals():
     peak = max(range(len(lrs)), key=lrs.__getitem__)
     assert 0 < peak < len(lrs) - 1
     assert lrs[0] < lrs[peak] and lrs[-1] < lrs[peak] / 10
+
+
+class RecordingClassifier(ImageClassifier):
+    """Keeps, for every training step, which of its images the step's own logits got right."""
+
+    def forward(self, x):
+        self.last_logits = super().forward(x)
+        return self.last_logits
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.correct.append((self.last_logits.argmax(1) == batch[1]).float())
+        return loss
+
+
+def test_the_logged_train_accuracy_is_the_epochs_over_every_batch():
+    # training_step only updates the metric; the epoch's figure must still count every batch's predictions
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(24, 1, 8, 8), torch.randint(0, 2, (24,)))
+    module = RecordingClassifier("resnet_tiny", ["a", "b"], STATS, scheduler="none", lr=0.01)
+    module.correct = []
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    assert len(module.correct) == 6
+    assert trainer.callback_metrics["train/acc"].item() == pytest.approx(torch.cat(module.correct).mean().item())
