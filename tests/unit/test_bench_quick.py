@@ -73,11 +73,11 @@ def test_sync_probe_needs_a_gpu_and_counts_sync_warnings_by_line(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     monkeypatch.setattr(loop_overhead, "SYNC_PROBE", True)
     probe = loop_overhead.SyncProbe()
-    warnings.warn("called a synchronizing CUDA operation")  # before start: not counted
+    warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # before start: not counted
     probe.start()
     for _ in range(3):
-        warnings.warn("called a synchronizing CUDA operation")
-    warnings.warn("something else")
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+    warnings.warn("something else", stacklevel=1)
     probe.stop()
     assert modes == ["warn", "default"]
     ((where, count),) = probe.counts.items()
