@@ -11,7 +11,10 @@
 #   bash bench/gpu.sh OUTDIR lightning512  # the loop pair at 512 with CUDA's sync probe, then under cProfile
 #
 # Needs the project's packages importable (e.g. `make setup` and `PATH=.venv/bin:$PATH`) and the
-# Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR).
+# Fashion-MNIST idx files (Debian's dataset-fashion-mnist, or IMGCLS_FASHION_MNIST_DIR). On a lent machine
+# whose image has torch but not the rest: `python -m bench.device_wheels --have NAMES.txt` here (25 MB of
+# wheels into .whl), carry .whl and the idx files, and there start with
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD
 set -uo pipefail
 out=${1:?OUTDIR}; part=${2:?loops or accuracy}
 mkdir -p "$out"

@@ -227,3 +227,17 @@ def test_near_duplicate_knobs_measures_each_setting_and_restores_the_rule(tmp_pa
     assert more["registered_pairs"] > fewer["registered_pairs"] > 0
     assert more["recall"] >= fewer["recall"] > 0.5
     assert (registration.K_NEAREST, similarity.SHADE_PREFILTER, similarity.zoom_similarity) == before
+
+
+def test_device_wheels_are_the_requirement_closure_less_what_the_image_has():
+    from importlib.metadata import version
+
+    from bench.device_wheels import missing
+
+    everything = missing(("mlflow-skinny",), have=set())
+    assert everything["mlflow-skinny"] == version("mlflow-skinny")
+    assert everything["sqlparse"] == version("sqlparse")  # a requirement of a requirement
+    assert "pip" not in everything
+    fewer = missing(("mlflow-skinny",), have={"SQLParse", "mlflow_skinny"})
+    assert "sqlparse" not in fewer and "mlflow-skinny" not in fewer
+    assert set(fewer) < set(everything)
