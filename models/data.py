@@ -39,17 +39,24 @@ class PreparedImages(Dataset):
 
 
 # OpenCV (albumentations' warps) gives every process a pool of one thread per core: a dozen loader
-# workers on a 16-core GPU host would be ~200 threads contending over 28 px images. One per worker.
+# workers on a 16-core GPU host were ~200 threads contending over 28 px images (the loader ran at half
+# speed, BENCHMARKS.md). One per worker.
 WORKER_OPENCV_THREADS = 1
+
+
+def opencv_threads_for_workers() -> None:
+    """Set OpenCV's thread count in this process before it forks loader workers, which inherit it. Not in
+    the worker itself: a forked child that calls cv2.setNumThreads waits forever on the lock of the
+    parent's pool if the parent had used it. With workers, this process runs no augmentation itself."""
+    import cv2
+
+    cv2.setNumThreads(WORKER_OPENCV_THREADS)
 
 
 def seed_worker(worker_id: int) -> None:
     """albumentations keeps its own generator, untouched by torch/numpy seeding: without this, every
     worker would replay the same augmentations. torch.initial_seed() differs per worker and derives
     from the loader's seeded generator, so runs stay reproducible."""
-    import cv2
-
-    cv2.setNumThreads(WORKER_OPENCV_THREADS)
     info = get_worker_info()
     info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
@@ -85,6 +92,8 @@ class PreparedDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: PreparedImages, train: bool) -> DataLoader:
+        if self.num_workers > 0:
+            opencv_threads_for_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -47,31 +49,45 @@ def test_a_store_without_val_images_is_refused(tmp_path):
         PreparedDataModule(paths.prepared, batch_size=4, num_workers=0, seed=0)
 
 
-class _OpenCVThreads(torch.utils.data.Dataset):
-    """Reports the OpenCV thread count of the process that loads it (a loader worker)."""
+# run in a fresh interpreter: it must use OpenCV's thread pool before the workers fork, and a hang (what
+# setting the count inside a forked worker did) must end as a failure, not stall the suite
+_OPENCV_THREADS_IN_WORKERS = """
+import sys
+import cv2
+import numpy as np
+import models.data as data
 
-    def __init__(self, transform):
-        self.transform = transform
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+cv2.GaussianBlur(image, (31, 31), 0)  # this process's own pool is up now
 
-    def __len__(self) -> int:
-        return 2
 
-    def __getitem__(self, i: int) -> int:
-        import cv2
-
+class ThreadCount(data.PreparedImages):
+    def __getitem__(self, i):
         return cv2.getNumThreads()
 
 
-def test_loader_workers_run_opencv_on_one_thread(tmp_path):
+data.PreparedImages = ThreadCount
+module = data.PreparedDataModule(sys.argv[1], batch_size=2, num_workers=2, seed=0)
+print(sorted({int(n) for batch in module.train_dataloader() for n in batch}))
+"""
+
+
+def test_loader_workers_run_opencv_on_one_thread_even_after_the_parent_used_its_pool(tmp_path):
     # OpenCV's default is a thread per core in every worker: on a 16-core GPU host a dozen workers made
-    # the loader half as fast (BENCHMARKS.md, GPU); the main process keeps its own setting
-    import cv2
+    # the loader half as fast (BENCHMARKS.md, GPU, 2026-11-30)
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from models.data import seed_worker
-
-    cv2.setNumThreads(2)
-    loader = torch.utils.data.DataLoader(
-        _OpenCVThreads(A.Compose([])), batch_size=1, num_workers=1, worker_init_fn=seed_worker
+    paths = make_project(tmp_path, per_split={"train": 4, "val": 1, "test": 1})
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _OPENCV_THREADS_IN_WORKERS, str(paths.prepared)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "NO_ALBUMENTATIONS_UPDATE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert [int(x) for x in loader] == [1, 1]
-    assert cv2.getNumThreads() == 2
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[1]"
