@@ -50,6 +50,11 @@ LAST_CKPT, BEST_CKPT = "last.ckpt", "best.ckpt"
 CPU_BATCH = 128
 GPU_BATCHES = (512, 256)
 MIN_STEPS_PER_EPOCH = 100
+# num_workers "auto": 2 on CPU (on this project's 2-core machine 0-2 workers made no difference); on a GPU
+# one per core less one per training process, at most 12: on a 16-core H200 host 12 workers supplied
+# 58k images/s; at that rate 2 would supply about 10k, a third of what its Lightning loop took (BENCHMARKS.md)
+CPU_WORKERS = 2
+GPU_MAX_WORKERS = 12
 # params that change how fast training runs, not what it computes: a resume may differ in them
 NOT_FINGERPRINTED = {"num_workers", "max_time_minutes", "fit_schedule_to_time"}
 DATASET_DIGEST_CHARS = 12  # of dataset_version, as MLflow's dataset digest
@@ -84,7 +89,7 @@ class Params(Strict):
     strategy: Literal["auto", "ddp"] = "auto"
     num_nodes: int = Field(1, ge=1)
     channels_last: bool | Literal["auto"] = "auto"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int | Literal["auto"] = "auto"  # DataLoader processes per training process (loader_workers)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seed range
     deterministic: bool = False
     experiment: str = Field("imgcls", min_length=1)
@@ -113,6 +118,13 @@ class Params(Strict):
             return value
         noun = {"devices": "a device count", "batch_size": "a batch size"}[info.field_name]
         raise PydanticCustomError(info.field_name, f"must be {noun} >= 1 or 'auto'")
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers_or_auto(cls, value):
+        if value == "auto" or _is_int(value) and value >= 0:
+            return value
+        raise PydanticCustomError("num_workers", "must be a worker count >= 0 or 'auto'")
 
     @field_validator("limit_train_batches", "limit_val_batches", mode="before")
     @classmethod
@@ -158,7 +170,7 @@ def network_problem(name: str) -> str | None:
         return None
     near = difflib.get_close_matches(name.split(".", 1)[0], timm.list_models(), n=1, cutoff=0.6)
     hint = f"did you mean {near[0]!r}?" if near else "see timm.list_models()"
-    return f"unknown network: not resnet_small, resnet_tiny or a timm architecture; {hint}"
+    return f"unknown network: not resnet_small, resnet_tiny, resnet_wide or a timm architecture; {hint}"
 
 
 def flatten(prefix: str, value) -> dict[str, str]:
@@ -203,10 +215,25 @@ def resolved_for_data(params: Params, gpu: bool, train_rows: int) -> Params:
     return params.model_copy(update={"batch_size": batch, "lr": params.lr * math.sqrt(batch / CPU_BATCH)})
 
 
+def loader_workers(params: Params, gpu: bool) -> int:
+    """num_workers with "auto" resolved for this machine: CPU_WORKERS on CPU; on a GPU the usable cores
+    shared among this node's training processes, one core each left for the process itself, at least
+    CPU_WORKERS and at most GPU_MAX_WORKERS."""
+    if params.num_workers != "auto":
+        return params.num_workers
+    if not gpu:
+        return CPU_WORKERS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, process_count(params, gpu) // params.num_nodes)
+    return max(CPU_WORKERS, min(GPU_MAX_WORKERS, per_process - 1))
+
+
 def prepared_data(params: Params, prepared: Path, gpu: bool):
-    """(params with batch_size resolved (resolved_for_data), the PreparedDataModule at that batch)."""
+    """(params with num_workers (loader_workers) and batch_size (resolved_for_data) resolved, the
+    PreparedDataModule with them)."""
     from models.data import PreparedDataModule
 
+    params = params.model_copy(update={"num_workers": loader_workers(params, gpu)})
     data = PreparedDataModule(prepared, CPU_BATCH, params.num_workers, params.seed, pin_memory=gpu)
     params = resolved_for_data(params, gpu, len(data.train_index))
     data.batch_size = params.batch_size
@@ -371,18 +398,20 @@ def log_inputs(params: Params, paths: Paths, data, version: str, precision: str,
     prepared = Path(paths.prepared)
     mlflow.set_tags({"git_commit": git_commit(), "dataset_version": version, "stage": "train"})
     log_dataset(paths, version)
-    mlflow.log_params(
-        flatten("train", params.model_dump())
-        | {
-            "data.num_classes": str(len(data.classes)),
-            "data.train_rows": str(len(data.train_index)),
-            "data.val_rows": str(len(data.val_index)),
-            "data.image_size": str(data.stats["image_size"]),
-            "data.channels": str(data.stats["channels"]),
-            "resolved.precision": precision,
-            "resolved.channels_last": str(channels_last),
-        }
-    )
+    values = flatten("train", params.model_dump()) | {
+        "data.num_classes": str(len(data.classes)),
+        "data.train_rows": str(len(data.train_index)),
+        "data.val_rows": str(len(data.val_index)),
+        "data.image_size": str(data.stats["image_size"]),
+        "data.channels": str(data.stats["channels"]),
+        "resolved.precision": precision,
+        "resolved.channels_last": str(channels_last),
+    }
+    # a resume may differ in the speed-only settings (num_workers "auto" on another machine, a new time
+    # budget) and MLflow refuses to change a logged param: those keep the value first logged
+    logged = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
+    speed_only = {f"train.{name}" for name in NOT_FINGERPRINTED}
+    mlflow.log_params({k: v for k, v in values.items() if not (k in speed_only and k in logged)})
     for artifact in (
         prepared / prepared_store.TRAIN_SPEC,
         prepared / prepared_store.CLASSES,

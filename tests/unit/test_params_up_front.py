@@ -26,7 +26,7 @@ BAD = [
     ("train", "batch_size", "big", "a batch size >= 1 or 'auto'"),
     ("train", "devices", 0, "a device count >= 1 or 'auto'"),
     ("train", "devices", -1, "a device count >= 1 or 'auto'"),
-    ("train", "num_workers", -1, "greater than or equal to 0"),
+    ("train", "num_workers", -1, "must be a worker count >= 0 or 'auto'"),
     ("train", "seed", -5, "greater than or equal to 0"),
     ("train", "checkpoint_every_n_steps", 0, "greater than or equal to 1"),
     ("train", "max_time_minutes", 0, "greater than 0"),

@@ -26,6 +26,8 @@ from tasks.train import (
     Params,
     cpu_has_bf16_matrix_units,
     device_settings,
+    loader_workers,
+    log_inputs,
     loss_weights,
     make_callbacks,
     prepared_data,
@@ -241,10 +243,44 @@ def test_an_auto_batch_fills_a_gpu_only_where_the_data_gives_enough_steps(gpu, s
     assert resolved.model_dump(exclude={"batch_size", "lr"}) == params.model_dump(exclude={"batch_size", "lr"})
 
 
-def test_the_data_module_takes_the_resolved_batch(tmp_path):
+def test_the_data_module_takes_the_resolved_batch_and_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     paths = make_project(tmp_path)
     params, data = prepared_data(Params(), Path(paths.prepared), gpu=True)  # a small store: 128 even on a GPU
     assert params.batch_size == data.batch_size == 128 and params.lr == Params().lr
+    assert params.num_workers == data.num_workers == 12
+
+
+@pytest.mark.parametrize(
+    "gpu, cores, settings, workers",
+    [
+        (False, 16, {}, 2),  # CPU: 2 whatever the cores
+        (True, 16, {}, 12),  # the H200 host: 15 cores to spare, at most 12
+        (True, 16, {"devices": 2}, 7),  # two processes share the node's 16 cores
+        (True, 16, {"devices": 2, "num_nodes": 2}, 7),  # per node: the other node has its own cores
+        (True, 4, {}, 3),
+        (True, 2, {}, 2),  # never fewer than on a CPU
+        (True, 16, {"num_workers": 0}, 0),  # a number is used as it is
+    ],
+)
+def test_auto_workers_use_a_gpu_hosts_cores(gpu, cores, settings, workers, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert loader_workers(Params(**settings), gpu) == workers
+
+
+def test_a_resume_keeps_the_speed_only_params_it_first_logged(tmp_path, tracking):
+    # num_workers "auto" resolves per machine, and MLflow refuses to change a logged param
+    paths = make_project(tmp_path)
+    first, data = prepared_data(Params(num_workers=2), Path(paths.prepared), gpu=False)
+    with mlflow.start_run() as active:
+        log_inputs(first, paths, data, "v1", "32-true", False)
+        log_inputs(
+            first.model_copy(update={"num_workers": 12, "max_time_minutes": 5.0}), paths, data, "v1", "32-true", False
+        )
+        with pytest.raises(mlflow.exceptions.MlflowException):  # a setting that changes the model is not allowed
+            log_inputs(first.model_copy(update={"lr": 0.5}), paths, data, "v1", "32-true", False)
+    logged = mlflow.MlflowClient().get_run(active.info.run_id).data.params
+    assert logged["train.num_workers"] == "2" and logged["train.max_time_minutes"] == "None"
 
 
 @pytest.mark.parametrize(
