@@ -15,6 +15,8 @@
 # whose image has torch but not the rest: `python -m bench.device_wheels --have NAMES.txt` here (25 MB of
 # wheels into .whl), carry .whl and the idx files, and there start with
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD
+# The device tool brings back at most 8 files: for several parts in one call, give each its own OUTDIR
+# under /tmp and `tar czf "$OUT/gpu.tgz" -C /tmp DIRS` at the end.
 set -uo pipefail
 out=${1:?OUTDIR}; part=${2:?loops or accuracy}
 mkdir -p "$out"
