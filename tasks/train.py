@@ -223,8 +223,9 @@ def loader_workers(params: Params, gpu: bool) -> int:
         return params.num_workers
     if not gpu:
         return CPU_WORKERS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cores // max(1, process_count(params, gpu) // params.num_nodes)
+    from tasks.common.engine import usable_cpus
+
+    per_process = usable_cpus() // max(1, process_count(params, gpu) // params.num_nodes)
     return max(CPU_WORKERS, min(GPU_MAX_WORKERS, per_process - 1))
 
 
