@@ -24,6 +24,29 @@ workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:////tmp/gpu_bench_mlflow.db}
 # one line of a result file, for the command's output: summary FILE "PYTHON-EXPR-AFTER-d"
 summary() { python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d$2)" "$1" 2>&1 | cut -c1-600; }
+# Fashion-MNIST through the train + evaluate stages in 60 s of training (epochs 40: train.fit_schedule_to_time
+# picks the epochs that fit and ends the LR schedule with them; batch_size auto = 512, lr 0.006 on this
+# 54k-row train split), bounded so one slow step cannot eat the others' device time: fashion_60s NETWORK TAG
+fashion_60s() {
+    rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
+    timeout 150 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
+        --set train.network=$1 --set train.epochs=40 --set train.num_workers=$workers \
+        --out "$out/gpu_fashion_$2.json" > "$out/gpu_fashion_$2.log" 2>&1
+    echo "fashion $1 rc=$?"; summary "$out/gpu_fashion_$2.json" "['train']['epochs'], d['train']['seconds'], d['train']['seconds_per_epoch'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"
+}
+# the Lightning / plain loop pair at batch 512 on the Fashion store: loop_512 SECONDS TAG ARGS...
+loop_512() {
+    local seconds=$1 tag=$2; shift 2
+    timeout "$seconds" python3 -m bench.loop_overhead --accelerator gpu --prepared /tmp/gpu_fashion/prepared \
+        --batch-size 512 --steps 100 --warmup 15 --num-workers "$workers" --threads 0 "$@" \
+        --out "$out/loop_overhead_gpu_b512_$tag.json" > "$out/loop_overhead_b512_$tag.log" 2>&1
+    echo "loop b512 $tag rc=$?"; summary "$out/loop_overhead_gpu_b512_$tag.json" "['ratio'], d['pair_ratios'], d['lightning']['images_per_s'], d['plain']['images_per_s']"
+}
+# the store fashion_60s writes, for the parts that start with a loop
+fashion_store() {
+    [ -d /tmp/gpu_fashion/prepared ] || python3 -c "from pathlib import Path; from bench.gpu_fashion import write_store
+write_store(Path('/tmp/gpu_fashion'))"
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 case $part in
@@ -46,59 +69,25 @@ accuracy)
     python3 -m bench.accuracy --dataset digits --set "train.num_workers=$workers" --out "$out/accuracy_digits_gpu.json"
     ;;
 fashion60)
-    # each step bounded, so one slow step cannot eat the device time of the others; epochs 40 and the
-    # 60 s budget: train.fit_schedule_to_time picks the epochs that fit and ends the LR schedule with them
-    store=/tmp/gpu_fashion/prepared
-    for network in resnet_wide resnet_small; do
-        rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
-        # train.batch_size auto (the default) resolves to 512 and lr 0.006 on this 54k-row train split
-        timeout 150 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
-            --set train.network=$network --set train.epochs=40 --set train.num_workers=$workers \
-            --out "$out/gpu_fashion_$network.json" > "$out/gpu_fashion_$network.log" 2>&1
-        echo "fashion $network rc=$?"; summary "$out/gpu_fashion_$network.json" "['train']['epochs'], d['train']['seconds'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"
-    done
-    for network in resnet_small resnet_wide; do
-        timeout 110 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
-            --warmup 15 --repeats 3 --network $network --num-workers "$workers" --threads 0 \
-            --out "$out/loop_overhead_gpu_b512_$network.json" > "$out/loop_overhead_b512_$network.log" 2>&1
-        echo "loop b512 $network rc=$?"; summary "$out/loop_overhead_gpu_b512_$network.json" "['ratio'], d['pair_ratios']"
-    done
+    for network in resnet_wide resnet_small; do fashion_60s $network $network; done
+    for network in resnet_small resnet_wide; do loop_512 110 $network --repeats 3 --network $network; done
     ;;
 loader)
     # OpenCV's threads in the loader workers (default pool vs one), then Fashion in 60 s with one
-    # (models/data.py's default now) for both networks, then the loop ratio at 512; needs fashion60's store
-    store=/tmp/gpu_fashion/prepared
-    [ -d "$store" ] || python3 -c "from pathlib import Path; from bench.gpu_fashion import write_store
-write_store(Path('/tmp/gpu_fashion'))"
-    timeout 90 python3 -m bench.loader_threads --prepared "$store" --num-workers "$workers" --batch-size 512 \
-        --batches 60 --repeats 3 --out "$out/loader_threads_gpu.json" > "$out/loader_threads_gpu.log" 2>&1
+    # (models/data.py's default now) for both networks, then the loop ratio at 512
+    fashion_store
+    timeout 90 python3 -m bench.loader_threads --prepared /tmp/gpu_fashion/prepared --num-workers "$workers" \
+        --batch-size 512 --batches 60 --repeats 3 --out "$out/loader_threads_gpu.json" > "$out/loader_threads_gpu.log" 2>&1
     echo "loader threads rc=$?"; summary "$out/loader_threads_gpu.json" "['median_images_per_s'], d['one_thread_over_default']"
-    for network in resnet_small resnet_wide; do
-        rm -rf /tmp/gpu_fashion/train /tmp/gpu_fashion/reports
-        timeout 150 python3 -m bench.gpu_fashion --root /tmp/gpu_fashion --budget-seconds 60 \
-            --set train.network=$network --set train.epochs=40 --set train.num_workers=$workers \
-            --out "$out/gpu_fashion_${network}_cv1.json" > "$out/gpu_fashion_${network}_cv1.log" 2>&1
-        echo "fashion $network rc=$?"; summary "$out/gpu_fashion_${network}_cv1.json" "['train']['epochs'], d['train']['seconds'], d['train']['seconds_per_epoch'], d['evaluate']['metrics']['test/acc'], d['evaluate']['metrics']['test/ece']"
-    done
-    timeout 80 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
-        --warmup 15 --repeats 3 --network resnet_small --num-workers "$workers" --threads 0 \
-        --out "$out/loop_overhead_gpu_b512_cv1.json" > "$out/loop_overhead_b512_cv1.log" 2>&1
-    echo "loop b512 rc=$?"; summary "$out/loop_overhead_gpu_b512_cv1.json" "['ratio'], d['pair_ratios'], d['lightning']['images_per_s'], d['plain']['images_per_s']"
+    for network in resnet_small resnet_wide; do fashion_60s $network ${network}_cv1; done
+    loop_512 80 cv1 --repeats 3 --network resnet_small
     ;;
 lightning512)
     # why the Lightning step is slower than the plain one at batch 512 once the loader keeps up (0.654 on
     # 2026-11-30): one pair with CUDA's sync debug mode (syncs per source line), one pair under cProfile
-    store=/tmp/gpu_fashion/prepared
-    [ -d "$store" ] || python3 -c "from pathlib import Path; from bench.gpu_fashion import write_store
-write_store(Path('/tmp/gpu_fashion'))"
-    timeout 100 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
-        --warmup 15 --repeats 1 --num-workers "$workers" --threads 0 --sync-probe \
-        --out "$out/loop_overhead_gpu_b512_syncs.json" > "$out/loop_overhead_syncs.log" 2>&1
-    echo "sync probe rc=$?"; summary "$out/loop_overhead_gpu_b512_syncs.json" "['runs']"
-    timeout 100 python3 -m bench.loop_overhead --accelerator gpu --prepared "$store" --batch-size 512 --steps 100 \
-        --warmup 15 --repeats 1 --num-workers "$workers" --threads 0 --profile "$out/profile" \
-        --out "$out/loop_overhead_gpu_b512_profiled.json" > "$out/loop_overhead_profiled.log" 2>&1
-    echo "profiled rc=$?"
+    fashion_store
+    loop_512 100 syncs --repeats 1 --sync-probe; summary "$out/loop_overhead_gpu_b512_syncs.json" "['runs']"
+    loop_512 100 profiled --repeats 1 --profile "$out/profile"
     ;;
 *) echo "unknown part: $part (loops | accuracy | fashion60 | loader | lightning512)"; exit 2 ;;
 esac
