@@ -46,15 +46,19 @@ class ResNetSmall(nn.Module):
         widths: tuple[int, ...] = (32, 64, 128),
         blocks_per_stage: int = 2,
         drop_rate: float = 0.1,
+        stem_width: int | None = None,
+        first_stage_stride: int = 1,
     ):
         super().__init__()
+        stem_width = stem_width or widths[0]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), nn.ReLU()
         )
-        stages, cin = [], widths[0]
+        stages, cin = [], stem_width
         for i, width in enumerate(widths):
             for j in range(blocks_per_stage):
-                stages.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                stride = (first_stage_stride if i == 0 else 2) if j == 0 else 1
+                stages.append(BasicBlock(cin, width, stride))
                 cin = width
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -88,6 +92,19 @@ def resnet_tiny(
     if pretrained:
         raise UserError("resnet_tiny has no published weights: give train.pretrained_path (a local .safetensors file)")
     return ResNetSmall(widths=(16, 32, 64), **kwargs)
+
+
+@register_model
+def resnet_strided(
+    pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
+) -> ResNetSmall:
+    """resnet_small's widths (32, 64, 128) with its first stage strided too (a 16-wide stem at full
+    resolution, then stages at 1/2, 1/4, 1/8): resnet_tiny's cost on a CPU with resnet_small's capacity."""
+    if pretrained:
+        raise UserError(
+            "resnet_strided has no published weights: give train.pretrained_path (a local .safetensors file)"
+        )
+    return ResNetSmall(widths=(32, 64, 128), stem_width=16, first_stage_stride=2, **kwargs)
 
 
 @register_model

@@ -11,7 +11,7 @@ from models.networks import ResNetSmall, build_network, load_pretrained
 from tasks.common.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny", "resnet_wide"])
+@pytest.mark.parametrize("name", ["resnet_small", "resnet_tiny", "resnet_wide", "resnet_strided"])
 @pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32), (3, 16)])
 def test_our_nets_are_in_timms_registry_and_fit_small_images(name, in_chans, size):
     net = timm.create_model(name, num_classes=7, in_chans=in_chans)
@@ -29,6 +29,31 @@ def test_resnet_wide_is_twice_as_wide():
     small, wide = build_network("resnet_small", 10, 1), build_network("resnet_wide", 10, 1)
     assert (small.num_features, wide.num_features) == (128, 256)
     assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in small.parameters()) * 3
+
+
+def conv_multiply_adds(net: torch.nn.Module, size: int) -> int:
+    """Multiply-adds of every convolution for one grey size x size image (what sets a CPU step's cost)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        total += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    net.eval()(torch.zeros(1, 1, size, size))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def test_resnet_strided_has_small_widths_at_about_tiny_cost():
+    small, tiny, strided = (build_network(n, 10, 1) for n in ("resnet_small", "resnet_tiny", "resnet_strided"))
+    assert strided.num_features == small.num_features == 128
+    # the first stage already halves the image: 28 px in, 14 / 7 / 4 px through the stages
+    sizes = [strided.stages[: i + 1](strided.stem(torch.zeros(1, 1, 28, 28))).shape[-1] for i in (0, 2, 4)]
+    assert sizes == [14, 7, 4]
+    assert conv_multiply_adds(strided, 28) < 1.5 * conv_multiply_adds(tiny, 28)
+    assert conv_multiply_adds(strided, 28) < conv_multiply_adds(small, 28) / 2.5
 
 
 def test_timm_architectures_come_from_the_same_factory():
