@@ -189,17 +189,15 @@ def write_array_store(
     return paths
 
 
-def device_setup(accelerator: str) -> tuple:
-    """(torch device, autocast dtype or None, channels_last) for `accelerator` ("cpu" | "gpu"), resolved
-    by the train stage's own rule (bf16-mixed and channels_last on a GPU that has bf16 and on a CPU with
-    AMX), so the
-    hand-written loops of the benchmarks run with the settings Lightning gets."""
+def device_setup(tp) -> tuple:
+    """(torch device, autocast dtype or None, channels_last) for the train Params `tp`, resolved by the
+    train stage's own rule (tasks/train.py device_settings), so the hand-written loops of the benchmarks
+    run with the precision and memory layout Lightning gets from the same Params."""
     import torch
 
-    from tasks.train import Params as TrainParams
     from tasks.train import device_settings
 
-    gpu, precision, channels_last = device_settings(TrainParams(accelerator=accelerator))
+    gpu, precision, channels_last = device_settings(tp)
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--accelerator gpu: no CUDA device here")
     return (

@@ -1,6 +1,6 @@
 """Training-step throughput on this CPU by precision and memory layout: what `train.precision: auto` and
-`train.channels_last: auto` choose (bf16-mixed + channels_last on CPUs with AMX, tasks/train.py
-`cpu_has_bf16_matrix_units`) against 32-true in contiguous layout, the baseline, in the same run.
+`train.channels_last: auto` choose (bf16-mixed + channels_last on CPUs with AMX or AVX512-BF16, tasks/train.py
+`cpu_has_fast_bf16`) against 32-true in contiguous layout, the baseline, in the same run.
 
 One training step = bench.common.plain_training_steps (forward under torch.autocast in the bf16 arms,
 label-smoothed cross-entropy, backward, AdamW), on random 28×28 grey batches (Fashion-MNIST's shape) and
@@ -50,7 +50,7 @@ def images_per_second(network: str, precision: str, channels_last: bool, batch: 
 
 
 def measure(networks: list[str], batch: int, steps: int, warmup: int, repeats: int) -> dict:
-    from tasks.train import Params, cpu_has_bf16_matrix_units, device_settings
+    from tasks.train import Params, cpu_feature, cpu_has_fast_bf16, device_settings
 
     _, auto_precision, auto_channels_last = device_settings(Params(accelerator="cpu"))
     rates: dict[str, dict[str, list[float]]] = {n: {arm_name(*arm): [] for arm in ARMS} for n in networks}
@@ -68,7 +68,9 @@ def measure(networks: list[str], batch: int, steps: int, warmup: int, repeats: i
         for network, arms in rates.items()
     }
     return {
-        "amx": cpu_has_bf16_matrix_units(),
+        "amx": cpu_feature("_is_amx_tile_supported"),
+        "avx512_bf16": cpu_feature("_is_avx512_bf16_supported"),
+        "fast_bf16": cpu_has_fast_bf16(),
         "auto": {"precision": auto_precision, "channels_last": auto_channels_last},
         "batch": batch,
         "steps": steps,
@@ -86,8 +88,8 @@ def report(result: dict) -> str:
         for arm, cell in arms.items()
     ]
     head = (
-        f"AMX: {result['amx']}; auto resolves to {result['auto']['precision']}, channels_last "
-        f"{result['auto']['channels_last']}; batch {result['batch']}, {result['steps']} steps x {result['repeats']}\n\n"
+        f"AMX: {result['amx']}, AVX512-BF16: {result['avx512_bf16']}; auto resolves to "
+        f"{result['auto']['precision']}, channels_last {result['auto']['channels_last']}; batch {result['batch']}, {result['steps']} steps x {result['repeats']}\n\n"
     )
     return head + table(["network", "arm", "images/s", "vs 32-true"], rows)
 

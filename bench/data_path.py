@@ -39,7 +39,7 @@ from bench.common import (
 def loader_rate(prepared: Path, tp, batches: int) -> dict:
     from models.data import PreparedDataModule
 
-    pin_memory = device_setup(tp.accelerator)[0].type == "cuda"  # as training pins batches for the GPU
+    pin_memory = device_setup(tp)[0].type == "cuda"  # as training pins batches for the GPU
     data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=pin_memory)
     images, started = 0, None
     for i, (x, _) in enumerate(data.train_dataloader()):
@@ -65,7 +65,7 @@ def step_rate(prepared: Path, tp, steps: int, warmup: int = 2) -> dict:
     data = PreparedDataModule(prepared, tp.batch_size, 0, tp.seed)
     batches = [b for _, b in zip(range(min(steps, 4)), data.val_dataloader())]
     batches = [b for b in batches if len(b[0]) == tp.batch_size] or batches  # full batches, as in training
-    device, amp_dtype, channels_last = device_setup(tp.accelerator)
+    device, amp_dtype, channels_last = device_setup(tp)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batches = [(x.to(device).contiguous(memory_format=memory_format), y.to(device)) for x, y in batches]
     network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(

@@ -182,7 +182,7 @@ def plain_run(prepared: Path, tp, steps: int, warmup: int, val_batches: int, nam
 
     started = time.perf_counter()
     L.seed_everything(tp.seed, workers=True, verbose=False)
-    device, amp_dtype, channels_last = device_setup(tp.accelerator)
+    device, amp_dtype, channels_last = device_setup(tp)
     data = PreparedDataModule(prepared, tp.batch_size, tp.num_workers, tp.seed, pin_memory=device.type == "cuda")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = build_network(tp.network, len(data.classes), int(data.stats["channels"])).to(

@@ -192,11 +192,13 @@ def device_settings(params: Params) -> tuple[bool, str, bool]:
     import torch
 
     gpu = params.accelerator in ("gpu", "cuda") or (params.accelerator == "auto" and torch.cuda.is_available())
-    fast_bf16 = torch.cuda.is_bf16_supported() if gpu else cpu_has_bf16_matrix_units()
+    fast_bf16 = torch.cuda.is_bf16_supported() if gpu else cpu_has_fast_bf16()
     precision = params.precision
     if precision == "auto":
         precision = "bf16-mixed" if fast_bf16 else "32-true"
-    channels_last = (gpu or fast_bf16) if params.channels_last == "auto" else params.channels_last
+    # channels_last: oneDNN's and cuDNN's convolutions run faster in NHWC on every machine measured, in fp32
+    # too (BENCHMARKS.md "Training precision on the CPU")
+    channels_last = True if params.channels_last == "auto" else params.channels_last
     return gpu, precision, channels_last
 
 
@@ -241,14 +243,19 @@ def prepared_data(params: Params, prepared: Path, gpu: bool):
     return params, data
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions in
-    hardware: on this project's 2-core Xeon bf16-mixed + channels_last trained 2.2x (resnet_tiny) to 2.8x
-    (resnet_small) faster than 32-true (BENCHMARKS.md). Without AMX, bf16 is emulated and not faster."""
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs whose oneDNN convolutions run bf16 in hardware: AMX tiles (Intel Sapphire Rapids and
+    later) or AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake). One training step of the built-in
+    networks in bf16-mixed + channels_last against 32-true: 2.2-2.8x on this project's 2-core Xeon (AMX),
+    1.8-2.4x on its 2-core EPYC (Zen 5, AVX512-BF16), BENCHMARKS.md. Elsewhere bf16 is emulated: no faster."""
+    return cpu_feature("_is_amx_tile_supported") or cpu_feature("_is_avx512_bf16_supported")
+
+
+def cpu_feature(probe: str) -> bool:
+    """One of torch.cpu's feature probes. They are private, so they may move: then False (stay in fp32)."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so it may move: then stay in fp32
-    return bool(probe and probe())
+    return bool(getattr(torch.cpu, probe, lambda: False)())
 
 
 def launch_rank() -> int:

@@ -210,7 +210,8 @@ def test_cpu_precision_compares_every_arm_with_fp32_in_the_same_run(tmp_path):
     for cell in arms.values():
         assert cell["images_per_s"] > 0
         assert abs(cell["vs_32_true"] - cell["images_per_s"] / baseline) < 1e-4  # rounded to 4 places
-    assert result["auto"]["precision"] == ("bf16-mixed" if result["amx"] else "32-true")
+    assert result["fast_bf16"] == (result["amx"] or result["avx512_bf16"])
+    assert result["auto"] == {"precision": "bf16-mixed" if result["fast_bf16"] else "32-true", "channels_last": True}
 
 
 def test_near_duplicate_knobs_measures_each_setting_and_restores_the_rule(tmp_path):

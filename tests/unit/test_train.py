@@ -24,7 +24,7 @@ from tasks.common import run_records
 from tasks.common.errors import UserError
 from tasks.train import (
     Params,
-    cpu_has_bf16_matrix_units,
+    cpu_has_fast_bf16,
     device_settings,
     loader_workers,
     log_inputs,
@@ -214,8 +214,8 @@ def test_balanced_class_weights_and_cpu_resolution():
     assert loss_weights(Params(), counts) is None
     with pytest.raises(UserError, match="2 values for 3 classes"):
         loss_weights(Params(class_weights=[1.0, 2.0]), counts)
-    amx = cpu_has_bf16_matrix_units()  # bf16 only where the CPU has matrix units for it
-    assert device_settings(Params(accelerator="cpu")) == (False, "bf16-mixed" if amx else "32-true", amx)
+    fast_bf16 = cpu_has_fast_bf16()  # bf16 only where the CPU runs it in hardware (AMX or AVX512-BF16)
+    assert device_settings(Params(accelerator="cpu")) == (False, "bf16-mixed" if fast_bf16 else "32-true", True)
     assert device_settings(Params(accelerator="cpu", precision="32-true", channels_last=False)) == (
         False,
         "32-true",
