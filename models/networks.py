@@ -74,14 +74,22 @@ class ResNetSmall(nn.Module):
         return self.fc(self.drop(x))
 
 
+# our own networks, registered in timm's registry under these names
+OWN_NETWORKS = ("resnet_small", "resnet_tiny", "resnet_strided", "resnet_wide")
+
+
+def own_network(name: str, pretrained: bool, **kwargs) -> ResNetSmall:
+    # timm's create_model passes its hub arguments to every entrypoint; ours have no hub weights
+    if pretrained:
+        raise UserError(f"{name} has no published weights: give train.pretrained_path (a local .safetensors file)")
+    return ResNetSmall(**kwargs)
+
+
 @register_model
 def resnet_small(
     pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
 ) -> ResNetSmall:
-    # timm's create_model passes its hub arguments to every entrypoint; ours has no hub weights
-    if pretrained:
-        raise UserError("resnet_small has no published weights: give train.pretrained_path (a local .safetensors file)")
-    return ResNetSmall(**kwargs)
+    return own_network("resnet_small", pretrained, **kwargs)
 
 
 @register_model
@@ -89,9 +97,7 @@ def resnet_tiny(
     pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
 ) -> ResNetSmall:
     """resnet_small at half the width (16, 32, 64): about 4x fewer FLOPs, for CPU budgets."""
-    if pretrained:
-        raise UserError("resnet_tiny has no published weights: give train.pretrained_path (a local .safetensors file)")
-    return ResNetSmall(widths=(16, 32, 64), **kwargs)
+    return own_network("resnet_tiny", pretrained, widths=(16, 32, 64), **kwargs)
 
 
 @register_model
@@ -100,11 +106,9 @@ def resnet_strided(
 ) -> ResNetSmall:
     """resnet_small's widths (32, 64, 128) with its first stage strided too (a 16-wide stem at full
     resolution, then stages at 1/2, 1/4, 1/8): resnet_tiny's cost on a CPU with resnet_small's capacity."""
-    if pretrained:
-        raise UserError(
-            "resnet_strided has no published weights: give train.pretrained_path (a local .safetensors file)"
-        )
-    return ResNetSmall(widths=(32, 64, 128), stem_width=16, first_stage_stride=2, **kwargs)
+    return own_network(
+        "resnet_strided", pretrained, widths=(32, 64, 128), stem_width=16, first_stage_stride=2, **kwargs
+    )
 
 
 @register_model
@@ -113,9 +117,7 @@ def resnet_wide(
 ) -> ResNetSmall:
     """resnet_small at twice the width (64, 128, 256): about 4x the FLOPs, for GPUs, where the small
     one is bound by kernel launches and the data loader rather than by arithmetic."""
-    if pretrained:
-        raise UserError("resnet_wide has no published weights: give train.pretrained_path (a local .safetensors file)")
-    return ResNetSmall(widths=(64, 128, 256), **kwargs)
+    return own_network("resnet_wide", pretrained, widths=(64, 128, 256), **kwargs)
 
 
 def build_network(

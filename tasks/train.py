@@ -157,20 +157,20 @@ def _is_number(value) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def network_problem(name: str) -> str | None:
-    """None when models.networks can build `name` (our resnet_small / resnet_tiny, registered in timm's
+    """None when models.networks can build `name` (one of our OWN_NETWORKS, registered in timm's
     registry, or a timm architecture); else one line saying so, with the closest known name. Imports
     timm (and torch) when called, never when the stage is imported."""
     import difflib
 
     import timm
 
-    import models.networks  # noqa: F401  registers our own networks with timm
+    from models.networks import OWN_NETWORKS  # importing it registers our own networks with timm
 
     if timm.is_model(name):
         return None
     near = difflib.get_close_matches(name.split(".", 1)[0], timm.list_models(), n=1, cutoff=0.6)
     hint = f"did you mean {near[0]!r}?" if near else "see timm.list_models()"
-    return f"unknown network: not resnet_small, resnet_tiny, resnet_wide or a timm architecture; {hint}"
+    return f"unknown network: not {', '.join(OWN_NETWORKS)} or a timm architecture; {hint}"
 
 
 def flatten(prefix: str, value) -> dict[str, str]:
