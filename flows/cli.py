@@ -4,6 +4,7 @@
                [--params-override FILE]        ... with FILE's sections merged over params.yaml (never edited)
     imgcls tune [--params P]                   hyperparameter search over train.* (docs/tuning.md)
     imgcls ensemble --seeds N | --runs ID ...  an ensemble of CNNs as the candidate model (docs/ensembles.md)
+                    [--baseline]               ... with the HOG baseline as one more member
     imgcls schedule --cron "0 3 * * *"        serve the flow on a cron schedule
     imgcls stage NAME [--params P]             one stage, as `python -m tasks.NAME`
     imgcls predict PATH... [--out CSV]         batch prediction to a CSV
@@ -118,7 +119,13 @@ def cmd_ensemble(args) -> int:
     from flows.ensemble import make, summary_lines
 
     logging.basicConfig(level=logging.INFO, format="[ensemble] %(message)s")
-    print("\n".join(summary_lines(make(args.params, seeds=args.seeds, runs=args.runs, weighting=args.weights))))
+    print(
+        "\n".join(
+            summary_lines(
+                make(args.params, seeds=args.seeds, runs=args.runs, weighting=args.weights, baseline=args.baseline)
+            )
+        )
+    )
     return 0
 
 
@@ -314,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("tune", cmd_tune, "hyperparameter search over train.* (tune: in params.yaml; docs/tuning.md)")
 
     p = command(
-        "ensemble", cmd_ensemble, "make an ensemble of CNNs the candidate for evaluate/promote (docs/ensembles.md)"
+        "ensemble",
+        cmd_ensemble,
+        "make an ensemble of CNNs (and the HOG baseline) the candidate for evaluate/promote (docs/ensembles.md)",
     )
     members = p.add_mutually_exclusive_group(required=True)
     members.add_argument("--seeds", type=int, metavar="N", help="train N members with train.seed = 0..N-1")
@@ -325,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="fitted: minimum val log loss; equal; auto (default): fitted only when val tells the members "
         "apart (exact McNemar p < 0.05), else equal",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="add evaluate's HOG baseline (evaluate.baseline: hog_svm or logreg) as one more member, fitted on "
+        "the train split and shipped as arrays",
     )
 
     p = command(

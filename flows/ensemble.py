@@ -1,4 +1,5 @@
-"""`imgcls ensemble --seeds N | --runs RUN_ID ...`: make an ensemble of CNNs the candidate model
+"""`imgcls ensemble --seeds N | --runs RUN_ID ... [--baseline]`: make an ensemble of CNNs (and, with
+--baseline, evaluate's HOG baseline as one more member) the candidate model
 (tasks/judging/ensemble.py does the work; docs/ensembles.md). Afterwards `imgcls stage evaluate` and
 `imgcls stage promote` judge and register it like any trained model."""
 
@@ -17,7 +18,9 @@ def make(
     seeds: int | None = None,
     runs: list[str] | None = None,
     weighting: str = "auto",
+    baseline: bool = False,
 ) -> dict:
+    from tasks.evaluate import Params as EvaluateParams
     from tasks.judging.ensemble import build
     from tasks.train import Params as TrainParams
 
@@ -26,8 +29,9 @@ def make(
     data = validate_file(params_path)
     train = parse_section(data, "train", TrainParams, params_path)
     paths = parse_section(data, "paths", Paths, params_path)
+    hog = parse_section(data, "evaluate", EvaluateParams, params_path).baseline if baseline else None
     with workspace_lock(paths.cache):
-        return build(train, paths, seeds=seeds, runs=runs, weighting=weighting)
+        return build(train, paths, seeds=seeds, runs=runs, weighting=weighting, baseline=hog)
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -3,9 +3,9 @@ calibrated probabilities (linear pooling), with the weights fitted on the val sp
 
 A saved ensemble is a directory: weights.json ({"kind": "imgcls-ensemble", "members": [folder, ...],
 "weights": [w, ...], "pooling": "linear"} plus free-form "info") and one sub-folder per member holding
-the usual four model files (models/predictor.py). Members are CNNs only: a HOG+SVM member would have to
-ship a pickled scikit-learn model, which a registry model must never unpickle. Shipped inside the pyfunc
-(numpy and torch only: no scipy)."""
+the usual four model files (models/predictor.py), or, for the classical baseline as a member, a HOG +
+linear classifier saved as arrays (models/hog.py: hog.json + linear.safetensors; nothing is unpickled).
+Shipped inside the pyfunc (numpy and torch only: no scipy)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.hog import HOG_MODEL_FILE, HOG_MODEL_FILES, HogLinearPredictor, load_hog_linear
 from models.predictor import CLASSES, NETWORK, STATS, WEIGHTS, Predictor, predictor_from_files
 from tasks.common.errors import UserError
 
@@ -26,7 +27,7 @@ MODEL_FILES = (WEIGHTS, STATS, CLASSES, NETWORK)
 
 @dataclass
 class EnsemblePredictor:
-    members: list[Predictor]
+    members: list[Predictor | HogLinearPredictor]
     weights: np.ndarray
     names: list[str] = field(default_factory=list)
 
@@ -99,6 +100,18 @@ def check_members(members: list, names: list[str]) -> None:
             )
 
 
+def member_files(folder: str | Path) -> tuple[str, ...]:
+    """The files that make one member: a HOG + linear model's two, or a CNN's four."""
+    return HOG_MODEL_FILES if (Path(folder) / HOG_MODEL_FILE).is_file() else MODEL_FILES
+
+
+def load_member(folder: str | Path) -> Predictor | HogLinearPredictor:
+    folder = Path(folder)
+    if (folder / HOG_MODEL_FILE).is_file():
+        return load_hog_linear(folder)
+    return predictor_from_files(*(folder / f for f in MODEL_FILES))
+
+
 def is_ensemble_dir(path: str | Path) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
@@ -114,25 +127,25 @@ def load_ensemble(path: str | Path) -> EnsemblePredictor:
     members, names = [], [str(n) for n in spec.get("members", [])]
     for name in names:
         folder = (path / name).resolve()
-        if folder.parent != path.resolve() or not (folder / WEIGHTS).is_file():
+        if folder.parent != path.resolve() or not any((folder / f).is_file() for f in (WEIGHTS, HOG_MODEL_FILE)):
             raise UserError(f"{path / ENSEMBLE_FILE}: member {name!r} is not a model folder beside it")
-        members.append(predictor_from_files(*(folder / f for f in MODEL_FILES)))
+        members.append(load_member(folder))
     return EnsemblePredictor(members, spec.get("weights", []), names)
 
 
 def save_ensemble(target: str | Path, member_dirs: list[str | Path], weights, info: dict | None = None) -> Path:
-    """Write an ensemble directory at `target` (missing or empty): each member's four model files copied
-    into m0/, m1/, ... and weights.json. Members are checked (classes, input size) by loading them."""
+    """Write an ensemble directory at `target` (missing or empty): each member's model files (member_files)
+    copied into m0/, m1/, ... and weights.json. Members are checked (classes, input size) by loading them."""
     import shutil
 
     target = Path(target)
     names = [f"m{i}" for i in range(len(member_dirs))]
     # loading checks that each member is a complete model and that they agree
-    EnsemblePredictor([predictor_from_files(*(Path(d) / f for f in MODEL_FILES)) for d in member_dirs], weights, names)
+    EnsemblePredictor([load_member(d) for d in member_dirs], weights, names)
     target.mkdir(parents=True, exist_ok=True)
     for name, source in zip(names, member_dirs):
         (target / name).mkdir()
-        for f in MODEL_FILES:
+        for f in member_files(source):
             shutil.copyfile(Path(source) / f, target / name / f)
     w = np.asarray(weights, dtype=np.float64)
     spec = {"kind": KIND, "members": names, "weights": (w / w.sum()).tolist(), "pooling": "linear"}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.contract import StatsInput
 from models.networks import build_network
 from tasks.common.errors import UserError
 
@@ -20,7 +21,7 @@ WEIGHTS, STATS, CLASSES, NETWORK = "weights.safetensors", "stats.json", "classes
 
 
 @dataclass
-class Predictor:
+class Predictor(StatsInput):
     network: nn.Module
     classes: list[str]
     # {"image_size", "channels", "mean", "std"} on the 0..1 scale, and "test_time_flip" (absent in models
@@ -39,20 +40,8 @@ class Predictor:
             raise ValueError(f"stats temperature must be a finite number > 0, got {self.stats['temperature']!r}")
 
     @property
-    def image_size(self) -> int:
-        return int(self.stats["image_size"])
-
-    @property
-    def channels(self) -> int:
-        return int(self.stats["channels"])
-
-    @property
     def test_time_flip(self) -> bool:
         return bool(self.stats.get("test_time_flip", False))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.stats.get("temperature", 1.0))
 
     def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The logits of each view: the image and, with test_time_flip, its mirror (flip along the width axis)."""

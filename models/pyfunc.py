@@ -37,7 +37,7 @@ TASKS_DIR = MODELS_DIR.parent / "tasks"
 SHIPPED_BASE = ("common/errors.py", "common/images.py", "common/packages.py")
 # The models/ modules inference needs (training code, which imports Lightning and albumentations, stays
 # behind); test_portable_model keeps this equal to the shipped code's import closure.
-SHIPPED_MODELS = ("__init__.py", "contract.py", "ensemble.py", "networks.py", "predictor.py", "pyfunc.py")
+SHIPPED_MODELS = ("__init__.py", "contract.py", "ensemble.py", "hog.py", "networks.py", "predictor.py", "pyfunc.py")
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before allocating them (clean's default limit)
 TOP_K = 5
 # Every distribution the shipped code imports (a test loads the model with all others unimportable).

@@ -31,7 +31,7 @@ that example) and the given labels `labels` [N] in 0..K-1.
    a coat; the flagged examples are still scored, out of fold, and the rule is applied again.
 
 The out-of-fold probabilities are the mean of one or more models: `kernel_model` on HOG features
-(tasks.checks.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
+(models.hog) of a 32x32 grayscale copy plus downsampled RGB pixels (`image_features`), and a small CNN
 (tasks.checks.oof_cnn); tasks.validate picks them (suspect_label.model).
 
 The fold models of the last round are kept (`fit_suspect_labels`): an image none of them saw is scored
@@ -51,7 +51,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from tasks.checks.hog import hog_features
+from models.hog import hog_features
 from tasks.checks.oof_folds import FoldFitter, fit_here
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ FOLDER = "validate_suspects"
 # the modules that compute the scores, read as text (importing oof_cnn would import torch), relative to
 # tasks/: the models and the decoding that feeds them (a change in either would mix old-model scores
 # with new features, so any edit is a refit)
-SOURCES = ("checks/confident_learning.py", "checks/oof_cnn.py", "checks/hog.py", "validate.py", "common/images.py")
+SOURCES = ("checks/confident_learning.py", "checks/oof_cnn.py", "../models/hog.py", "validate.py", "common/images.py")
 LIBRARIES = ("torch", "scikit-learn", "numpy")
 KERNEL_FILE = "kernel.joblib"
 

@@ -5,13 +5,14 @@ prepared train split and logged as its own MLflow run (tag stage=baseline)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from tasks.checks.hog import hog_features
+from models.hog import HogSpec
 from tasks.common.errors import UserError
 from tasks.common.params import Strict
 from tasks.common.prepared import PreparedStore
@@ -37,23 +38,15 @@ class BaselineParams(Strict):
         return self
 
 
-def _grayscale(batch: np.ndarray, size: int) -> np.ndarray:
-    """uint8 NHWC -> float32 [N, size, size] luminance, resized when the store uses another size."""
-    from PIL import Image
-
-    batch = np.asarray(batch, dtype=np.float32)
-    gray = batch[..., 0] if batch.shape[-1] == 1 else batch @ np.array([0.299, 0.587, 0.114], np.float32)
-    if gray.shape[1:] == (size, size):
-        return gray
-    return np.stack(
-        [np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.Resampling.BILINEAR)) for g in gray]
-    )
+def hog_spec(params: BaselineParams) -> HogSpec:
+    # HOG needs a whole number of pixels per cell
+    return HogSpec(params.image_size // params.cells * params.cells, params.cells, params.orientations)
 
 
 def features(images: np.ndarray, rows: np.ndarray, params: BaselineParams) -> np.ndarray:
-    size = params.image_size // params.cells * params.cells  # HOG needs a whole number of pixels per cell
+    spec = hog_spec(params)
     chunks = [
-        hog_features(_grayscale(images[rows[i : i + _CHUNK]], size), params.cells, params.orientations)
+        spec.features(images[rows[i : i + _CHUNK]])
         for i in tqdm(range(0, len(rows), _CHUNK), desc="baseline features", unit="chunk", disable=None)
     ]
     return np.concatenate(chunks)
@@ -134,3 +127,59 @@ def _full_proba(model, x: np.ndarray, n_classes: int) -> np.ndarray:
     proba[:, model.classes_] = model.predict_proba(x)
     # float32 features give float32 probabilities whose rows miss 1 by more than log_loss tolerates
     return proba / proba.sum(axis=1, keepdims=True)
+
+
+def linear_arrays(model, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted hog_svm or logreg pipeline as (coef [n_classes, F], intercept [n_classes]) such that
+    x @ coef.T + intercept are its decision values for every class (a StandardScaler folded in; a
+    two-class model's single score split as -z/2, +z/2, whose softmax is the same sigmoid(z))."""
+    classifier = model.steps[-1][1]
+    coef = np.asarray(classifier.coef_, np.float64)
+    intercept = np.asarray(classifier.intercept_, np.float64)
+    if len(model.steps) == 2:  # StandardScaler, then the classifier: w.(x - m)/s = (w/s).x - w.(m/s)
+        scaler = model.steps[0][1]
+        intercept = intercept - coef @ (scaler.mean_ / scaler.scale_)
+        coef = coef / scaler.scale_
+    if coef.shape[0] == 1:
+        coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    # a class the train split lacks can never win: a decision value far below any real one
+    full_coef = np.zeros((n_classes, coef.shape[1]))
+    full_intercept = np.full(n_classes, -1e4)
+    full_coef[classifier.classes_], full_intercept[classifier.classes_] = coef, intercept
+    return full_coef, full_intercept
+
+
+LINEAR_KINDS = ("hog_svm", "logreg")
+
+
+def require_linear(params: BaselineParams) -> None:
+    if params.kind not in LINEAR_KINDS:
+        raise UserError(
+            f"a {params.kind} baseline can't be an ensemble member: only {' and '.join(LINEAR_KINDS)} are linear "
+            "(set evaluate.baseline.kind)"
+        )
+
+
+def fit_hog_member(params: BaselineParams, store: PreparedStore, target: Path) -> Path:
+    """The baseline as an ensemble member: the classifier fitted on the train split, folded into arrays
+    (models.hog.HogLinearPredictor; nothing to unpickle), its temperature fitted on the val split as
+    train fits a CNN's; saved into `target`."""
+    from models.calibration import fit_temperature
+    from models.hog import HogLinearPredictor, save_hog_linear
+
+    require_linear(params)
+    train = store.split("train")
+    if train["label_idx"].nunique() < 2:
+        raise UserError("baseline: the train split needs images of at least two classes")
+    model = make_classifier(params.kind)
+    model.fit(features(store.images, train["row"].to_numpy(), params), train["label_idx"].to_numpy())
+    coef, intercept = linear_arrays(model, len(store.classes))
+    stats = {"image_size": int(store.images.shape[1]), "channels": int(store.images.shape[3])}
+    member = HogLinearPredictor(
+        hog_spec(params), coef.astype(np.float32), intercept.astype(np.float32), store.classes, stats
+    )
+    val = store.split("val")
+    if not val.empty:
+        logits = member.logits(np.asarray(store.images[val["row"].to_numpy()]))
+        member.stats["temperature"] = fit_temperature(logits, val["label_idx"].to_numpy())
+    return save_hog_linear(target, member)

@@ -3,7 +3,7 @@
 Two embedders, the better one when it is there:
 - a trained model (models.predictor.Predictor, or an ensemble of them): the input of its classifier
   layer, i.e. the penultimate features, and its class probabilities as well;
-- no model: HOG (tasks.checks.hog) at two cell sizes, projected by PCA. PCA is fitted on the labelled
+- no model: HOG (models.hog) at two cell sizes, projected by PCA. PCA is fitted on the labelled
   images when there are any (their variation is the one that matters for telling classes apart), else on
   the unlabelled images themselves.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.checks.hog import hog_features
+from models.hog import hog_features
 from tasks.common.images import DecodeError, Source, decode, to_array
 
 HOG_SIZE = 32  # images are resized to this before HOG: 4x4 cells of 8 px and 8x8 cells of 4 px
@@ -103,8 +103,9 @@ def hog_pca_embed(unlabelled: np.ndarray, labelled: np.ndarray | None, seed: int
 
 
 def _members(predictor) -> list:
-    """An EnsemblePredictor (models.ensemble) is its members; a Predictor is itself."""
-    return list(getattr(predictor, "members", [predictor]))
+    """An EnsemblePredictor (models.ensemble) is its network members (a HOG + linear member has no
+    penultimate layer); a Predictor is itself."""
+    return [m for m in getattr(predictor, "members", [predictor]) if hasattr(m, "network")]
 
 
 def penultimate_features(predictor, images: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from models.hog import hog_features
 from tasks.common.prepared import read_prepared
-from tasks.judging.baseline import BaselineParams, hog_features, run_baseline
+from tasks.judging.baseline import BaselineParams, run_baseline
 from tests.helpers.prepared_store import STRIPE_CLASSES as CLASSES
 from tests.helpers.prepared_store import make_prepared_store, stripes
 
@@ -72,3 +73,55 @@ def test_baseline_needs_two_classes_in_train(tmp_path, tracking):
             top_k=1,
             bins=5,
         )
+
+
+@pytest.mark.parametrize("kind,classes", [("hog_svm", 3), ("logreg", 3), ("hog_svm", 2), ("logreg", 2)])
+def test_linear_arrays_give_the_classifiers_own_decisions(kind, classes):
+    """The arrays a HOG member ships reproduce the fitted scikit-learn model: its decision values for
+    3 classes (a scaler folded in for logreg), the same sigmoid for a two-class model, and a class the
+    train split lacks never wins."""
+    from tasks.judging.baseline import linear_arrays, make_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 12)) * rng.uniform(0.5, 3, 12) + rng.normal(size=12)
+    y = np.arange(90) % classes
+    x[np.arange(90), y] += 2.0
+    model = make_classifier(kind).fit(x, y)
+    coef, intercept = linear_arrays(model, classes + 1)  # one more class than train has
+    z = x @ coef.T + intercept
+    assert z.shape == (90, classes + 1) and (z.argmax(1) == model.predict(x)).all()
+    if classes == 3:
+        np.testing.assert_allclose(z[:, :3], model.decision_function(x), rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose(z[:, 1] - z[:, 0], model.decision_function(x), rtol=1e-6, atol=1e-6)
+    if kind == "logreg":  # its probabilities are the softmax of these decision values
+        e = np.exp(z - z.max(1, keepdims=True))
+        np.testing.assert_allclose((e / e.sum(1, keepdims=True))[:, :classes], model.predict_proba(x), atol=1e-6)
+
+
+def test_hog_member_is_a_calibrated_classifier_saved_as_arrays(tmp_path):
+    from models.hog import HOG_MODEL_FILES, HogLinearPredictor, load_hog_linear
+    from tasks.common.errors import UserError
+    from tasks.judging.baseline import fit_hog_member
+
+    store = read_prepared(make_prepared_store(tmp_path / "prepared", per_split={"train": 16, "val": 8, "test": 8}))
+    folder = fit_hog_member(BaselineParams(image_size=16), store, tmp_path / "hog")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(HOG_MODEL_FILES)  # arrays + JSON: nothing pickled
+    member = load_hog_linear(folder)
+    assert isinstance(member, HogLinearPredictor) and member.classes == store.classes
+    assert (member.image_size, member.channels) == (16, 1)
+    assert member.temperature != 1.0  # fitted on val: LinearSVC's margins are no probabilities
+    test = store.split("test")
+    proba = member.predict_proba(np.asarray(store.images[test["row"].to_numpy()]))
+    assert proba.shape == (len(test), 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert (proba.argmax(1) == test["label_idx"].to_numpy()).mean() >= 0.9
+    with pytest.raises(UserError, match="only hog_svm and logreg are linear"):
+        fit_hog_member(BaselineParams(kind="knn", image_size=16), store, tmp_path / "knn")
+    # a file that does not fit its own spec is one clear error
+    from safetensors.numpy import save_file
+
+    save_file(
+        {"coef": np.zeros((3, 5), np.float32), "intercept": np.zeros(3, np.float32)}, str(folder / HOG_MODEL_FILES[1])
+    )
+    with pytest.raises(UserError, match=r"do not fit 3 classes x 324 HOG features"):
+        load_hog_linear(folder)

@@ -255,3 +255,37 @@ def test_cli_refuses_a_bad_member_count_in_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1, got 0"
     with pytest.raises(SystemExit):  # argparse: --seeds and --runs exclude each other
         main(["ensemble", "--seeds", "2", "--runs", "abc"])
+
+
+def test_the_hog_baseline_joins_as_a_member_shipped_as_arrays(made, tmp_path):
+    """`imgcls ensemble --runs ... --baseline`: the HOG + linear baseline is the last member, saved as
+    JSON + safetensors inside the ONE pyfunc, which predicts like the in-process ensemble."""
+    from models.hog import HogLinearPredictor
+    from tasks.judging.baseline import BaselineParams
+    from tasks.train import Params as TrainParams
+
+    paths, result = made
+    other = paths.model_copy(update={"train_dir": str(Path(paths.train_dir).parent / "train_hog")})
+    made_hog = build(TrainParams(**FAST), other, runs=result["members"], baseline=BaselineParams(image_size=16))
+    assert made_hog["members"] == [*result["members"], "baseline:hog_svm"] and len(made_hog["weights"]) == 3
+    run = mlflow.MlflowClient().get_run(made_hog["run_id"])
+    assert json.loads(run.data.tags["imgcls.ensemble.members"]) == result["members"]  # MLflow runs only
+    assert run.data.params["ensemble.baseline_member"] == "hog_svm" and run.data.metrics["ensemble/members"] == 3
+    predictor = load_predictor(other.train_dir)
+    assert isinstance(predictor.members[-1], HogLinearPredictor)
+    saved = Path(other.train_dir) / "model" / "artifacts" / "ensemble" / "m2"
+    assert sorted(p.name for p in saved.iterdir()) == ["hog.json", "linear.safetensors"]
+    store = read_prepared(paths.prepared)
+    images = np.asarray(store.images[store.split("test")["row"].to_numpy()])
+    expected = predictor.predict_proba(images)
+    pooled = np.tensordot(predictor.weights, predictor.member_proba(images), axes=1)
+    np.testing.assert_allclose(expected, pooled, atol=1e-6)
+    files = []
+    for i, img in enumerate(images):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img[:, :, 0]).save(files[-1])
+    out = mlflow.pyfunc.load_model(made_hog["model_uri"]).predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    assert out["error"].eq("").all()
+    np.testing.assert_allclose(out["score"].to_numpy(), expected.max(1), atol=1e-5)
+    with pytest.raises(UserError, match="knn baseline can't be an ensemble member"):
+        build(TrainParams(**FAST), other, runs=result["members"], baseline=BaselineParams(kind="knn"))
