@@ -55,11 +55,31 @@ def test_under_confident_logits_get_a_temperature_below_one():
 
 def test_temperature_stays_within_its_bounds():
     labels = np.arange(200) % 4
-    separable = np.eye(4)[labels] * 5.0  # always right: the NLL keeps falling as T -> 0
-    assert fit_temperature(separable, labels) == pytest.approx(MIN_TEMPERATURE, rel=1e-4)
     coin = np.eye(4)[(labels + 1) % 4] * 50.0  # always wrong and sure: the NLL keeps falling as T grows
     assert fit_temperature(coin, labels) == pytest.approx(MAX_TEMPERATURE, rel=1e-4)
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
+
+
+def test_a_val_split_without_errors_gives_laplace_confidence_not_certainty():
+    """Every val image right: the NLL keeps falling as T -> 0 and has no minimum. T is chosen so that
+    the mean top probability is (n + 1) / (n + 2) instead of the lower bound, which made wrong answers
+    certain (digits: 6 of 8 seeds)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 4
+    separable = np.eye(4)[labels] * rng.uniform(1.0, 6.0, (200, 1)) + rng.normal(0, 0.3, (200, 4))
+    separable[np.arange(200), labels] += 2.0  # right every time, with margins of different sizes
+    t = fit_temperature(separable, labels)
+    assert MIN_TEMPERATURE * 2 < t < MAX_TEMPERATURE
+    assert probabilities(separable, t).max(axis=1).mean() == pytest.approx(201 / 202, abs=1e-5)
+    # one wrong image: the ordinary NLL fit again (here softer than the Laplace T: one sure mistake)
+    one_wrong = separable.copy()
+    one_wrong[0] = np.roll(one_wrong[0], 1)
+    fitted = fit_temperature(one_wrong, labels)
+    assert fitted > t * 1.05
+    for other in (fitted * 0.95, fitted * 1.05, t):
+        assert negative_log_likelihood(one_wrong, labels, fitted) < negative_log_likelihood(one_wrong, labels, other)
+    # flat logits that can never reach the target: the lower bound
+    assert fit_temperature(np.eye(4)[labels] * 1e-3, labels) == pytest.approx(MIN_TEMPERATURE)
 
 
 def test_two_views_are_fitted_as_the_predictor_averages_them():
