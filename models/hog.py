@@ -66,7 +66,14 @@ class HogSpec:
     cells: int
     orientations: int
 
+    @property
+    def length(self) -> int:
+        """Features per image: 2x2-cell blocks at a stride of one cell, `orientations` bins per cell."""
+        return (self.cells - 1) ** 2 * 4 * self.orientations
+
     def features(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.length), np.float32)
         return hog_features(grayscale(images, self.size), self.cells, self.orientations)
 
 
@@ -119,6 +126,7 @@ def save_hog_linear(target: str | Path, model: HogLinearPredictor) -> Path:
 
 
 def load_hog_linear(folder: str | Path) -> HogLinearPredictor:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     folder = Path(folder)
@@ -132,17 +140,20 @@ def load_hog_linear(folder: str | Path) -> HogLinearPredictor:
             [str(c) for c in spec["classes"]],
             dict(spec["stats"]),
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        numbers = (model.temperature, model.image_size, model.channels)  # each read as a number, or refused
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise UserError(f"{folder}: not a readable HOG + linear model ({type(exc).__name__}: {exc})") from None
-    if spec.get("kind") != HOG_KIND:
+    if spec.get("kind") != HOG_KIND:  # spec is a dict here: spec["hog"] above read it as one
         raise UserError(f"{folder / HOG_MODEL_FILE}: not a HOG + linear model (kind {HOG_KIND!r})")
-    classes, blocks = len(model.classes), (model.spec.cells - 1) ** 2
-    features = blocks * 4 * model.spec.orientations  # 2x2-cell blocks of `orientations` bins
+    hog = model.spec
+    if not (hog.cells >= 2 and hog.orientations >= 2 and hog.size >= 2 * hog.cells and hog.size % hog.cells == 0):
+        raise UserError(f"{folder / HOG_MODEL_FILE}: HOG spec {asdict(hog)} is not one the baseline makes")
+    classes, features = len(model.classes), hog.length
     if model.coef.shape != (classes, features) or model.intercept.shape != (classes,):
         raise UserError(
             f"{folder}: coef {model.coef.shape} / intercept {model.intercept.shape} do not fit "
             f"{classes} classes x {features} HOG features"
         )
-    if not (np.isfinite(model.temperature) and model.temperature > 0):
-        raise UserError(f"{folder}: temperature must be a finite number > 0, got {model.temperature!r}")
+    if not (np.isfinite(numbers[0]) and numbers[0] > 0):
+        raise UserError(f"{folder}: temperature must be a finite number > 0, got {numbers[0]!r}")
     return model

@@ -125,3 +125,22 @@ def test_hog_member_is_a_calibrated_classifier_saved_as_arrays(tmp_path):
     )
     with pytest.raises(UserError, match=r"do not fit 3 classes x 324 HOG features"):
         load_hog_linear(folder)
+    assert member.predict_proba(np.zeros((0, 16, 16, 1), np.uint8)).shape == (0, 3)
+    # broken files and specs: one line each, never a traceback from numpy or safetensors
+    import json
+
+    good_spec = json.loads((folder / "hog.json").read_text())
+    broken = {
+        "temperature": good_spec | {"stats": good_spec["stats"] | {"temperature": "hot"}},
+        "cells": good_spec | {"hog": good_spec["hog"] | {"cells": 0}},
+        "kind": good_spec | {"kind": "pickle"},
+    }
+    for name, spec in broken.items():
+        (folder / "hog.json").write_text(json.dumps(spec))
+        with pytest.raises(UserError) as err:
+            load_hog_linear(folder)
+        assert "\n" not in str(err.value) and str(folder) in str(err.value), name
+    (folder / "hog.json").write_text(json.dumps(good_spec))
+    (folder / HOG_MODEL_FILES[1]).write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="not a readable HOG"):
+        load_hog_linear(folder)
