@@ -289,3 +289,21 @@ def test_the_hog_baseline_joins_as_a_member_shipped_as_arrays(made, tmp_path):
     np.testing.assert_allclose(out["score"].to_numpy(), expected.max(1), atol=1e-5)
     with pytest.raises(UserError, match="knn baseline can't be an ensemble member"):
         build(TrainParams(**FAST), other, runs=result["members"], baseline=BaselineParams(kind="knn"))
+
+
+def test_cli_baseline_flag_reads_evaluate_baseline_and_refuses_knn_before_training(tmp_path, capsys):
+    """`imgcls ensemble --seeds 1 --baseline` takes the member's settings from the params file's
+    evaluate.baseline: a knn there is one error line before any member trains (no train dir appears)."""
+    import yaml
+
+    from flows.cli import main
+
+    data = yaml.safe_load(Path("params.yaml").read_text())
+    data["evaluate"]["baseline"]["kind"] = "knn"
+    data["paths"] = {k: str(tmp_path / v) for k, v in data["paths"].items()}  # nothing written in the repo
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    assert main(["ensemble", "--seeds", "1", "--baseline", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: a knn baseline can't be an ensemble member") and "\n" not in err
+    assert not (tmp_path / "artifacts").exists()
