@@ -298,7 +298,7 @@ def test_cli_baseline_flag_reads_evaluate_baseline_and_refuses_knn_before_traini
 
     from flows.cli import main
 
-    data = yaml.safe_load(Path("params.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())  # cwd may be a fixture's
     data["evaluate"]["baseline"]["kind"] = "knn"
     data["paths"] = {k: str(tmp_path / v) for k, v in data["paths"].items()}  # nothing written in the repo
     params = tmp_path / "params.yaml"
