@@ -68,6 +68,16 @@ def make_classifier(kind: str):
     return make_pipeline(KNeighborsClassifier(n_neighbors=5))
 
 
+def fit_on_train(params: BaselineParams, store: PreparedStore):
+    """(the classifier `params.kind` fitted on the HOG features of the train split, that split's rows)."""
+    train = store.split("train")
+    if train["label_idx"].nunique() < 2:
+        raise UserError("baseline: the train split needs images of at least two classes")
+    model = make_classifier(params.kind)
+    model.fit(features(store.images, train["row"].to_numpy(), params), train["label_idx"].to_numpy())
+    return model, train
+
+
 def run_baseline(
     params: BaselineParams,
     store: PreparedStore,
@@ -85,11 +95,7 @@ def run_baseline(
     import mlflow.sklearn
 
     started = time.perf_counter()
-    train = store.split("train")
-    if train["label_idx"].nunique() < 2:
-        raise UserError("baseline: the train split needs images of at least two classes")
-    model = make_classifier(params.kind)
-    model.fit(features(store.images, train["row"].to_numpy(), params), train["label_idx"].to_numpy())
+    model, train = fit_on_train(params, store)
 
     metrics: dict[str, float] = {}
     for split in splits:
@@ -168,11 +174,7 @@ def fit_hog_member(params: BaselineParams, store: PreparedStore, target: Path) -
     from models.hog import HogLinearPredictor, save_hog_linear
 
     require_linear(params)
-    train = store.split("train")
-    if train["label_idx"].nunique() < 2:
-        raise UserError("baseline: the train split needs images of at least two classes")
-    model = make_classifier(params.kind)
-    model.fit(features(store.images, train["row"].to_numpy(), params), train["label_idx"].to_numpy())
+    model, _ = fit_on_train(params, store)
     coef, intercept = linear_arrays(model, len(store.classes))
     stats = {"image_size": int(store.images.shape[1]), "channels": int(store.images.shape[3])}
     member = HogLinearPredictor(

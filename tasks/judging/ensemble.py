@@ -176,7 +176,7 @@ def build(
         from tasks.judging.baseline import require_linear
 
         require_linear(baseline)  # before any member trains
-    read_prepared(paths.prepared)  # a missing store is one clear error before any training
+    store = read_prepared(paths.prepared)  # a missing store is one clear error before any training
     uri = tracking.use()
     train_dir = Path(paths.train_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,7 +188,7 @@ def build(
             from tasks.judging.baseline import fit_hog_member
 
             log.info("fitting the %s baseline as one more member", baseline.kind)
-            hog = fit_hog_member(baseline, read_prepared(paths.prepared), Path(tmp) / "hog")
+            hog = fit_hog_member(baseline, store, Path(tmp) / "hog")
             members.append((f"baseline:{baseline.kind}", hog))
         ensemble, metrics = fit([folder for _, folder in members], paths.prepared, weighting)
         weights = [round(float(w), 6) for w in ensemble.weights]
@@ -205,7 +205,6 @@ def build(
             ensemble.weights,
             info={"member_run_ids": member_ids},
         )
-        store = read_prepared(paths.prepared)
         example = np.asarray(store.images[int(store.split("val")["row"].iloc[0])])
         version = dataset_version(paths)
         experiment_id = tracking.experiment_id(train_params.experiment)
