@@ -48,16 +48,34 @@ def stages() -> list[str]:
 
 def fashion_base(n: int, seed: int, part: str = "train") -> list[tuple[np.ndarray, str]]:
     """n Fashion-MNIST images of `part` drawn at random (classes in their natural, balanced mix);
-    part "digits": sklearn's digits upscaled to 32x32 like sample:digits (all 1,797 when n is larger)."""
+    part "digits": sklearn's digits upscaled to 32x32 like sample:digits (all 1,797 when n is larger);
+    part "test_colour": the test part as 64x64 colour images nobody tuned on (`colourised`)."""
     if part == "digits":
         from bench.near_duplicates import digits_arrays
 
         images, labels = digits_arrays()
         names = [f"digit_{k}" for k in range(10)]
     else:
-        images, labels = fashion.load(part)
+        images, labels = fashion.load("test" if part == "test_colour" else part)
         names = fashion.CLASSES
-    return [(images[i], names[labels[i]]) for i in drawn_indices(len(labels), n, seed)]
+    drawn = drawn_indices(len(labels), n, seed)
+    if part == "test_colour":
+        return [(colourised(images[i], np.random.default_rng([seed, int(i)])), names[labels[i]]) for i in drawn]
+    return [(images[i], names[labels[i]]) for i in drawn]
+
+
+def colourised(gray: np.ndarray, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A grey 28 px picture as a size x size RGB one: upscaled (bicubic), its ink in one random colour
+    on a background of another, plus a little sensor noise. Tests the data checks on a size, a channel
+    count and an ink/background contrast that none of their thresholds was tuned on."""
+    from PIL import Image
+
+    up = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    background, ink = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    while np.linalg.norm(ink - background) < 100:  # a picture, not a blank: at least a clear contrast
+        ink = rng.uniform(0, 255, 3)
+    rgb = background + (ink - background) * up[:, :, None] + rng.normal(0, 2.0, (size, size, 3))
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def drawn_indices(total: int, n: int, seed: int) -> np.ndarray:
@@ -157,7 +175,7 @@ def _number(value: float) -> float | None:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"{'digits' if result.get('part') == 'digits' else 'Fashion-MNIST'} n={result['n']} (seed {result['seed']}, {result['per_fault']} of each fault, "
+        f"{ {'digits': 'digits', 'test_colour': 'Fashion-MNIST test, 64 px colour'}.get(result.get('part'), 'Fashion-MNIST') } n={result['n']} (seed {result['seed']}, {result['per_fault']} of each fault, "
         f"{result['files']} files)",
         "",
         "| reason | planted | flagged | hits | recall | precision |",
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--part",
-        choices=("train", "test", "digits"),
+        choices=("train", "test", "digits", "test_colour"),
         default="train",
         help="Fashion-MNIST part to draw from, or sklearn's digits",
     )

@@ -95,9 +95,12 @@ def profiled(name: str):
     finally:
         profile.disable()
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-        text = io.StringIO()
-        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(30)
-        (PROFILE_DIR / f"{name}.txt").write_text(text.getvalue(), encoding="utf-8")
+        # by own time (which operations) and by cumulative time (which hook or callback calls them)
+        for order in ("tottime", "cumulative"):
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats(order).print_stats(60 if order == "cumulative" else 30)
+            suffix = "" if order == "tottime" else "_cumulative"
+            (PROFILE_DIR / f"{name}{suffix}.txt").write_text(text.getvalue(), encoding="utf-8")
 
 
 def step_timer(warmup: int, steps: int):

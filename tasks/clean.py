@@ -107,7 +107,8 @@ def run(params: Params, paths: Paths) -> dict:
     )
     notes = [
         f"too_large above {params.max_pixels} pixels (from the header); too_small below {params.min_side} px",
-        f"low_information: grayscale std < {params.min_std} or over {params.max_dominant_fraction:.0%} of pixels one value",
+        f"low_information: std < {params.min_std} in every channel, or over {params.max_dominant_fraction:.0%} "
+        "of pixels one value in every channel",
         f"near_duplicate: aligned 64-bit DCT hash within {params.near_duplicate_distance} bits and "
         f"shift-tolerant similarity >= {params.near_duplicate_min_similarity} (tasks.checks.similarity)",
         f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
@@ -207,16 +208,16 @@ def flag_unusable(rows: pd.DataFrame, inspections: InspectionTable, params: Para
     at = inspections.rows(rows["image_id"])
     status, detail = inspections.status[at], inspections.detail[at]
     width, height = inspections.width[at], inspections.height[at]
-    gray_std, dominant = inspections.gray_std[at], inspections.dominant_fraction[at]
+    spread, dominant = inspections.pixel_std[at], inspections.dominant_fraction[at]
     for pos in range(len(rows)):
         if status[pos] != "ok":
             flags[pos] = (status[pos], detail[pos], "")
         elif min(width[pos], height[pos]) < params.min_side:
             flags[pos] = ("too_small", f"{width[pos]}x{height[pos]}, smaller side under {params.min_side}", "")
-        elif gray_std[pos] < params.min_std:
-            flags[pos] = ("low_information", f"grayscale std {gray_std[pos]:.2f} < {params.min_std}", "")
+        elif spread[pos] < params.min_std:
+            flags[pos] = ("low_information", f"std {spread[pos]:.2f} < {params.min_std} in every channel", "")
         elif dominant[pos] > params.max_dominant_fraction:
-            flags[pos] = ("low_information", f"{dominant[pos]:.1%} of pixels have one value", "")
+            flags[pos] = ("low_information", f"{dominant[pos]:.1%} of pixels have one value in every channel", "")
 
 
 def _alive(rows: pd.DataFrame, flags: Flags) -> list[int]:

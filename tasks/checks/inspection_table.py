@@ -27,7 +27,7 @@ class InspectionTable:
         self.detail = np.empty(capacity, dtype=object)
         self.width = np.zeros(capacity, dtype=np.int64)
         self.height = np.zeros(capacity, dtype=np.int64)
-        self.gray_std = np.zeros(capacity, dtype=np.float64)
+        self.pixel_std = np.zeros(capacity, dtype=np.float64)
         self.dominant_fraction = np.zeros(capacity, dtype=np.float64)
         self.pixel_hash = np.empty(capacity, dtype=object)
         self.phash = np.zeros(capacity, dtype=np.uint64)
@@ -35,7 +35,7 @@ class InspectionTable:
         self.copies = np.zeros((capacity, COPY_SIZE), dtype=COPY_DTYPE)
         self.features = np.zeros((capacity, FEATURE_SIZE), dtype=np.float32)
 
-    SCALARS = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash", "phash")
+    SCALARS = ("status", "detail", "width", "height", "pixel_std", "dominant_fraction", "pixel_hash", "phash")
     COLUMNS = (*SCALARS, "copies", "features")
 
     def __len__(self) -> int:
@@ -91,7 +91,7 @@ class InspectionTable:
             detail=self.detail[row],
             width=int(self.width[row]),
             height=int(self.height[row]),
-            gray_std=float(self.gray_std[row]),
+            pixel_std=float(self.pixel_std[row]),
             dominant_fraction=float(self.dominant_fraction[row]),
             pixel_hash=self.pixel_hash[row],
             phash=int(self.phash[row]),

@@ -27,8 +27,8 @@ class Inspection:
     detail: str = ""
     width: int = 0  # decoded size (after EXIF orientation)
     height: int = 0
-    gray_std: float = 0.0
-    dominant_fraction: float = 0.0  # share of pixels holding the most common gray value
+    pixel_std: float = 0.0  # the largest of the channels' standard deviations (information_measures)
+    dominant_fraction: float = 0.0  # the smallest of the channels' shares of their most common value
     pixel_hash: str = ""
     phash: int = 0  # unsigned 64-bit, of the aligned copy (tasks.checks.phash.aligned_hash)
     # the aligned grey copy near-duplicates are verified on (tasks.checks.similarity), float32 [COPY_SIZE]
@@ -75,6 +75,17 @@ def features(gray32: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     return np.concatenate([thumb.ravel(), spectral_shares(coeffs)]).astype(np.float32)
 
 
+def information_measures(arr: np.ndarray) -> tuple[float, float]:
+    """(largest per-channel std, smallest per-channel share of the most common value) of a uint8 L or
+    RGB array. Per channel, not of a grey copy: a picture whose ink and background differ in hue but
+    hardly in brightness is blank in grey and plain to see in colour (and to the network). On a grey
+    picture, stored as L or as RGB, both are the grey figures."""
+    pixels = arr.reshape(arr.shape[0] * arr.shape[1], -1)
+    spread = float(pixels.std(axis=0).max())
+    dominant = min(int(np.bincount(pixels[:, c], minlength=256).max()) for c in range(pixels.shape[1]))
+    return spread, dominant / len(pixels)
+
+
 def _gray32(gray: Image.Image) -> np.ndarray:
     return np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
 
@@ -97,8 +108,7 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
     except DecodeError as exc:
         return Inspection("corrupt", str(exc))
     gray = img.convert("L")
-    gray_arr = np.asarray(gray)
-    counts = np.bincount(gray_arr.ravel(), minlength=256)
+    spread, dominant = information_measures(np.asarray(img))
     gray32 = _gray32(gray)
     coeffs = dct32(gray32)
     copy = aligned_copy(gray)
@@ -106,8 +116,8 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         "ok",
         width=img.width,
         height=img.height,
-        gray_std=float(gray_arr.std()),
-        dominant_fraction=float(counts.max() / gray_arr.size),
+        pixel_std=spread,
+        dominant_fraction=dominant,
         pixel_hash=pixel_hash(img),
         phash=aligned_hash(copy),
         thumbnail=copy.ravel(),

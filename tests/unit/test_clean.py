@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from bench.planted import VALID_AWKWARD, giant_png, plant, score
 from tasks import clean, ingest
@@ -229,6 +230,31 @@ def _ramp(angle: float, size: int = 32) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     ramp = np.cos(angle) * xx + np.sin(angle) * yy
     return np.round(255 * (ramp - ramp.min()) / (ramp.max() - ramp.min())).astype(np.uint8)
+
+
+def test_information_is_measured_per_channel_not_on_a_grey_copy(tmp_path):
+    # a digit drawn in green on red of the same brightness: its grey copy is flat (std < 1), its
+    # colours are not; a flat colour picture with a little noise in every channel stays blank
+    from tasks.checks.quality import information_measures
+
+    digit = _digits(per_class=1, classes=(3,))[0][0].astype(np.float64) / 255
+    red, green = np.array([200.0, 0, 0]), np.array([0.0, 102, 0])  # luminance 59.8 and 59.9
+    hue_only = np.rint(red + (green - red) * digit[:, :, None]).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(-1, 2, (32, 32, 3))
+    blank = np.clip(np.array([90, 160, 40]) + noise, 0, 255).astype(np.uint8)
+    params = clean.Params()
+    for name, arr in (("hue_only", hue_only), ("blank", blank)):
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    assert np.asarray(Image.open(tmp_path / "hue_only.png").convert("L")).std() < 1
+    picture, flat = inspect(tmp_path / "hue_only.png", 10**6), inspect(tmp_path / "blank.png", 10**6)
+    assert picture.pixel_std >= params.min_std and picture.dominant_fraction <= params.max_dominant_fraction
+    assert flat.pixel_std < params.min_std
+    # on a grey picture the measures are the grey ones, stored as L or as RGB
+    gray = _digits(per_class=1, classes=(5,))[0][0]
+    for arr in (gray, np.dstack([gray] * 3)):
+        spread, dominant = information_measures(arr)
+        assert spread == pytest.approx(gray.std())
+        assert dominant == np.bincount(gray.ravel()).max() / gray.size
 
 
 def test_noise_and_gradient_inside_structured_classes_are_outliers():

@@ -30,7 +30,7 @@ def _inspections(tmp_path) -> dict:
 
 
 def _same(a, b) -> bool:
-    scalars = ("status", "detail", "width", "height", "gray_std", "dominant_fraction", "pixel_hash", "phash")
+    scalars = ("status", "detail", "width", "height", "pixel_std", "dominant_fraction", "pixel_hash", "phash")
     return all(getattr(a, n) == getattr(b, n) for n in scalars) and all(
         np.array_equal(getattr(a, n), getattr(b, n)) and getattr(a, n).dtype == getattr(b, n).dtype
         for n in ("thumbnail", "features")
