@@ -89,6 +89,12 @@ def _ramp(shape: tuple[int, ...], angle: float) -> np.ndarray:
     return np.dstack([ramp] * shape[2]) if len(shape) == 3 else ramp
 
 
+def _one_bit(gray: np.ndarray) -> np.ndarray:
+    """Black and white at the middle of the picture's own grey range (127.5 for one that spans 0..255,
+    as the earlier fixed 127 did): a low-contrast picture keeps its shape instead of going blank."""
+    return gray > (int(gray.min()) + int(gray.max())) / 2
+
+
 # name suffix -> how to write an awkward-but-valid file from a clean array
 AWKWARD: dict[str, Callable[[np.ndarray], bytes]] = {
     "cmyk.jpg": lambda a: encode(_rgb(a).convert("CMYK"), "JPEG", quality=95),
@@ -105,7 +111,7 @@ AWKWARD: dict[str, Callable[[np.ndarray], bytes]] = {
     "UPPER.PNG": lambda a: encode(Image.fromarray(a), "PNG"),
     "héllo wörld ünïcode.png": lambda a: encode(Image.fromarray(a), "PNG"),
     "grayscale.png": lambda a: encode(Image.fromarray(_gray(a)), "PNG"),
-    "one_bit.png": lambda a: encode(Image.fromarray(_gray(a) > 127), "PNG"),
+    "one_bit.png": lambda a: encode(Image.fromarray(_one_bit(_gray(a))), "PNG"),
 }
 
 

@@ -24,7 +24,13 @@ from tqdm import tqdm
 from tasks.checks import inspection_cache
 from tasks.checks.inspection_table import InspectionTable
 from tasks.checks.quality import FEATURE_SIDE, inspect_partition
-from tasks.checks.similarity import DEFAULT_MIN_SIMILARITY, DEFAULT_RADIUS, pairs_with_new
+from tasks.checks.similarity import (
+    DEFAULT_MAX_COLOUR_CHANGE,
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_RADIUS,
+    colours_agree,
+    pairs_with_new,
+)
 from tasks.common import engine
 from tasks.common.atomic import write_parquet, write_text
 from tasks.common.entry import stage_main
@@ -54,6 +60,8 @@ class Params(Strict):
     # this many bits of the aligned perceptual hash, verified by shift-tolerant similarity
     near_duplicate_distance: int = Field(DEFAULT_RADIUS, ge=0, le=32)
     near_duplicate_min_similarity: float = Field(DEFAULT_MIN_SIMILARITY, ge=-1, le=1)
+    # ...and in colour: a pair's colour offsets may differ by this share of the larger (null: not checked)
+    near_duplicate_max_colour_change: float | None = Field(DEFAULT_MAX_COLOUR_CHANGE, ge=0)
     outlier_zscore: float = Field(5.0, gt=0)
     outlier_min_class_size: int = Field(10, ge=3)
 
@@ -110,7 +118,8 @@ def run(params: Params, paths: Paths) -> dict:
         f"low_information: std < {params.min_std} in every channel, or over {params.max_dominant_fraction:.0%} "
         "of pixels one value in every channel",
         f"near_duplicate: aligned 64-bit DCT hash within {params.near_duplicate_distance} bits and "
-        f"shift-tolerant similarity >= {params.near_duplicate_min_similarity} (tasks.checks.similarity)",
+        f"shift-tolerant similarity >= {params.near_duplicate_min_similarity} (tasks.checks.similarity), "
+        f"colours within {params.near_duplicate_max_colour_change} of each other",
         f"outlier: robust z > {params.outlier_zscore} both in its class and overall (layout, large-scale "
         f"structure, fine detail), in {outlier_classes} class(es) with >= {params.outlier_min_class_size} images",
     ]
@@ -316,7 +325,11 @@ def near_pairs_by_id(
     ids = np.asarray(image_ids, dtype=object)
     pairs = pd.DataFrame({"a": ids[at[:, 0]], "b": ids[at[:, 1]]}).sort_values(["a", "b"], ignore_index=True)
     inspection_cache.save_near_index(index_file, key, image_ids, pairs, ranks)
-    return pairs
+    # the index keeps every pair the grey rule found; the colour check is cheap and applied each run
+    pair_rows = inspections.rows(pairs["a"]), inspections.rows(pairs["b"])
+    chroma = inspections.chroma(np.concatenate(pair_rows))
+    agree = colours_agree(chroma, np.arange(len(chroma)).reshape(2, -1).T, params.near_duplicate_max_colour_change)
+    return pairs[agree].reset_index(drop=True)
 
 
 # PIL format names of lossy containers (WEBP may be lossless; its header does not say, so it counts as lossy)

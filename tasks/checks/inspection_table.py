@@ -29,13 +29,28 @@ class InspectionTable:
         self.height = np.zeros(capacity, dtype=np.int64)
         self.pixel_std = np.zeros(capacity, dtype=np.float64)
         self.dominant_fraction = np.zeros(capacity, dtype=np.float64)
+        self.chroma_r = np.zeros(capacity, dtype=np.float64)
+        self.chroma_g = np.zeros(capacity, dtype=np.float64)
+        self.chroma_b = np.zeros(capacity, dtype=np.float64)
         self.pixel_hash = np.empty(capacity, dtype=object)
         self.phash = np.zeros(capacity, dtype=np.uint64)
         # all zeros for an image that did not decode (its Inspection has empty arrays)
         self.copies = np.zeros((capacity, COPY_SIZE), dtype=COPY_DTYPE)
         self.features = np.zeros((capacity, FEATURE_SIZE), dtype=np.float32)
 
-    SCALARS = ("status", "detail", "width", "height", "pixel_std", "dominant_fraction", "pixel_hash", "phash")
+    SCALARS = (
+        "status",
+        "detail",
+        "width",
+        "height",
+        "pixel_std",
+        "dominant_fraction",
+        "chroma_r",
+        "chroma_g",
+        "chroma_b",
+        "pixel_hash",
+        "phash",
+    )
     COLUMNS = (*SCALARS, "copies", "features")
 
     def __len__(self) -> int:
@@ -46,6 +61,10 @@ class InspectionTable:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids)
+
+    def chroma(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), 3] colour offsets (tasks.checks.quality.colour_offsets) of those rows."""
+        return np.stack([self.chroma_r[rows], self.chroma_g[rows], self.chroma_b[rows]], axis=1)
 
     def _next_row(self, image_id: str) -> int:
         if image_id in self.position:
@@ -93,6 +112,9 @@ class InspectionTable:
             height=int(self.height[row]),
             pixel_std=float(self.pixel_std[row]),
             dominant_fraction=float(self.dominant_fraction[row]),
+            chroma_r=float(self.chroma_r[row]),
+            chroma_g=float(self.chroma_g[row]),
+            chroma_b=float(self.chroma_b[row]),
             pixel_hash=self.pixel_hash[row],
             phash=int(self.phash[row]),
             thumbnail=self.copies[row].astype(np.float32) if ok else np.zeros(0, np.float32),

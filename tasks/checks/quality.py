@@ -29,6 +29,10 @@ class Inspection:
     height: int = 0
     pixel_std: float = 0.0  # the largest of the channels' standard deviations (information_measures)
     dominant_fraction: float = 0.0  # the smallest of the channels' shares of their most common value
+    # the picture's mean colour less its mean brightness, per channel (colour_offsets; 0 for grey)
+    chroma_r: float = 0.0
+    chroma_g: float = 0.0
+    chroma_b: float = 0.0
     pixel_hash: str = ""
     phash: int = 0  # unsigned 64-bit, of the aligned copy (tasks.checks.phash.aligned_hash)
     # the aligned grey copy near-duplicates are verified on (tasks.checks.similarity), float32 [COPY_SIZE]
@@ -86,6 +90,21 @@ def information_measures(arr: np.ndarray) -> tuple[float, float]:
     return spread, dominant / len(pixels)
 
 
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+
+
+def colour_offsets(arr: np.ndarray) -> tuple[float, float, float]:
+    """Mean of (R, G, B) minus the luminance, over the picture of a uint8 L or RGB array: where its
+    colour lies away from grey. A brightness shift of every channel leaves it as it is, a contrast or
+    saturation change scales it; a grey picture gives zeros (the near-duplicate colour check,
+    tasks.checks.similarity.colours_agree)."""
+    if arr.ndim == 2 or arr.shape[2] == 1:
+        return 0.0, 0.0, 0.0
+    mean = arr.reshape(-1, arr.shape[2])[:, :3].mean(axis=0, dtype=np.float64)
+    red, green, blue = mean - mean @ LUMINANCE
+    return float(red), float(green), float(blue)
+
+
 def _gray32(gray: Image.Image) -> np.ndarray:
     return np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
 
@@ -108,7 +127,9 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
     except DecodeError as exc:
         return Inspection("corrupt", str(exc))
     gray = img.convert("L")
-    spread, dominant = information_measures(np.asarray(img))
+    pixels = np.asarray(img)
+    spread, dominant = information_measures(pixels)
+    chroma = colour_offsets(pixels)
     gray32 = _gray32(gray)
     coeffs = dct32(gray32)
     copy = aligned_copy(gray)
@@ -118,6 +139,9 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         height=img.height,
         pixel_std=spread,
         dominant_fraction=dominant,
+        chroma_r=chroma[0],
+        chroma_g=chroma[1],
+        chroma_b=chroma[2],
         pixel_hash=pixel_hash(img),
         phash=aligned_hash(copy),
         thumbnail=copy.ravel(),

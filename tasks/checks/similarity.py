@@ -35,6 +35,13 @@ MAX_SHIFT = 1  # pixels (of SIDE) the aligned copies may still be moved against 
 # (BENCHMARKS.md, "zoom-aware pre-filter, 8 nearest")
 SHADE_PREFILTER = 0.8
 _CHUNK = 4096  # pairs per vectorized block
+# clean's colour check of a near pair (colours_agree): grey levels a copy's colour offsets may move by
+# re-encoding and resampling alone (JPEG's chroma subsampling), and the share of the larger offset a
+# contrast change may take. Tuned on a 64 px colour draw of Fashion's train part (seed 100): the planted
+# copies needed at most 0.15 (contrast x 0.75), the look-alikes it joined in other colours 0.33 and
+# more, but for 4 of 31 in nearly the same colours (BENCHMARKS.md, "colour")
+COLOUR_SLACK = 6.0
+DEFAULT_MAX_COLOUR_CHANGE = 0.3
 
 
 def _shifts(max_shift: int) -> list[tuple[int, int]]:
@@ -107,6 +114,24 @@ def _best_overlap(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
     for dy, dx in _shifts(max_shift):
         np.maximum(best, _overlap_correlation(a, b, dy, dx), out=best)
     return best
+
+
+def colours_agree(chroma: np.ndarray, pairs: np.ndarray, max_change: float | None) -> np.ndarray:
+    """Per pair (rows of indices into `chroma`, [n, 3] colour offsets: tasks.checks.quality.
+    colour_offsets): whether the two could be one picture's copies by their colours. The rule above
+    compares grey copies only, and its grey-level tests are absolute: on low-contrast colour pictures
+    two look-alikes in different colours pass them (a 64 px colour draw of Fashion-MNIST: BENCHMARKS.md).
+    A brightness shift leaves the offsets as they are and a contrast or saturation change scales them,
+    so a pair agrees when its offsets differ by at most COLOUR_SLACK + max_change x the larger one.
+    A grey picture (offsets within COLOUR_SLACK of 0) agrees with any: it may be a colour picture's
+    grey copy, and the check is only there for colours that differ. max_change None: no check."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if max_change is None or not len(pairs):
+        return np.ones(len(pairs), dtype=bool)
+    a, b = chroma[pairs[:, 0]], chroma[pairs[:, 1]]
+    size_a, size_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    grey = np.minimum(size_a, size_b) <= COLOUR_SLACK
+    return grey | (np.linalg.norm(a - b, axis=1) <= COLOUR_SLACK + max_change * np.maximum(size_a, size_b))
 
 
 def near_duplicate_pairs(

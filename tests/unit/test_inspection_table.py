@@ -20,6 +20,9 @@ def _inspections(tmp_path) -> dict:
         path = tmp_path / f"{k}.png"
         Image.fromarray(pixels).save(path)
         found[f"{k:064x}"] = inspect(path, 10_000)
+    Image.fromarray(np.dstack([pixels, pixels // 2, 255 - pixels])).save(tmp_path / "colour.png")
+    found["c" * 64] = inspect(tmp_path / "colour.png", 10_000)  # colour offsets that are not zero
+    assert found["c" * 64].chroma_b > 0 > found["c" * 64].chroma_g
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     found["f" * 64] = inspect(tmp_path / "bad.png", 10_000)
     buf = io.BytesIO()
@@ -30,7 +33,7 @@ def _inspections(tmp_path) -> dict:
 
 
 def _same(a, b) -> bool:
-    scalars = ("status", "detail", "width", "height", "pixel_std", "dominant_fraction", "pixel_hash", "phash")
+    scalars = InspectionTable.SCALARS
     return all(getattr(a, n) == getattr(b, n) for n in scalars) and all(
         np.array_equal(getattr(a, n), getattr(b, n)) and getattr(a, n).dtype == getattr(b, n).dtype
         for n in ("thumbnail", "features")

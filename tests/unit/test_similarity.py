@@ -23,7 +23,9 @@ from tasks.checks.registration import (
 from tasks.checks.similarity import (
     DEFAULT_MIN_SIMILARITY,
     DEFAULT_RADIUS,
+    DEFAULT_MAX_COLOUR_CHANGE,
     SHADE_PREFILTER,
+    colours_agree,
     near_duplicate_pairs,
     pairs_with_new,
     similarity,
@@ -53,6 +55,38 @@ def copies_of(*arrays_or_bytes) -> np.ndarray:
 
 def resized(arr: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def tinted(gray: np.ndarray, background, ink) -> np.ndarray:
+    """The grey picture in colour: `ink` where it is white, `background` where it is black."""
+    g = gray.astype(np.float64)[:, :, None] / 255
+    return np.rint(np.array(background) + (np.array(ink) - np.array(background)) * g).astype(np.uint8)
+
+
+def test_colour_tells_apart_two_pictures_that_differ_only_in_colour_and_keeps_adjusted_copies():
+    from tasks.checks.quality import colour_offsets
+
+    picture = tinted(garment(1), (150, 60, 60), (120, 150, 90))
+    variants = {
+        "itself as JPEG": np.asarray(decode(encode(Image.fromarray(picture), "JPEG", quality=70))),
+        "brighter": np.clip(picture.astype(int) + 20, 0, 255).astype(np.uint8),
+        "less contrast": (picture * 0.75).round().astype(np.uint8),
+        "other colours": tinted(garment(1), (60, 90, 150), (150, 120, 90)),
+        "its grey copy": np.asarray(Image.fromarray(picture).convert("L").convert("RGB")),
+    }
+    chroma = np.array([colour_offsets(picture)] + [colour_offsets(v) for v in variants.values()])
+    pairs = np.array([[0, k] for k in range(1, len(chroma))])
+    agree = dict(zip(variants, colours_agree(chroma, pairs, DEFAULT_MAX_COLOUR_CHANGE)))
+    assert agree == {
+        "itself as JPEG": True,
+        "brighter": True,
+        "less contrast": True,
+        "other colours": False,
+        "its grey copy": True,
+    }
+    # a colour picture's grey copy, like two grey pictures, always agrees; None turns the check off
+    assert colours_agree(np.zeros((2, 3)), np.array([[0, 1]]), 0.0).all()
+    assert colours_agree(chroma, pairs, None).all()
 
 
 def test_resized_shifted_and_reencoded_copies_are_near_duplicates():
