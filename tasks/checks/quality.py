@@ -105,13 +105,39 @@ def colour_offsets(arr: np.ndarray) -> tuple[float, float, float]:
     return float(red), float(green), float(blue)
 
 
+# a picture whose luminance keeps less than this share of its strongest channel's contrast is seen in
+# grey along its colours' first principal axis instead (structure_gray). The benchmark's colour draws
+# keep at least 40 / 255 = 0.157 by construction, so none of them is seen this way
+HUE_ONLY_CONTRAST = 0.15
+
+
+def structure_gray(img: Image.Image) -> Image.Image:
+    """The grey picture the shape checks look at (near-duplicates, outliers): PIL's luminance, unless
+    that keeps under HUE_ONLY_CONTRAST of the strongest channel's contrast (ink and background of one
+    brightness in different hues, which in luminance is flat noise and an outlier "like noise"). Then
+    the projection on the colours' first principal axis, weights summing to 1 in size (grey levels stay
+    grey levels) with the largest positive, centred on the mean brightness."""
+    gray = img.convert("L")
+    if img.mode != "RGB":
+        return gray
+    pixels = np.asarray(img, dtype=np.float64).reshape(-1, 3)
+    strongest = pixels.std(axis=0).max()
+    if strongest == 0 or np.asarray(gray, dtype=np.float64).std() >= HUE_ONLY_CONTRAST * strongest:
+        return gray
+    centred = pixels - pixels.mean(axis=0)
+    axis = np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    axis = axis / np.abs(axis).sum() * np.sign(axis[np.argmax(np.abs(axis))])
+    projected = centred @ axis + pixels.mean(axis=0) @ LUMINANCE
+    return Image.fromarray(np.clip(np.rint(projected), 0, 255).astype(np.uint8).reshape(img.height, img.width))
+
+
 def _gray32(gray: Image.Image) -> np.ndarray:
     return np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
 
 
 def near_duplicate_copy(path: str | Path, max_pixels: int) -> np.ndarray:
     """The aligned copy `inspect` keeps for near-duplicates, for one image already known to decode."""
-    return aligned_copy(decode(path, max_pixels=max_pixels).convert("L")).ravel()
+    return aligned_copy(structure_gray(decode(path, max_pixels=max_pixels))).ravel()
 
 
 def inspect(path: str | Path, max_pixels: int) -> Inspection:
@@ -126,7 +152,7 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         img = decode(path, max_pixels=max_pixels)
     except DecodeError as exc:
         return Inspection("corrupt", str(exc))
-    gray = img.convert("L")
+    gray = structure_gray(img)
     pixels = np.asarray(img)
     spread, dominant = information_measures(pixels)
     chroma = colour_offsets(pixels)

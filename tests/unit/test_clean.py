@@ -232,6 +232,34 @@ def _ramp(angle: float, size: int = 32) -> np.ndarray:
     return np.round(255 * (ramp - ramp.min()) / (ramp.max() - ramp.min())).astype(np.uint8)
 
 
+def test_hue_only_pictures_are_kept_and_their_copies_still_found(project):
+    """Digits whose ink and background differ in hue but not in brightness: in luminance they are flat
+    noise (low_information, or outliers "like noise", before). Seen along their colours' main axis
+    (tasks.checks.quality.structure_gray) they are pictures: all kept, and a JPEG copy of one is still
+    its near-duplicate."""
+    from tasks.checks.quality import LUMINANCE
+
+    rng = np.random.default_rng(3)
+    for k, (digit, label) in enumerate(_digits(per_class=12, classes=(0, 1, 7))):
+        ink = rng.uniform(60, 195, 3)
+        background = ink.copy()
+        background[k % 3] += 120 if ink[k % 3] < 128 else -120  # another hue; then level the brightness
+        background += (ink - background) @ LUMINANCE
+        picture = np.clip(background + (ink - background) * (digit[:, :, None] / 255.0), 0, 255)
+        picture = np.rint(picture + rng.normal(0, 1.0, picture.shape)).clip(0, 255).astype(np.uint8)
+        folder = project.root / "src" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(folder / f"m_{k:03d}.png")
+        if k == 0:
+            assert np.asarray(Image.fromarray(picture).convert("L")).std() < 3
+            Image.fromarray(picture).save(folder / "z_copy.jpg", quality=85)
+    _ingest(project.root / "src")
+    clean.run(clean.Params(workers=1), Paths())
+    flagged = pd.read_csv("reports/clean/flagged.csv", keep_default_na=False).set_index("source_path")
+    assert list(flagged.index) == ["digit_0/z_copy.jpg"], flagged[["reason", "detail"]]
+    assert flagged.at["digit_0/z_copy.jpg", "reason"] == "near_duplicate"
+
+
 def test_information_is_measured_per_channel_not_on_a_grey_copy(tmp_path):
     # a digit drawn in green on red of the same brightness: its grey copy is flat (std < 1), its
     # colours are not; a flat colour picture with a little noise in every channel stays blank
