@@ -21,9 +21,9 @@ from tasks.checks.registration import (
     shade_verified,
 )
 from tasks.checks.similarity import (
+    DEFAULT_MAX_COLOUR_CHANGE,
     DEFAULT_MIN_SIMILARITY,
     DEFAULT_RADIUS,
-    DEFAULT_MAX_COLOUR_CHANGE,
     SHADE_PREFILTER,
     colours_agree,
     near_duplicate_pairs,
