@@ -79,28 +79,45 @@ def features(gray32: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     return np.concatenate([thumb.ravel(), spectral_shares(coeffs)]).astype(np.float32)
 
 
-def information_measures(arr: np.ndarray) -> tuple[float, float]:
-    """(largest per-channel std, smallest per-channel share of the most common value) of a uint8 L or
-    RGB array. Per channel, not of a grey copy: a picture whose ink and background differ in hue but
-    hardly in brightness is blank in grey and plain to see in colour (and to the network). On a grey
+# Every per-picture measure below comes from PIL's per-band histograms (256 counts a band, computed in
+# C): exact for uint8 pictures and no temporary array the size of the picture. A 40-megapixel photo
+# would need about 1 GB of float64 per worker for a numpy std over its three channels.
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def band_histograms(img: Image.Image) -> np.ndarray:
+    """[bands, 256] pixel counts of an L or RGB picture."""
+    return np.asarray(img.histogram(), dtype=np.float64).reshape(-1, 256)
+
+
+def _band_stats(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per band of [bands, 256] counts."""
+    n = counts.sum(axis=1)
+    mean = counts @ _LEVELS / n
+    variance = np.maximum(counts @ _LEVELS**2 / n - mean**2, 0.0)
+    return mean, np.sqrt(variance)
+
+
+def information_measures(counts: np.ndarray) -> tuple[float, float]:
+    """(largest per-channel std, smallest per-channel share of the most common value) of a picture's
+    band_histograms. Per channel, not of a grey copy: a picture whose ink and background differ in hue
+    but hardly in brightness is blank in grey and plain to see in colour (and to the network). On a grey
     picture, stored as L or as RGB, both are the grey figures."""
-    pixels = arr.reshape(arr.shape[0] * arr.shape[1], -1)
-    spread = float(pixels.std(axis=0).max())
-    dominant = min(int(np.bincount(pixels[:, c], minlength=256).max()) for c in range(pixels.shape[1]))
-    return spread, dominant / len(pixels)
+    _, std = _band_stats(counts)
+    return float(std.max()), float((counts.max(axis=1) / counts.sum(axis=1)).min())
 
 
 LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
 
 
-def colour_offsets(arr: np.ndarray) -> tuple[float, float, float]:
-    """Mean of (R, G, B) minus the luminance, over the picture of a uint8 L or RGB array: where its
+def colour_offsets(counts: np.ndarray) -> tuple[float, float, float]:
+    """Mean of (R, G, B) minus the luminance, over the picture (from its band_histograms): where its
     colour lies away from grey. A brightness shift of every channel leaves it as it is, a contrast or
     saturation change scales it; a grey picture gives zeros (the near-duplicate colour check,
     tasks.checks.similarity.colours_agree)."""
-    if arr.ndim == 2 or arr.shape[2] == 1:
+    if len(counts) < 3:
         return 0.0, 0.0, 0.0
-    mean = arr.reshape(-1, arr.shape[2])[:, :3].mean(axis=0, dtype=np.float64)
+    mean, _ = _band_stats(counts[:3])
     red, green, blue = mean - mean @ LUMINANCE
     return float(red), float(green), float(blue)
 
@@ -109,21 +126,28 @@ def colour_offsets(arr: np.ndarray) -> tuple[float, float, float]:
 # grey along its colours' first principal axis instead (structure_gray). The benchmark's colour draws
 # keep at least 40 / 255 = 0.157 by construction, so none of them is seen this way
 HUE_ONLY_CONTRAST = 0.15
+_PROJECTED_SIDE = 256  # a hue-only picture is projected at most this large (the checks use 32-64 px)
 
 
-def structure_gray(img: Image.Image) -> Image.Image:
+def structure_gray(img: Image.Image, strongest: float | None = None) -> Image.Image:
     """The grey picture the shape checks look at (near-duplicates, outliers): PIL's luminance, unless
-    that keeps under HUE_ONLY_CONTRAST of the strongest channel's contrast (ink and background of one
-    brightness in different hues, which in luminance is flat noise and an outlier "like noise"). Then
-    the projection on the colours' first principal axis, weights summing to 1 in size (grey levels stay
-    grey levels) with the largest positive, centred on the mean brightness."""
+    that keeps under HUE_ONLY_CONTRAST of the strongest channel's contrast (`strongest`: the largest
+    per-channel std, computed when None). Ink and background of one brightness in different hues are
+    flat noise in luminance, and an outlier "like noise". Then the projection on the colours' first
+    principal axis, weights summing to 1 in size (grey levels stay grey levels) with the largest
+    positive, centred on the mean brightness, of the picture reduced to at most _PROJECTED_SIDE."""
     gray = img.convert("L")
     if img.mode != "RGB":
         return gray
-    pixels = np.asarray(img, dtype=np.float64).reshape(-1, 3)
-    strongest = pixels.std(axis=0).max()
-    if strongest == 0 or np.asarray(gray, dtype=np.float64).std() >= HUE_ONLY_CONTRAST * strongest:
+    if strongest is None:
+        strongest = information_measures(band_histograms(img))[0]
+    if strongest == 0 or _band_stats(band_histograms(gray))[1][0] >= HUE_ONLY_CONTRAST * strongest:
         return gray
+    if max(img.size) > _PROJECTED_SIDE:
+        factor = _PROJECTED_SIDE / max(img.size)
+        size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+        img = img.resize(size, Image.Resampling.BOX)
+    pixels = np.asarray(img, dtype=np.float64).reshape(-1, 3)
     centred = pixels - pixels.mean(axis=0)
     axis = np.linalg.eigh(centred.T @ centred)[1][:, -1]
     axis = axis / np.abs(axis).sum() * np.sign(axis[np.argmax(np.abs(axis))])
@@ -152,10 +176,10 @@ def inspect(path: str | Path, max_pixels: int) -> Inspection:
         img = decode(path, max_pixels=max_pixels)
     except DecodeError as exc:
         return Inspection("corrupt", str(exc))
-    gray = structure_gray(img)
-    pixels = np.asarray(img)
-    spread, dominant = information_measures(pixels)
-    chroma = colour_offsets(pixels)
+    counts = band_histograms(img)
+    spread, dominant = information_measures(counts)
+    chroma = colour_offsets(counts)
+    gray = structure_gray(img, spread)
     gray32 = _gray32(gray)
     coeffs = dct32(gray32)
     copy = aligned_copy(gray)
