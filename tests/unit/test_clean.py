@@ -260,6 +260,22 @@ def test_hue_only_pictures_are_kept_and_their_copies_still_found(project):
     assert flagged.at["digit_0/z_copy.jpg", "reason"] == "near_duplicate"
 
 
+def test_inspecting_a_large_colour_photo_holds_no_picture_sized_float_arrays(tmp_path):
+    # the per-picture measures come from PIL's band histograms: a numpy std over a photo's three
+    # channels held 16x the decoded picture in float64 temporaries (1,099 MiB for 24 MP, BENCHMARKS.md)
+    pixels = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png", compress_level=1)
+    inspect(tmp_path / "photo.png", 40_000_000)  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        found = inspect(tmp_path / "photo.png", 40_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.status == "ok" and found.pixel_std > 70
+    assert peak < 3 * pixels.nbytes, f"{peak / 2**20:.0f} MiB for a {pixels.nbytes / 2**20:.0f} MiB picture"
+
+
 def test_information_is_measured_per_channel_not_on_a_grey_copy(tmp_path):
     # a digit drawn in green on red of the same brightness: its grey copy is flat (std < 1), its
     # colours are not; a flat colour picture with a little noise in every channel stays blank
