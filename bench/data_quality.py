@@ -70,12 +70,13 @@ def colourised(gray: np.ndarray, rng: np.random.Generator, size: int = 64) -> np
     count and an ink/background contrast that none of their thresholds was tuned on."""
     from PIL import Image
 
+    from tasks.checks.quality import LUMINANCE
+
     up = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
     background, ink = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    luminance = np.array([0.299, 0.587, 0.114])
     # a clear contrast in colour and in brightness, so that the planted grey and 1-bit copies still
     # show the picture (a hue-only picture is kept by clean: tests/unit/test_clean.py)
-    while np.linalg.norm(ink - background) < 100 or abs((ink - background) @ luminance) < 40:
+    while np.linalg.norm(ink - background) < 100 or abs((ink - background) @ LUMINANCE) < 40:
         ink = rng.uniform(0, 255, 3)
     rgb = background + (ink - background) * up[:, :, None] + rng.normal(0, 2.0, (size, size, 3))
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

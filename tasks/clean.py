@@ -326,9 +326,8 @@ def near_pairs_by_id(
     pairs = pd.DataFrame({"a": ids[at[:, 0]], "b": ids[at[:, 1]]}).sort_values(["a", "b"], ignore_index=True)
     inspection_cache.save_near_index(index_file, key, image_ids, pairs, ranks)
     # the index keeps every pair the grey rule found; the colour check is cheap and applied each run
-    pair_rows = inspections.rows(pairs["a"]), inspections.rows(pairs["b"])
-    chroma = inspections.chroma(np.concatenate(pair_rows))
-    agree = colours_agree(chroma, np.arange(len(chroma)).reshape(2, -1).T, params.near_duplicate_max_colour_change)
+    chroma_a, chroma_b = (inspections.chroma(inspections.rows(pairs[side])) for side in ("a", "b"))
+    agree = colours_agree(chroma_a, chroma_b, params.near_duplicate_max_colour_change)
     return pairs[agree].reset_index(drop=True)
 
 

@@ -38,13 +38,13 @@ def aligned_copy(gray: Image.Image) -> np.ndarray:
         )
     g = np.asarray(gray, dtype=np.float64)
     h, w = g.shape
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    background = np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]]))
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     if CORNER_BLANK > 0:
         u, v = yy / h, xx / w
-        to_corner = np.minimum(np.minimum(u, 1 - u) + np.minimum(v, 1 - v), 2.0)
-        g = np.where(to_corner < CORNER_BLANK, np.median(border), g)
-    weight = np.abs(g - np.median(border))
+        to_corner = np.minimum(u, 1 - u) + np.minimum(v, 1 - v)  # of the nearest corner, in shares of the sides
+        g = np.where(to_corner < CORNER_BLANK, background, g)
+    weight = np.abs(g - background)
     total = weight.sum()
     cy, cx = ((weight * yy).sum() / total, (weight * xx).sum() / total) if total > 0 else (h / 2, w / 2)
     scale = max(h, w) / ALIGNED_SIDE  # input pixels per output pixel

@@ -116,19 +116,18 @@ def _best_overlap(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
     return best
 
 
-def colours_agree(chroma: np.ndarray, pairs: np.ndarray, max_change: float | None) -> np.ndarray:
-    """Per pair (rows of indices into `chroma`, [n, 3] colour offsets: tasks.checks.quality.
-    colour_offsets): whether the two could be one picture's copies by their colours. The rule above
+def colours_agree(chroma_a: np.ndarray, chroma_b: np.ndarray, max_change: float | None) -> np.ndarray:
+    """Per pair (row k of the [k, 3] colour offsets of its first and of its second picture:
+    tasks.checks.quality.colour_offsets): whether the two could be one picture's copies by their colours. The rule above
     compares grey copies only, and its grey-level tests are absolute: on low-contrast colour pictures
     two look-alikes in different colours pass them (a 64 px colour draw of Fashion-MNIST: BENCHMARKS.md).
     A brightness shift leaves the offsets as they are and a contrast or saturation change scales them,
     so a pair agrees when its offsets differ by at most COLOUR_SLACK + max_change x the larger one.
     A grey picture (offsets within COLOUR_SLACK of 0) agrees with any: it may be a colour picture's
     grey copy, and the check is only there for colours that differ. max_change None: no check."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if max_change is None or not len(pairs):
-        return np.ones(len(pairs), dtype=bool)
-    a, b = chroma[pairs[:, 0]], chroma[pairs[:, 1]]
+    a, b = np.asarray(chroma_a, dtype=np.float64).reshape(-1, 3), np.asarray(chroma_b, dtype=np.float64).reshape(-1, 3)
+    if max_change is None or not len(a):
+        return np.ones(len(a), dtype=bool)
     size_a, size_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     grey = np.minimum(size_a, size_b) <= COLOUR_SLACK
     return grey | (np.linalg.norm(a - b, axis=1) <= COLOUR_SLACK + max_change * np.maximum(size_a, size_b))
